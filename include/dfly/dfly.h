@@ -1,0 +1,185 @@
+/*
+ * dfly — peer-to-peer file distribution.  The public API of libdfly.
+ *
+ * The three programs (supernode, dfget, dfdaemon) are thin layers over what
+ * this header declares.  Conventions, everywhere:
+ *   - functions return 0 on success or a negative code: -errno, or one of the
+ *     DF_E* project codes below; df_strerror() names every one;
+ *   - long-lived objects are opaque handles made by *_new() and released by
+ *     *_free(), which accepts NULL;
+ *   - the library is driven by the caller's libevent event_base; nothing here
+ *     starts a thread of its own unless its comment says so.
+ */
+#ifndef DFLY_DFLY_H
+#define DFLY_DFLY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct event_base;
+
+/* ------------------------------------------------------------------ errors */
+
+/* Project error codes, below every errno value.  X(name, value, text). */
+#define DF_ERRNO_MAP(X)                                                       \
+    X(DF_EPROTO, -1000, "malformed message")                                  \
+    X(DF_ETOOBIG, -1001, "message exceeds its size limit")                    \
+    X(DF_EDIGEST, -1002, "digest mismatch")                                   \
+    X(DF_EORIGIN, -1003, "origin error")                                      \
+    X(DF_ETRACKER, -1004, "tracker unreachable or refused the request")       \
+    X(DF_ESTALLED, -1005, "download stalled")                                 \
+    X(DF_ETASK, -1006, "task failed")                                         \
+    X(DF_ETIMEOUT, -1007, "timed out")                                        \
+    X(DF_ECONFIG, -1008, "invalid configuration")                             \
+    X(DF_ECANCELED, -1009, "canceled")                                        \
+    X(DF_EAGAIN, -1010, "try again")
+
+enum {
+#define DF_X_(name, value, text) name = value,
+    DF_ERRNO_MAP(DF_X_)
+#undef DF_X_
+};
+
+/* Text for a 0 / -errno / DF_E* code.  Never NULL; static storage. */
+const char *df_strerror(int err);
+
+/* Library version, "MAJOR.MINOR.PATCH". */
+const char *df_version(void);
+
+/* ----------------------------------------------------------------- logging */
+
+typedef enum { DF_LOG_ERROR = 0, DF_LOG_WARN, DF_LOG_INFO, DF_LOG_DEBUG } df_log_level_t;
+
+/* Process-wide log threshold and prefix (program name).  Logs go to stderr. */
+void df_log_setup(const char *prog, df_log_level_t level);
+
+/* --------------------------------------------------------- value parsing */
+
+/* "4M", "512K", "1G", "100" (bytes; K/M/G are powers of 1024, an optional
+ * trailing "B" or "iB" is accepted).  0 or -EINVAL. */
+int df_parse_size(const char *text, uint64_t *out);
+
+/* "30s", "5m", "2h", "1500ms", "10" (seconds).  Result in milliseconds. */
+int df_parse_duration_ms(const char *text, uint64_t *out);
+
+/* "host:port" or "[v6]:port"; host must be non-empty.  host is copied into
+ * host_out (hostcap bytes).  0 or -EINVAL. */
+int df_parse_hostport(const char *text, char *host_out, size_t hostcap, uint16_t *port_out);
+
+/* --------------------------------------------------------------- supernode */
+
+typedef struct df_supernode df_supernode_t;
+
+typedef struct {
+    const char *listen_host;    /* default "0.0.0.0" */
+    uint16_t listen_port;       /* default 8002; 0 = ephemeral */
+    const char *advertise_ip;   /* address peers use for seed pieces; default: listen host,
+                                 * or 127.0.0.1 when listening on 0.0.0.0 */
+    const char *data_dir;       /* seed cache directory (created) */
+    uint64_t cache_limit_bytes; /* seed cache budget; 0 = unlimited */
+    uint64_t peer_timeout_ms;   /* no contact for this long -> peer removed; default 60 s */
+    uint64_t origin_timeout_ms; /* origin stalls longer than this fail the seed; default 30 s */
+    uint32_t peer_upload_slots; /* concurrent uploads a peer is given; default 4 */
+    uint32_t seed_upload_slots; /* concurrent pieces the seed serves; default 8 */
+    uint32_t batch_pieces;      /* max pieces in one PullPiece answer; default 8 */
+    uint64_t piece_size;        /* force a piece size; 0 = by file length */
+} df_supernode_config_t;
+
+/* Fills every field with its default. */
+void df_supernode_config_init(df_supernode_config_t *cfg);
+
+/* Loads a YAML file over cfg (keys as the long flags: listen, data-dir,
+ * advertise-ip, cache-limit, peer-timeout, ...).  Strings point into storage
+ * owned by the library for the life of the process.  0 or -errno/DF_ECONFIG,
+ * with a message in err (errcap bytes). */
+int df_supernode_config_load(df_supernode_config_t *cfg, const char *path, char *err, size_t errcap);
+
+/* Starts serving on base.  cfg is copied.  The bound port is available from
+ * df_supernode_port().  0 or -errno. */
+int df_supernode_new(struct event_base *base, const df_supernode_config_t *cfg, df_supernode_t **out);
+uint16_t df_supernode_port(const df_supernode_t *sn);
+void df_supernode_free(df_supernode_t *sn);
+
+/* -------------------------------------------------------------------- peer */
+
+/* A peer: the piece store, the upload server, the downloads it runs and the
+ * host-wide rate limit.  dfdaemon holds one for its lifetime; dfget without a
+ * daemon makes one for a single download. */
+typedef struct df_peer df_peer_t;
+
+typedef struct {
+    const char *home_dir;       /* piece store and control socket live here */
+    const char *upload_host;    /* upload server bind address; default "0.0.0.0" */
+    uint16_t upload_port;       /* 0 = ephemeral */
+    const char *advertise_ip;   /* address other peers use; default: the local address
+                                 * of the connection to the supernode */
+    const char **nodes;         /* supernodes "host:port", tried in order; NULL-terminated */
+    uint64_t total_limit_bps;   /* host-wide download rate limit; 0 = none */
+    uint64_t upload_limit_bps;  /* host-wide upload rate limit; 0 = none */
+    uint64_t cache_limit_bytes; /* store budget; 0 = unlimited */
+    uint32_t fetch_parallel;    /* pieces in flight per download; default 8 */
+    uint64_t stall_timeout_ms;  /* no progress this long -> P2P stalled; default 20 s */
+    bool serve;                 /* run the upload server (pattern p2p); default true */
+} df_peer_config_t;
+
+void df_peer_config_init(df_peer_config_t *cfg);
+
+int df_peer_new(struct event_base *base, const df_peer_config_t *cfg, df_peer_t **out);
+uint16_t df_peer_upload_port(const df_peer_t *peer);
+void df_peer_free(df_peer_t *peer);
+
+typedef enum { DF_PATTERN_P2P = 0, DF_PATTERN_CDN, DF_PATTERN_SOURCE } df_pattern_t;
+
+typedef struct {
+    const char *url;
+    const char *output;          /* final path; written by atomic rename only */
+    const char *digest;          /* "sha256:HEX" / "sha512:HEX" / "md5:HEX" or NULL */
+    const char *identifier;      /* task id discriminator or NULL */
+    const char **filter;         /* query keys dropped from the task URL; NULL-terminated or NULL */
+    const char **headers;        /* "K: V" lines passed to the origin; NULL-terminated or NULL */
+    uint64_t local_limit_bps;    /* this download's rate limit; 0 = none */
+    uint64_t timeout_ms;         /* whole download; 0 = none */
+    df_pattern_t pattern;
+    bool no_back_source;         /* --notbs */
+    const char *call_system;     /* caller name for logs */
+} df_download_req_t;
+
+/* The outcome of one download.  Strings are owned by the result. */
+typedef struct {
+    int status;                  /* 0 ok, else the error */
+    char task_id[65];
+    uint64_t length;
+    double seconds;
+    uint64_t bytes_from_peers;
+    uint64_t bytes_from_supernode;
+    uint64_t bytes_from_origin;
+    bool back_source;            /* fell back to the origin */
+    char reason[256];            /* why it fell back, or why it failed; "" if neither */
+    char digest[160];            /* verified whole-file digest "sha256:HEX" when known */
+} df_download_result_t;
+
+typedef struct {
+    uint64_t length;             /* 0 while unknown */
+    uint64_t done;               /* bytes verified so far */
+} df_progress_t;
+
+typedef void (*df_download_progress_cb)(const df_progress_t *p, void *arg);
+typedef void (*df_download_done_cb)(const df_download_result_t *res, void *arg);
+
+/* Starts a download.  req is copied.  On 0, done_cb is called exactly once,
+ * later, from the event loop; on error it is never called. */
+int df_peer_download(df_peer_t *peer, const df_download_req_t *req, df_download_progress_cb progress_cb,
+                     df_download_done_cb done_cb, void *arg);
+
+/* One line of JSON describing res (no newline), malloc'ed; NULL on ENOMEM. */
+char *df_download_result_json(const df_download_result_t *res);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

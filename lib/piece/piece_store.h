@@ -1,0 +1,110 @@
+/*
+ * The on-disk piece store: one directory per task under <dir>/tasks/<id>/
+ * holding `data` (sparse, pieces written at their offsets) and `meta.json`
+ * (length, piece size, per-piece sha256, which pieces are verified, the
+ * whole-file digest, origin validators, last use).  Only verified pieces are
+ * marked; readers (the upload server) ask df_stored_task_range_ready() before
+ * serving.  meta.json is rewritten atomically; after a crash the store
+ * trusts only what meta.json says was verified.
+ *
+ * Tasks are refcounted: a task referenced by a download or an upload is
+ * never evicted by GC.  Single-threaded: called from the event loop.
+ */
+#ifndef DF_PIECE_PIECE_STORE_H
+#define DF_PIECE_PIECE_STORE_H
+#ifndef DF_INTERNAL
+#error "private to libdfly"
+#endif
+
+#include "piece/digest.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+typedef struct df_store df_store_t;
+typedef struct df_stored_task df_stored_task_t;
+
+#define DF_TASK_ID_LEN 64 /* hex sha256 */
+
+typedef struct {
+    const char *url;            /* for listings; may be NULL */
+    uint64_t length;
+    uint64_t piece_size;
+} df_task_shape_t;
+
+/* Opens (creating) the store at dir; loads every task found there.
+ * limit_bytes 0 = unlimited. */
+int df_store_open(const char *dir, uint64_t limit_bytes, df_store_t **out);
+void df_store_close(df_store_t *store);
+
+/* Finds a task; -ENOENT if absent.  The returned task is referenced: release
+ * it with df_stored_task_unref(). */
+int df_store_task_get(df_store_t *store, const char *task_id, df_stored_task_t **out);
+/* Finds or creates a task with this shape.  An existing task with a
+ * different length or piece size is discarded and recreated.  Referenced. */
+int df_store_task_create(df_store_t *store, const char *task_id, const df_task_shape_t *shape,
+                         df_stored_task_t **out);
+/* Removes a task's files now (it must not be referenced by anyone else). */
+int df_store_task_remove(df_store_t *store, const char *task_id);
+
+void df_stored_task_ref(df_stored_task_t *t);
+void df_stored_task_unref(df_stored_task_t *t);
+
+const char *df_stored_task_id(const df_stored_task_t *t);
+uint64_t df_stored_task_length(const df_stored_task_t *t);
+uint64_t df_stored_task_piece_size(const df_stored_task_t *t);
+uint32_t df_stored_task_piece_count(const df_stored_task_t *t);
+/* Bitmap of verified pieces (df_bitmap_bytes(count) bytes); owned by t. */
+const uint8_t *df_stored_task_bitmap(const df_stored_task_t *t);
+bool df_stored_task_has_piece(const df_stored_task_t *t, uint32_t idx);
+/* The expected sha256 of a piece, if known (set by the seed or learnt from
+ * the tracker).  false when unknown. */
+bool df_stored_task_piece_digest(const df_stored_task_t *t, uint32_t idx, uint8_t out[32]);
+int df_stored_task_set_piece_digest(df_stored_task_t *t, uint32_t idx, const uint8_t digest[32]);
+
+/* pwrite of piece bytes at offset (no verification here). */
+int df_stored_task_write(df_stored_task_t *t, uint64_t off, const void *data, size_t len);
+/* pread; used by verification and tests. */
+int df_stored_task_read(df_stored_task_t *t, uint64_t off, void *data, size_t len);
+/* Marks piece idx verified with its sha256 (which must equal the expected
+ * digest when one is known: else DF_EDIGEST and nothing changes). */
+int df_stored_task_mark_piece(df_stored_task_t *t, uint32_t idx, const uint8_t sha256[32]);
+/* Forgets a piece (e.g. found corrupt on disk). */
+void df_stored_task_unmark_piece(df_stored_task_t *t, uint32_t idx);
+/* true when every piece overlapping [off, off+len) is verified. */
+bool df_stored_task_range_ready(const df_stored_task_t *t, uint64_t off, uint64_t len);
+bool df_stored_task_complete(const df_stored_task_t *t);
+
+/* Whole-file digest and origin validators (ETag, Last-Modified); strings copied. */
+int df_stored_task_set_digest(df_stored_task_t *t, const df_digest_t *d);
+bool df_stored_task_digest(const df_stored_task_t *t, df_digest_t *out);
+int df_stored_task_set_validators(df_stored_task_t *t, const char *etag, const char *last_modified);
+const char *df_stored_task_etag(const df_stored_task_t *t);          /* "" if none */
+const char *df_stored_task_last_modified(const df_stored_task_t *t); /* "" if none */
+
+/* File descriptor of `data`, for sendfile/evbuffer_add_file_segment. */
+int df_stored_task_fd(const df_stored_task_t *t);
+/* Path of `data`. */
+const char *df_stored_task_data_path(const df_stored_task_t *t);
+/* Records a use now (for LRU). */
+void df_stored_task_touch(df_stored_task_t *t);
+/* Writes meta.json now (also done lazily on a timer by df_store_flush). */
+int df_stored_task_sync(df_stored_task_t *t);
+
+/* Writes meta.json of every dirty task. */
+void df_store_flush(df_store_t *store);
+/* Evicts least-recently-used complete, unreferenced tasks until the store is
+ * within its budget.  Calls evicted_cb(task_id, arg) for each.  Returns the
+ * number evicted. */
+int df_store_gc(df_store_t *store, void (*evicted_cb)(const char *task_id, void *arg), void *arg);
+uint64_t df_store_bytes(const df_store_t *store);
+
+/* Places the verified, complete task's bytes at `output` atomically: a copy
+ * (FICLONE reflink where the filesystem can, else copy_file_range) into a
+ * temporary file in output's directory, fsync, then rename(2).  A copy, not a
+ * hard link, so a user editing the output can never change what this host
+ * serves.  Nothing is ever left at `output` on failure; the temporary file
+ * is removed. */
+int df_stored_task_export(df_stored_task_t *t, const char *output);
+
+#endif
