@@ -176,8 +176,32 @@ typedef void (*df_download_done_cb)(const df_download_result_t *res, void *arg);
 int df_peer_download(df_peer_t *peer, const df_download_req_t *req, df_download_progress_cb progress_cb,
                      df_download_done_cb done_cb, void *arg);
 
-/* One line of JSON describing res (no newline), malloc'ed; NULL on ENOMEM. */
+/* One line of JSON describing res (no newline), malloc'ed; NULL on ENOMEM.
+ * Keys: status ("ok"|"error"), error (when failed), task_id, length, seconds,
+ * bytes_from_peers, bytes_from_supernode, bytes_from_origin, back_source,
+ * reason, digest. */
 char *df_download_result_json(const df_download_result_t *res);
+
+/* ------------------------------------------------------- dfdaemon control */
+
+/* dfdaemon's local control socket: a Unix stream socket (mode 0600) at
+ * <home>/dfdaemon.sock over which dfget hands a download to the running
+ * daemon and receives progress and the result. */
+typedef struct df_daemon df_daemon_t;
+
+/* Serves the control socket at socket_path on base, running downloads on
+ * peer (not owned).  A stale socket file is replaced; a live one (another
+ * daemon answering) is -EADDRINUSE. */
+int df_daemon_new(struct event_base *base, df_peer_t *peer, const char *socket_path, df_daemon_t **out);
+void df_daemon_free(df_daemon_t *d);
+
+/* Client side, blocking: runs req through the daemon at socket_path.
+ * -ENOENT / -ECONNREFUSED when no daemon runs there (the caller then runs
+ * the engine in-process); otherwise 0 with *res filled (res->status says
+ * whether the download succeeded), or -errno when the daemon vanished
+ * mid-download.  progress_cb may be NULL. */
+int df_daemon_download(const char *socket_path, const df_download_req_t *req,
+                       df_download_progress_cb progress_cb, void *arg, df_download_result_t *res);
 
 #ifdef __cplusplus
 }
