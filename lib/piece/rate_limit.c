@@ -111,3 +111,29 @@ uint64_t df_rate_limit_take(df_rate_limit_t *const *rls, int n, uint64_t want, u
         *wait_ms = wait ? wait : 1;
     return grant;
 }
+
+uint64_t df_rate_limit_debt_wait(df_rate_limit_t *const *rls, int n, uint64_t now_ms)
+{
+    uint64_t wait = 0;
+
+    for (int i = 0; i < n; i++) {
+        df_rate_limit_t *rl = rls[i];
+        if (!rl || rl->rate == 0)
+            continue;
+        refill(rl, now_ms);
+        if (rl->tokens < 0)
+            wait = DF_MAX(wait, wait_for(rl, 0));
+    }
+    return wait;
+}
+
+void df_rate_limit_debt_take(df_rate_limit_t *const *rls, int n, uint64_t len, uint64_t now_ms)
+{
+    for (int i = 0; i < n; i++) {
+        df_rate_limit_t *rl = rls[i];
+        if (!rl || rl->rate == 0)
+            continue;
+        refill(rl, now_ms);
+        rl->tokens -= (double)len;
+    }
+}

@@ -132,6 +132,33 @@ static void test_set_rate(void **state)
     assert_int_equal(df_rate_limit_take(rls, 1, 1ull << 40, 10000, NULL), 1ull << 40);
 }
 
+/* Debt mode: 1 MiB/s, chunks of 256 KiB always taken whole; over 10
+ * simulated seconds the bytes let through stay within one chunk of 10 MiB. */
+static void test_debt_mode(void **state)
+{
+    df_rate_limit_t rl;
+    df_rate_limit_t *rls[2] = {&rl, NULL};
+    uint64_t now = 1000, sent = 0;
+
+    (void)state;
+    df_rate_limit_init(&rl, 1u << 20, now);
+    while (now < 11000) {
+        uint64_t wait = df_rate_limit_debt_wait(rls, 2, now);
+        if (wait > 0) {
+            now += wait;
+            continue;
+        }
+        df_rate_limit_debt_take(rls, 2, 256u * 1024u, now);
+        sent += 256u * 1024u;
+    }
+    assert_true(sent >= 10u * (1u << 20) - 256u * 1024u);
+    assert_true(sent <= 10u * (1u << 20) + 2u * 256u * 1024u);
+    /* unlimited never waits */
+    df_rate_limit_init(&rl, 0, now);
+    df_rate_limit_debt_take(rls, 2, 1u << 30, now);
+    assert_int_equal(df_rate_limit_debt_wait(rls, 2, now), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -140,6 +167,7 @@ int main(void)
         cmocka_unit_test(test_two_limiters_take_min),
         cmocka_unit_test(test_unlimited_and_wait),
         cmocka_unit_test(test_set_rate),
+        cmocka_unit_test(test_debt_mode),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
