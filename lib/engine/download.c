@@ -35,6 +35,7 @@
 
 #include "piece/digest.h"
 #include "piece/piece.h"
+#include "piece/range.h"
 
 #include <errno.h>
 #include <fcntl.h>
