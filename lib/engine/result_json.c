@@ -35,7 +35,8 @@ json_t *df__download_result_to_json(const df_download_result_t *res)
         return NULL;
     rc |= json_object_set_new(o, "status", json_string(res->status == 0 ? "ok" : "error"));
     if (res->status != 0)
-        rc |= json_object_set_new(o, "error", json_string(df_strerror(res->status)));
+        rc |= json_object_set_new(o, "error", res->reason[0] ? safe_string(res->reason)
+                                                             : json_string(df_strerror(res->status)));
     rc |= json_object_set_new(o, "code", json_integer(res->status));
     rc |= json_object_set_new(o, "task_id", safe_string(res->task_id));
     rc |= json_object_set_new(o, "length", json_integer(to_jint(res->length)));
