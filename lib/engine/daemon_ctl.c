@@ -262,8 +262,11 @@ int df__ctl_request_decode(const char *line, size_t len, df__ctl_request_t *out,
     }
     rc = 0;
 out:
-    if (rc < 0)
+    if (rc < 0) {
+        if (err && errcap && !err[0])
+            seterr(err, errcap, "%s", df_strerror(rc));
         df__ctl_request_free(out);
+    }
     return rc;
 }
 

@@ -218,7 +218,7 @@ static void opts_free(opts_t *o)
 
 static int usage_error(void)
 {
-    fputs("Try 'dfdaemon --help'.\n", stderr);
+    fputs("usage: dfdaemon [options]; 'dfdaemon --help' lists them\n", stderr);
     return 2;
 }
 

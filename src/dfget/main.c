@@ -126,7 +126,7 @@ static int usage_error(const char *fmt, ...)
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
     va_end(ap);
-    fputs("\nTry 'dfget --help'.\n", stderr);
+    fputs("\nusage: dfget -u URL [-o FILE] [options]; 'dfget --help' lists them\n", stderr);
     return 2;
 }
 
