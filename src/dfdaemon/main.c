@@ -256,7 +256,7 @@ static int parse_args(int argc, char **argv, opts_t *o)
         if (rc < 0) {
             if (err[0])
                 fprintf(stderr, "dfdaemon: %s\n", err);
-            return rc == DF_ECONFIG || rc == -EINVAL ? 2 : 1;
+            return rc == -ENOMEM ? 1 : 2;
         }
     }
     optind = 0; /* glibc: a full rescan */
