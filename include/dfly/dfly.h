@@ -131,6 +131,11 @@ void df_peer_config_init(df_peer_config_t *cfg);
 
 int df_peer_new(struct event_base *base, const df_peer_config_t *cfg, df_peer_t **out);
 uint16_t df_peer_upload_port(const df_peer_t *peer);
+/* Tells the tracker this peer stops serving (ServiceDown for every task),
+ * then calls cb once: when the tracker answered or after 1 s, whichever
+ * comes first.  -ENOENT when there is no tracker or nothing was registered
+ * (cb is then not called).  Use before df_peer_free() on a clean exit. */
+int df_peer_leave(df_peer_t *peer, void (*cb)(void *arg), void *arg);
 void df_peer_free(df_peer_t *peer);
 
 typedef enum { DF_PATTERN_P2P = 0, DF_PATTERN_CDN, DF_PATTERN_SOURCE } df_pattern_t;

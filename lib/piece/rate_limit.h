@@ -7,6 +7,14 @@
 #define DF_PIECE_RATE_LIMIT_H
 #ifndef DF_INTERNAL
 #error "private to libdfly"
+/* Debt mode, for transfers that cannot take part of a chunk (a curl write
+ * callback must consume all or nothing): df_rate_limit_debt_take() always
+ * takes len, letting buckets go negative; df_rate_limit_debt_wait() is 0
+ * when every bucket is non-negative, else the milliseconds until they all
+ * are.  Over time the rate is exact; the overshoot is one chunk. */
+uint64_t df_rate_limit_debt_wait(df_rate_limit_t *const *rls, int n, uint64_t now_ms);
+void df_rate_limit_debt_take(df_rate_limit_t *const *rls, int n, uint64_t len, uint64_t now_ms);
+
 #endif
 
 #include <stdint.h>
@@ -28,5 +36,13 @@ void df_rate_limit_set_rate(df_rate_limit_t *rl, uint64_t rate, uint64_t now_ms)
  * more chunk can be granted (>= 1).  Unlimited limiters grant everything. */
 uint64_t df_rate_limit_take(df_rate_limit_t *const *rls, int n, uint64_t want, uint64_t now_ms,
                             uint64_t *wait_ms);
+
+/* Debt mode, for transfers that cannot take part of a chunk (a curl write
+ * callback must consume all or nothing): df_rate_limit_debt_take() always
+ * takes len, letting buckets go negative; df_rate_limit_debt_wait() is 0
+ * when every bucket is non-negative, else the milliseconds until they all
+ * are.  Over time the rate is exact; the overshoot is one chunk. */
+uint64_t df_rate_limit_debt_wait(df_rate_limit_t *const *rls, int n, uint64_t now_ms);
+void df_rate_limit_debt_take(df_rate_limit_t *const *rls, int n, uint64_t len, uint64_t now_ms);
 
 #endif

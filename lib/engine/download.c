@@ -1,0 +1,1247 @@
+/*
+ * One download: the engine's state machine.
+ *
+ *   REGISTER --ok--> P2P --all pieces--> FINISH (verify whole file, export)
+ *      |              |
+ *      |              +--tracker lost / task error / stalled--> ORIGIN (missing pieces)
+ *      +--tracker unreachable / pattern source--> SOURCE (plain streaming GET)
+ *
+ * P2P: the download keeps up to fetch_parallel piece fetches in flight.  It
+ * asks the tracker for work with PullPiece, carrying the results of pieces
+ * finished since the previous pull (ReportPiece rides along), so a verified
+ * piece is offered to other peers at the next pull.  Each piece is fetched
+ * with an HTTP Range request from its source (peer or seed), hashed while it
+ * streams into the piece store at its offset, and marked verified only if
+ * its sha256 matches the digest the seed computed.  A bad piece is reported
+ * (ReportError) and its source is not used again by this download.
+ *
+ * The whole-file digest is computed incrementally over the verified prefix
+ * of the file as pieces land (pread from the page cache), so finishing does
+ * not re-read the file.  The output appears only by df_stored_task_export()
+ * after every check passed.
+ *
+ * ORIGIN: when P2P cannot go on (tracker gone, task error, no progress for
+ * stall_timeout), the download fetches what it still lacks from the origin
+ * with one Range request from the first missing piece (the origin's 200
+ * answer restarts from 0), verifying every piece whose digest it knows.
+ * SOURCE: without a task shape (no tracker), one plain GET into a temporary
+ * file next to the output, hashed as it streams, renamed when verified.
+ *
+ * Lifetime: a download is freed by finish(), except while a tracker call it
+ * started is pending: then it is marked a zombie and freed by that call's
+ * callback (tracker calls cannot be cancelled individually).
+ */
+#include "engine/peer_internal.h"
+
+#include "piece/digest.h"
+#include "piece/piece.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define RESULTS_CAP 4096u
+#define HASH_CHUNK (1u << 20)
+#define TRACKER_RETRIES 3
+
+typedef enum { ST_REGISTER, ST_P2P, ST_ORIGIN, ST_SOURCE, ST_DONE } state_t;
+
+typedef struct fetch fetch_t;
+
+struct df_download {
+    df_peer_t *peer;
+    df_download_t *prev, *next;
+    state_t state;
+    bool zombie;                 /* finished; freed when the pending tracker call returns */
+    int tracker_calls;           /* pending tracker calls with us as argument */
+
+    /* the request, owned copies */
+    char *url, *output, *identifier, *call_system;
+    char **filter, **headers;
+    df_digest_t user_digest;
+    bool has_user_digest;
+    char *digest_text;
+    uint64_t local_limit, timeout_ms;
+    df_pattern_t pattern;
+    bool notbs;
+    df_download_progress_cb progress_cb;
+    df_download_done_cb done_cb;
+    void *arg;
+
+    df_download_result_t res;
+    double t0;
+    uint64_t start_ms, last_progress_ms, last_progress_cb_ms;
+
+    /* task */
+    char peer_id[DF_PEER_ID_MAX];
+    uint64_t length, piece_size;
+    uint32_t piece_count;
+    df_stored_task_t *task;
+    uint8_t *inflight;           /* bitmap: pieces being fetched */
+    uint32_t ninflight;
+    fetch_t *fetches;
+    df_piece_result_t *results;  /* finished since the last pull */
+    size_t nresults;
+    char **bad_sources;          /* sources that served bad bytes or failed */
+    size_t nbad;
+    bool pull_pending, wait_pending;
+    int tracker_failures;
+    char tracker_digest[160];
+    bool tracker_done;
+
+    /* whole-file hashing over the verified prefix */
+    df_hasher_t *whole_sha256, *whole_user;
+    uint64_t hashed_upto;
+
+    /* origin / source transfer */
+    df_http_req_t *origin_req;
+    uint64_t origin_pos;         /* absolute offset of the next origin byte */
+    df_hasher_t *origin_piece_hasher;
+    int src_fd;
+    char *src_tmp;
+
+    df_rate_limit_t rl;
+    df_http_req_t *paused_req;   /* the transfer paused for the rate limit (origin) */
+    struct event *timer;         /* wait / retry / resume */
+    struct event *tick;          /* stall and timeout watchdog, 1 s */
+};
+
+struct fetch {
+    df_download_t *dl;
+    fetch_t *prev, *next;
+    df_assignment_t a;
+    df_http_req_t *req;
+    uint64_t got;
+    df_hasher_t *hasher;
+    int err;
+    struct event *resume;
+    bool bad_status;
+};
+
+static void finish(df_download_t *dl, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void maybe_pull(df_download_t *dl);
+static void start_origin(df_download_t *dl, const char *why);
+static void check_complete(df_download_t *dl);
+
+/* ------------------------------------------------------------ helpers */
+
+static char **dup_strv(const char **v)
+{
+    size_t n = 0;
+    char **out;
+    while (v && v[n])
+        n++;
+    out = calloc(n + 1, sizeof(*out));
+    if (!out)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        out[i] = strdup(v[i]);
+        if (!out[i]) {
+            for (size_t j = 0; j < i; j++)
+                free(out[j]);
+            free(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+
+static void free_strv(char **v)
+{
+    for (size_t i = 0; v && v[i]; i++)
+        free(v[i]);
+    free(v);
+}
+
+static bool is_bad_source(const df_download_t *dl, const char *id)
+{
+    for (size_t i = 0; i < dl->nbad; i++)
+        if (strcmp(dl->bad_sources[i], id) == 0)
+            return true;
+    return false;
+}
+
+static void add_bad_source(df_download_t *dl, const char *id)
+{
+    char **n;
+    if (is_bad_source(dl, id) || dl->nbad >= 256)
+        return;
+    n = realloc(dl->bad_sources, (dl->nbad + 1) * sizeof(*n));
+    if (!n)
+        return;
+    dl->bad_sources = n;
+    dl->bad_sources[dl->nbad] = strdup(id);
+    if (dl->bad_sources[dl->nbad])
+        dl->nbad++;
+}
+
+static void push_result(df_download_t *dl, uint32_t piece, const char *src, bool ok)
+{
+    df_piece_result_t *r;
+    if (!dl->results) {
+        dl->results = calloc(RESULTS_CAP, sizeof(*dl->results));
+        if (!dl->results)
+            return;
+    }
+    if (dl->nresults >= RESULTS_CAP)
+        return; /* dropped results only delay scheduling; the next pull resyncs */
+    r = &dl->results[dl->nresults++];
+    r->piece = piece;
+    r->ok = ok;
+    df_strlcpy(r->src, src, sizeof(r->src));
+}
+
+static void note_progress(df_download_t *dl)
+{
+    uint64_t now = df_now_ms();
+    dl->last_progress_ms = now;
+    if (dl->progress_cb && now - dl->last_progress_cb_ms >= 100) {
+        df_progress_t p = {.length = dl->length, .done = dl->task ? dl->hashed_upto : 0};
+        if (dl->task) {
+            const uint8_t *bm = df_stored_task_bitmap(dl->task);
+            uint32_t have = df_bitmap_count(bm, dl->piece_count);
+            p.done = DF_MIN((uint64_t)have * dl->piece_size, dl->length);
+        } else {
+            p.done = dl->origin_pos;
+        }
+        dl->last_progress_cb_ms = now;
+        dl->progress_cb(&p, dl->arg);
+    }
+}
+
+/* Rate limiting with debt: a chunk is always taken whole (curl cannot
+ * consume part of one), the buckets may go negative, and the next chunk
+ * waits until they are positive again.  Exact over time. */
+static uint64_t rate_wait_ms(df_download_t *dl)
+{
+    df_rate_limit_t *rls[2] = {&dl->rl, &dl->peer->host_rl};
+    return df_rate_limit_debt_wait(rls, 2, df_now_ms());
+}
+
+static void rate_consume(df_download_t *dl, size_t len)
+{
+    df_rate_limit_t *rls[2] = {&dl->rl, &dl->peer->host_rl};
+    df_rate_limit_debt_take(rls, 2, len, df_now_ms());
+}
+
+/* Advances the whole-file hashers over newly contiguous verified pieces. */
+static int advance_whole_hash(df_download_t *dl)
+{
+    static uint8_t *buf;
+    const uint8_t *bm = df_stored_task_bitmap(dl->task);
+
+    if (!buf) {
+        buf = malloc(HASH_CHUNK);
+        if (!buf)
+            return -ENOMEM;
+    }
+    while (dl->hashed_upto < dl->length) {
+        uint32_t idx = (uint32_t)(dl->hashed_upto / dl->piece_size);
+        uint64_t off, len;
+        if (!df_bitmap_test(bm, idx))
+            break;
+        df_piece_span(dl->length, dl->piece_size, idx, &off, &len);
+        len -= dl->hashed_upto - off;
+        while (len > 0) {
+            size_t n = (size_t)DF_MIN(len, (uint64_t)HASH_CHUNK);
+            int rc = df_stored_task_read(dl->task, dl->hashed_upto, buf, n);
+            if (rc < 0)
+                return rc;
+            df_hasher_update(dl->whole_sha256, buf, n);
+            if (dl->whole_user)
+                df_hasher_update(dl->whole_user, buf, n);
+            dl->hashed_upto += n;
+            len -= n;
+        }
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------ finish */
+
+static void fetch_free(fetch_t *f)
+{
+    df_download_t *dl = f->dl;
+    if (f->prev)
+        f->prev->next = f->next;
+    else if (dl->fetches == f)
+        dl->fetches = f->next;
+    if (f->next)
+        f->next->prev = f->prev;
+    if (f->resume)
+        event_free(f->resume);
+    df_hasher_free(f->hasher);
+    free(f);
+}
+
+static void download_free(df_download_t *dl)
+{
+    df_peer_t *peer = dl->peer;
+
+    if (dl->prev)
+        dl->prev->next = dl->next;
+    else if (peer->downloads == dl)
+        peer->downloads = dl->next;
+    if (dl->next)
+        dl->next->prev = dl->prev;
+    free(dl->url);
+    free(dl->output);
+    free(dl->identifier);
+    free(dl->call_system);
+    free(dl->digest_text);
+    free_strv(dl->filter);
+    free_strv(dl->headers);
+    free(dl->inflight);
+    free(dl->results);
+    for (size_t i = 0; i < dl->nbad; i++)
+        free(dl->bad_sources[i]);
+    free(dl->bad_sources);
+    free(dl->src_tmp);
+    free(dl);
+}
+
+/* Stops every transfer and timer; keeps the struct. */
+static void stop_all(df_download_t *dl)
+{
+    while (dl->fetches) {
+        fetch_t *f = dl->fetches;
+        df_http_cancel(f->req);
+        fetch_free(f);
+    }
+    df_http_cancel(dl->origin_req);
+    dl->origin_req = NULL;
+    if (dl->timer) {
+        event_free(dl->timer);
+        dl->timer = NULL;
+    }
+    if (dl->tick) {
+        event_free(dl->tick);
+        dl->tick = NULL;
+    }
+    df_hasher_free(dl->whole_sha256);
+    df_hasher_free(dl->whole_user);
+    df_hasher_free(dl->origin_piece_hasher);
+    dl->whole_sha256 = dl->whole_user = dl->origin_piece_hasher = NULL;
+    if (dl->src_fd >= 0) {
+        close(dl->src_fd);
+        dl->src_fd = -1;
+    }
+    if (dl->src_tmp)
+        unlink(dl->src_tmp);
+    if (dl->task) {
+        df_stored_task_sync(dl->task);
+        df_stored_task_unref(dl->task);
+        dl->task = NULL;
+    }
+}
+
+static void finish(df_download_t *dl, int status, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (dl->state == ST_DONE)
+        return;
+    dl->state = ST_DONE;
+    dl->res.status = status;
+    if (fmt) {
+        va_start(ap, fmt);
+        vsnprintf(dl->res.reason, sizeof(dl->res.reason), fmt, ap);
+        va_end(ap);
+    }
+    dl->res.seconds = df_now_s() - dl->t0;
+    dl->res.length = dl->length;
+    /* Hand the tracker what we learnt before going: results not yet sent. */
+    if (dl->peer->tracker && dl->peer_id[0] && dl->nresults && dl->task) {
+        df_pull_req_t pr = {.task_id = dl->res.task_id, .peer_id = dl->peer_id,
+                            .results = dl->results, .nresults = dl->nresults};
+        dl->peer->tracker->ops->report_piece(dl->peer->tracker, &pr, NULL, NULL);
+        dl->nresults = 0;
+    }
+    stop_all(dl);
+    if (status == 0)
+        DF_LOG_I("task %.16s: done, %llu bytes in %.2fs (peers %llu, supernode %llu, origin %llu)",
+                 dl->res.task_id, (unsigned long long)dl->res.length, dl->res.seconds,
+                 (unsigned long long)dl->res.bytes_from_peers, (unsigned long long)dl->res.bytes_from_supernode,
+                 (unsigned long long)dl->res.bytes_from_origin);
+    else
+        DF_LOG_W("download of %s failed: %s", dl->url, dl->res.reason[0] ? dl->res.reason : df_strerror(status));
+    if (dl->done_cb)
+        dl->done_cb(&dl->res, dl->arg);
+    if (dl->tracker_calls > 0)
+        dl->zombie = true;
+    else
+        download_free(dl);
+}
+
+/* Returns true when the download was a zombie and has been freed. */
+static bool tracker_call_returned(df_download_t *dl)
+{
+    dl->tracker_calls--;
+    if (dl->zombie && dl->tracker_calls == 0) {
+        download_free(dl);
+        return true;
+    }
+    return dl->zombie;
+}
+
+/* ------------------------------------------------------------ completion */
+
+static void verify_and_export(df_download_t *dl)
+{
+    df_digest_t got, want;
+    char text[DF_DIGEST_STR_MAX];
+    int rc;
+
+    rc = advance_whole_hash(dl);
+    if (rc < 0) {
+        finish(dl, rc, "reading the downloaded data: %s", df_strerror(rc));
+        return;
+    }
+    if (dl->hashed_upto != dl->length) {
+        finish(dl, -EIO, "internal error: verified %llu of %llu bytes", (unsigned long long)dl->hashed_upto,
+               (unsigned long long)dl->length);
+        return;
+    }
+    df_hasher_final(dl->whole_sha256, &got);
+    df_digest_format(&got, text, sizeof(text));
+    df_strlcpy(dl->res.digest, text, sizeof(dl->res.digest));
+    if (dl->tracker_digest[0]) {
+        if (df_digest_parse(dl->tracker_digest, &want) == 0 && want.alg == DF_DIGEST_SHA256 &&
+            !df_digest_equal(&want, &got)) {
+            finish(dl, DF_EDIGEST, "digest mismatch: the supernode's seed has %s, the pieces give %s",
+                   dl->tracker_digest, text);
+            return;
+        }
+    }
+    if (dl->has_user_digest) {
+        df_digest_t user_got;
+        if (dl->user_digest.alg == DF_DIGEST_SHA256) {
+            user_got = got;
+        } else {
+            df_hasher_final(dl->whole_user, &user_got);
+        }
+        if (!df_digest_equal(&user_got, &dl->user_digest)) {
+            char have[DF_DIGEST_STR_MAX];
+            df_digest_format(&user_got, have, sizeof(have));
+            finish(dl, DF_EDIGEST, "digest mismatch: expected %s, got %s", dl->digest_text, have);
+            return;
+        }
+        df_strlcpy(dl->res.digest, dl->digest_text, sizeof(dl->res.digest));
+    }
+    df_stored_task_set_digest(dl->task, &got);
+    rc = df_stored_task_export(dl->task, dl->output);
+    if (rc < 0) {
+        finish(dl, rc, "writing %s: %s", dl->output, df_strerror(rc));
+        return;
+    }
+    finish(dl, 0, NULL);
+}
+
+/* Called whenever a piece was marked: finishes when every piece is in and
+ * the whole-file digest is known (from the user or the tracker), or the
+ * tracker is gone (then the per-piece digests from the seed vouch). */
+static void check_complete(df_download_t *dl)
+{
+    if (dl->state == ST_DONE || !dl->task || !df_stored_task_complete(dl->task))
+        return;
+    if (dl->state == ST_ORIGIN || dl->tracker_done || dl->has_user_digest || !dl->peer->tracker ||
+        !dl->peer_id[0]) {
+        verify_and_export(dl);
+        return;
+    }
+    /* Ask the tracker for the whole-file digest (state done). */
+    maybe_pull(dl);
+}
+
+/* ------------------------------------------------------------ piece fetch */
+
+static int fetch_headers(df_http_req_t *req, long code, void *arg)
+{
+    fetch_t *f = arg;
+    if (code != 206) {
+        f->bad_status = true;
+        return code == 404 ? -ENOENT : -EIO;
+    }
+    return 0;
+}
+
+static void fetch_resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+    fetch_t *f = arg;
+    df_http_resume(f->req);
+}
+
+static int fetch_data(df_http_req_t *req, const void *data, size_t len, void *arg)
+{
+    fetch_t *f = arg;
+    df_download_t *dl = f->dl;
+    uint64_t wait = rate_wait_ms(dl);
+    int rc;
+
+    if (wait > 0) {
+        struct timeval tv = {.tv_sec = (long)(wait / 1000), .tv_usec = (long)(wait % 1000) * 1000};
+        if (!f->resume)
+            f->resume = evtimer_new(dl->peer->base, fetch_resume_cb, f);
+        if (f->resume) {
+            evtimer_add(f->resume, &tv);
+            return DF_EAGAIN;
+        }
+    }
+    if (f->got + len > f->a.length)
+        return DF_EPROTO;
+    rc = df_stored_task_write(dl->task, f->a.offset + f->got, data, len);
+    if (rc < 0) {
+        f->err = rc;
+        return rc;
+    }
+    df_hasher_update(f->hasher, data, len);
+    f->got += len;
+    rate_consume(dl, len);
+    return 0;
+}
+
+static void fetch_done(df_http_req_t *req, const df_http_result_t *res, void *arg)
+{
+    fetch_t *f = arg;
+    df_download_t *dl = f->dl;
+    df_peer_t *peer = dl->peer;
+    uint32_t piece = f->a.piece;
+    bool ok = false;
+    df_report_kind_t kind = DF_REPORT_IO;
+
+    f->req = NULL;
+    df_bitmap_clear(dl->inflight, piece);
+    dl->ninflight--;
+    if (res->status == 0 && !f->bad_status && f->got == f->a.length) {
+        df_digest_t d;
+        df_hasher_final(f->hasher, &d);
+        if (df_stored_task_mark_piece(dl->task, piece, d.value) == 0) {
+            ok = true;
+            if (f->a.src_is_seed)
+                dl->res.bytes_from_supernode += f->got;
+            else
+                dl->res.bytes_from_peers += f->got;
+        } else {
+            kind = DF_REPORT_DIGEST;
+            DF_LOG_W("task %.16s: piece %u from %s failed verification; fetching it elsewhere",
+                     dl->res.task_id, piece, f->a.src_id);
+        }
+    } else if (f->err < 0) {
+        /* our own disk failed: nothing the source did */
+        fetch_free(f);
+        finish(dl, f->err, "writing piece %u: %s", piece, df_strerror(f->err));
+        return;
+    } else {
+        kind = res->http_code == 404 ? DF_REPORT_MISSING : DF_REPORT_IO;
+        DF_LOG_D("task %.16s: piece %u from %s failed: %s (HTTP %ld)", dl->res.task_id, piece, f->a.src_id,
+                 res->error ? res->error : "short", res->http_code);
+    }
+    if (!ok) {
+        add_bad_source(dl, f->a.src_id);
+        if (peer->tracker && dl->peer_id[0])
+            peer->tracker->ops->report_error(peer->tracker, dl->res.task_id, dl->peer_id, f->a.src_id, piece,
+                                             kind, NULL, NULL);
+    }
+    push_result(dl, piece, f->a.src_id, ok);
+    fetch_free(f);
+    if (ok) {
+        note_progress(dl);
+        if (advance_whole_hash(dl) < 0) {
+            finish(dl, -EIO, "reading back piece %u failed", piece);
+            return;
+        }
+    }
+    if (dl->state != ST_P2P)
+        return;
+    check_complete(dl);
+    if (dl->state == ST_P2P)
+        maybe_pull(dl);
+}
+
+static void start_fetch(df_download_t *dl, const df_assignment_t *a)
+{
+    fetch_t *f;
+    char url[512];
+    df_http_opts_t opts = {0};
+    df_http_cbs_t cbs = {.on_headers = fetch_headers, .on_data = fetch_data, .on_done = fetch_done};
+    uint64_t off, len;
+    int rc;
+
+    if (a->piece >= dl->piece_count)
+        return;
+    df_piece_span(dl->length, dl->piece_size, a->piece, &off, &len);
+    if (a->offset != off || a->length != len) {
+        push_result(dl, a->piece, a->src_id, false);
+        return;
+    }
+    if (df_stored_task_has_piece(dl->task, a->piece)) {
+        push_result(dl, a->piece, a->src_id, true);
+        return;
+    }
+    if (df_bitmap_test(dl->inflight, a->piece) || is_bad_source(dl, a->src_id)) {
+        push_result(dl, a->piece, a->src_id, false);
+        return;
+    }
+    if (a->has_sha256)
+        df_stored_task_set_piece_digest(dl->task, a->piece, a->sha256);
+    f = calloc(1, sizeof(*f));
+    if (!f)
+        return;
+    f->dl = dl;
+    f->a = *a;
+    f->hasher = df_hasher_new(DF_DIGEST_SHA256);
+    if (!f->hasher) {
+        free(f);
+        return;
+    }
+    if (strchr(a->src_ip, ':'))
+        snprintf(url, sizeof(url), "http://[%s]:%u/peer/file/%s", a->src_ip, a->src_port, dl->res.task_id);
+    else
+        snprintf(url, sizeof(url), "http://%s:%u/peer/file/%s", a->src_ip, a->src_port, dl->res.task_id);
+    opts.url = url;
+    opts.has_range = true;
+    opts.range_off = a->offset;
+    opts.range_len = a->length;
+    opts.connect_timeout_ms = 2000;
+    opts.stall_timeout_ms = 10000;
+    f->next = dl->fetches;
+    if (dl->fetches)
+        dl->fetches->prev = f;
+    dl->fetches = f;
+    rc = df_http_start(dl->peer->http, &opts, &cbs, f, &f->req);
+    if (rc < 0) {
+        fetch_free(f);
+        push_result(dl, a->piece, a->src_id, false);
+        return;
+    }
+    df_bitmap_set(dl->inflight, a->piece);
+    dl->ninflight++;
+}
+
+/* ------------------------------------------------------------ pulling */
+
+static void timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    df_download_t *dl = arg;
+    dl->wait_pending = false;
+    if (dl->state == ST_P2P)
+        maybe_pull(dl);
+}
+
+static void arm_timer(df_download_t *dl, uint64_t ms)
+{
+    struct timeval tv = {.tv_sec = (long)(ms / 1000), .tv_usec = (long)(ms % 1000) * 1000};
+    dl->wait_pending = true;
+    evtimer_add(dl->timer, &tv);
+}
+
+static void pull_cb(const df_pull_res_t *res, void *arg);
+
+static void maybe_pull(df_download_t *dl)
+{
+    df_peer_t *peer = dl->peer;
+    uint32_t parallel = peer->cfg.fetch_parallel ? peer->cfg.fetch_parallel : 8;
+    df_pull_req_t pr;
+    bool complete;
+    int rc;
+
+    if (dl->state != ST_P2P || dl->pull_pending)
+        return;
+    complete = df_stored_task_complete(dl->task);
+    /* Nothing to ask and nothing to tell: wait for a fetch or the timer. */
+    if (!complete && dl->ninflight >= parallel && dl->nresults == 0)
+        return;
+    if (dl->wait_pending && dl->nresults == 0)
+        return;
+    if (dl->wait_pending) {
+        evtimer_del(dl->timer);
+        dl->wait_pending = false;
+    }
+    memset(&pr, 0, sizeof(pr));
+    pr.task_id = dl->res.task_id;
+    pr.peer_id = dl->peer_id;
+    pr.results = dl->results;
+    pr.nresults = dl->nresults;
+    pr.running = dl->ninflight;
+    pr.want = complete ? 0 : parallel - DF_MIN(parallel, dl->ninflight);
+    rc = df_tracker_pull(peer->tracker, &pr, pull_cb, dl);
+    if (rc < 0) {
+        start_origin(dl, "cannot reach the supernode");
+        return;
+    }
+    dl->nresults = 0;
+    dl->pull_pending = true;
+    dl->tracker_calls++;
+}
+
+static void register_cb(const df_register_res_t *res, void *arg);
+static void do_register(df_download_t *dl);
+
+static void pull_cb(const df_pull_res_t *res, void *arg)
+{
+    df_download_t *dl = arg;
+
+    dl->pull_pending = false;
+    if (tracker_call_returned(dl))
+        return;
+    if (dl->state != ST_P2P)
+        return;
+    if (res->status < 0) {
+        dl->tracker_failures++;
+        DF_LOG_W("task %.16s: %s (%d/%d)", dl->res.task_id, res->message[0] ? res->message : "pull failed",
+                 dl->tracker_failures, TRACKER_RETRIES);
+        if (dl->tracker_failures >= TRACKER_RETRIES) {
+            start_origin(dl, "lost the supernode");
+            return;
+        }
+        arm_timer(dl, 300u * (uint32_t)dl->tracker_failures);
+        return;
+    }
+    dl->tracker_failures = 0;
+    switch (res->state) {
+    case DF_PULL_ASSIGN:
+        for (size_t i = 0; i < res->nassign && dl->state == ST_P2P; i++)
+            start_fetch(dl, &res->assign[i]);
+        if (res->nassign == 0)
+            arm_timer(dl, 100);
+        else if (dl->nresults)
+            maybe_pull(dl); /* release assignments we could not take */
+        break;
+    case DF_PULL_WAIT:
+        arm_timer(dl, res->wait_ms ? res->wait_ms : 100);
+        break;
+    case DF_PULL_DONE:
+        dl->tracker_done = true;
+        df_strlcpy(dl->tracker_digest, res->digest, sizeof(dl->tracker_digest));
+        if (df_stored_task_complete(dl->task))
+            verify_and_export(dl);
+        else
+            arm_timer(dl, 100); /* the tracker thinks we are done but we are not: ask again */
+        break;
+    case DF_PULL_ERROR:
+        start_origin(dl, res->message[0] ? res->message : "the supernode reported a task error");
+        break;
+    case DF_PULL_LOST:
+        DF_LOG_I("task %.16s: the supernode forgot this task; registering again", dl->res.task_id);
+        dl->state = ST_REGISTER;
+        do_register(dl);
+        break;
+    }
+}
+
+/* ------------------------------------------------------------ origin / source */
+
+static void origin_resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+    df_download_t *dl = arg;
+    if (dl->origin_req)
+        df_http_resume(dl->origin_req);
+}
+
+static int origin_headers(df_http_req_t *req, long code, void *arg)
+{
+    df_download_t *dl = arg;
+
+    if (code == 200) {
+        dl->origin_pos = 0; /* Range ignored: the body starts at byte 0 */
+    } else if (code == 206 && dl->state == ST_ORIGIN) {
+        uint64_t first, last, total;
+        const char *cr = df_http_header(req, "Content-Range");
+        if (!cr || df_content_range_parse(cr, &first, &last, &total) < 0 || first != dl->origin_pos)
+            return DF_EPROTO;
+    } else {
+        snprintf(dl->res.reason, sizeof(dl->res.reason), "origin returned HTTP %ld", code);
+        return DF_EORIGIN;
+    }
+    if (dl->state == ST_SOURCE) {
+        const char *cl = df_http_header(req, "Content-Length");
+        uint64_t n;
+        if (cl && df_parse_u64(cl, &n) == 0)
+            dl->length = n;
+    }
+    return 0;
+}
+
+static int origin_pause(df_download_t *dl)
+{
+    uint64_t wait = rate_wait_ms(dl);
+    struct timeval tv;
+
+    if (wait == 0)
+        return 0;
+    tv.tv_sec = (long)(wait / 1000);
+    tv.tv_usec = (long)(wait % 1000) * 1000;
+    evtimer_assign(dl->timer, dl->peer->base, origin_resume_cb, dl);
+    evtimer_add(dl->timer, &tv);
+    return DF_EAGAIN;
+}
+
+/* Origin bytes into the store (ST_ORIGIN): written at origin_pos, hashed per
+ * piece; a piece is marked when its last byte arrived and its digest (when
+ * known from the seed) matches. */
+static int origin_data(df_http_req_t *req, const void *data, size_t len, void *arg)
+{
+    df_download_t *dl = arg;
+    const uint8_t *p = data;
+    int rc = origin_pause(dl);
+
+    if (rc)
+        return rc;
+    if (dl->origin_pos + len > dl->length)
+        return DF_EPROTO;
+    rate_consume(dl, len);
+    while (len > 0) {
+        uint32_t idx = (uint32_t)(dl->origin_pos / dl->piece_size);
+        uint64_t off, plen, n;
+        df_piece_span(dl->length, dl->piece_size, idx, &off, &plen);
+        n = DF_MIN((uint64_t)len, off + plen - dl->origin_pos);
+        if (dl->origin_pos == off)
+            df_hasher_final(dl->origin_piece_hasher, &(df_digest_t){0}); /* reset at a piece start */
+        if (!df_stored_task_has_piece(dl->task, idx)) {
+            rc = df_stored_task_write(dl->task, dl->origin_pos, p, (size_t)n);
+            if (rc < 0)
+                return rc;
+            dl->res.bytes_from_origin += n;
+        }
+        df_hasher_update(dl->origin_piece_hasher, p, (size_t)n);
+        dl->origin_pos += n;
+        p += n;
+        len -= (size_t)n;
+        if (dl->origin_pos == off + plen && !df_stored_task_has_piece(dl->task, idx)) {
+            df_digest_t d;
+            df_hasher_final(dl->origin_piece_hasher, &d);
+            if (df_stored_task_mark_piece(dl->task, idx, d.value) < 0) {
+                snprintf(dl->res.reason, sizeof(dl->res.reason),
+                         "piece %u from the origin does not match the seed's digest (origin changed?)", idx);
+                return DF_EDIGEST;
+            }
+            note_progress(dl);
+        }
+    }
+    return 0;
+}
+
+static void origin_done(df_http_req_t *req, const df_http_result_t *res, void *arg)
+{
+    df_download_t *dl = arg;
+
+    dl->origin_req = NULL;
+    if (res->status < 0) {
+        if (res->status == DF_EORIGIN || res->status == DF_EDIGEST)
+            finish(dl, res->status, "%s", dl->res.reason);
+        else
+            finish(dl, res->status, "fetching from the origin: %s", res->error ? res->error : df_strerror(res->status));
+        return;
+    }
+    if (advance_whole_hash(dl) < 0) {
+        finish(dl, -EIO, "reading back the downloaded data failed");
+        return;
+    }
+    if (!df_stored_task_complete(dl->task)) {
+        finish(dl, DF_EORIGIN, "the origin sent %llu of %llu bytes", (unsigned long long)dl->origin_pos,
+               (unsigned long long)dl->length);
+        return;
+    }
+    check_complete(dl);
+}
+
+static void start_origin(df_download_t *dl, const char *why)
+{
+    df_http_opts_t opts = {0};
+    df_http_cbs_t cbs = {.on_headers = origin_headers, .on_data = origin_data, .on_done = origin_done};
+    const uint8_t *bm;
+    uint32_t first = 0;
+    int rc;
+
+    if (dl->notbs) {
+        finish(dl, DF_ETRACKER, "P2P failed (%s) and --notbs forbids the origin", why);
+        return;
+    }
+    DF_LOG_W("task %.16s: falling back to the origin: %s", dl->res.task_id, why);
+    dl->res.back_source = true;
+    df_strlcpy(dl->res.reason, why, sizeof(dl->res.reason));
+    /* In-flight P2P fetches end now; what they verified stays. */
+    while (dl->fetches) {
+        fetch_t *f = dl->fetches;
+        df_http_cancel(f->req);
+        df_bitmap_clear(dl->inflight, f->a.piece);
+        fetch_free(f);
+    }
+    dl->ninflight = 0;
+    dl->state = ST_ORIGIN;
+    if (dl->wait_pending) {
+        evtimer_del(dl->timer);
+        dl->wait_pending = false;
+    }
+    bm = df_stored_task_bitmap(dl->task);
+    while (first < dl->piece_count && df_bitmap_test(bm, first))
+        first++;
+    if (first >= dl->piece_count) {
+        check_complete(dl);
+        return;
+    }
+    dl->origin_piece_hasher = df_hasher_new(DF_DIGEST_SHA256);
+    if (!dl->origin_piece_hasher) {
+        finish(dl, -ENOMEM, "out of memory");
+        return;
+    }
+    dl->origin_pos = (uint64_t)first * dl->piece_size;
+    opts.url = dl->url;
+    opts.headers = (const char *const *)dl->headers;
+    opts.follow_redirects = true;
+    opts.stall_timeout_ms = 30000;
+    if (dl->origin_pos > 0) {
+        opts.has_range_from = true;
+        opts.range_from = dl->origin_pos;
+    }
+    rc = df_http_start(dl->peer->http, &opts, &cbs, dl, &dl->origin_req);
+    if (rc < 0)
+        finish(dl, rc, "cannot start the origin download: %s", df_strerror(rc));
+}
+
+/* SOURCE: a plain streaming GET into a temporary file next to the output. */
+static int source_data(df_http_req_t *req, const void *data, size_t len, void *arg)
+{
+    df_download_t *dl = arg;
+    const char *p = data;
+    int rc = origin_pause(dl);
+
+    if (rc)
+        return rc;
+    rate_consume(dl, len);
+    df_hasher_update(dl->whole_sha256, data, len);
+    if (dl->whole_user)
+        df_hasher_update(dl->whole_user, data, len);
+    dl->origin_pos += len;
+    dl->res.bytes_from_origin += len;
+    while (len > 0) {
+        ssize_t n = write(dl->src_fd, p, len);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        p += n;
+        len -= (size_t)n;
+    }
+    note_progress(dl);
+    return 0;
+}
+
+static void source_done(df_http_req_t *req, const df_http_result_t *res, void *arg)
+{
+    df_download_t *dl = arg;
+    df_digest_t got, ugot;
+    char text[DF_DIGEST_STR_MAX];
+
+    dl->origin_req = NULL;
+    if (res->status < 0) {
+        if (res->status == DF_EORIGIN)
+            finish(dl, res->status, "%s", dl->res.reason);
+        else
+            finish(dl, res->status, "fetching from the origin: %s", res->error ? res->error : df_strerror(res->status));
+        return;
+    }
+    if (dl->length && dl->origin_pos != dl->length) {
+        finish(dl, DF_EORIGIN, "the origin sent %llu of %llu bytes", (unsigned long long)dl->origin_pos,
+               (unsigned long long)dl->length);
+        return;
+    }
+    dl->length = dl->origin_pos;
+    df_hasher_final(dl->whole_sha256, &got);
+    df_digest_format(&got, text, sizeof(text));
+    df_strlcpy(dl->res.digest, text, sizeof(dl->res.digest));
+    if (dl->has_user_digest) {
+        if (dl->user_digest.alg == DF_DIGEST_SHA256)
+            ugot = got;
+        else
+            df_hasher_final(dl->whole_user, &ugot);
+        if (!df_digest_equal(&ugot, &dl->user_digest)) {
+            df_digest_format(&ugot, text, sizeof(text));
+            finish(dl, DF_EDIGEST, "digest mismatch: expected %s, got %s", dl->digest_text, text);
+            return;
+        }
+        df_strlcpy(dl->res.digest, dl->digest_text, sizeof(dl->res.digest));
+    }
+    if (fsync(dl->src_fd) < 0 || rename(dl->src_tmp, dl->output) < 0) {
+        int err = -errno;
+        finish(dl, err, "writing %s: %s", dl->output, df_strerror(err));
+        return;
+    }
+    free(dl->src_tmp);
+    dl->src_tmp = NULL; /* renamed: stop_all must not unlink it */
+    finish(dl, 0, NULL);
+}
+
+static void start_source(df_download_t *dl, const char *why)
+{
+    df_http_opts_t opts = {0};
+    df_http_cbs_t cbs = {.on_headers = origin_headers, .on_data = source_data, .on_done = source_done};
+    char tmp[PATH_MAX];
+    const char *slash;
+    int rc;
+
+    if (dl->notbs && dl->pattern != DF_PATTERN_SOURCE) {
+        finish(dl, DF_ETRACKER, "P2P failed (%s) and --notbs forbids the origin", why);
+        return;
+    }
+    if (dl->pattern != DF_PATTERN_SOURCE) {
+        DF_LOG_W("falling back to the origin: %s", why);
+        dl->res.back_source = true;
+    }
+    df_strlcpy(dl->res.reason, why, sizeof(dl->res.reason));
+    dl->state = ST_SOURCE;
+    slash = strrchr(dl->output, '/');
+    rc = snprintf(tmp, sizeof(tmp), "%.*s.dfget-%d-%p.tmp", slash ? (int)(slash - dl->output + 1) : 0,
+                  dl->output, (int)getpid(), (void *)dl);
+    if (rc >= (int)sizeof(tmp)) {
+        finish(dl, -ENAMETOOLONG, "output path too long");
+        return;
+    }
+    dl->src_tmp = strdup(tmp);
+    if (!dl->src_tmp) {
+        finish(dl, -ENOMEM, "out of memory");
+        return;
+    }
+    dl->src_fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (dl->src_fd < 0) {
+        rc = -errno;
+        free(dl->src_tmp);
+        dl->src_tmp = NULL;
+        finish(dl, rc, "creating %s: %s", tmp, df_strerror(rc));
+        return;
+    }
+    dl->origin_pos = 0;
+    opts.url = dl->url;
+    opts.headers = (const char *const *)dl->headers;
+    opts.follow_redirects = true;
+    opts.stall_timeout_ms = 30000;
+    rc = df_http_start(dl->peer->http, &opts, &cbs, dl, &dl->origin_req);
+    if (rc < 0)
+        finish(dl, rc, "cannot start the origin download: %s", df_strerror(rc));
+}
+
+/* ------------------------------------------------------------ register */
+
+static void register_cb(const df_register_res_t *res, void *arg)
+{
+    df_download_t *dl = arg;
+    df_peer_t *peer = dl->peer;
+    df_task_shape_t shape;
+    const uint8_t *bm;
+    int rc;
+
+    if (tracker_call_returned(dl))
+        return;
+    if (dl->state != ST_REGISTER)
+        return;
+    if (res->status == DF_EORIGIN) {
+        /* The origin itself refused: going there ourselves would fail too,
+         * and hammering it from every peer is what we exist to avoid. */
+        finish(dl, DF_EORIGIN, "%s", res->message);
+        return;
+    }
+    if (res->status < 0) {
+        if (dl->task) {
+            start_origin(dl, res->message[0] ? res->message : "register failed");
+            return;
+        }
+        start_source(dl, res->message[0] ? res->message : "register failed");
+        return;
+    }
+    if (dl->task && strcmp(dl->res.task_id, res->task_id) != 0) {
+        finish(dl, DF_ETASK, "the supernode changed the task id");
+        return;
+    }
+    df_strlcpy(dl->res.task_id, res->task_id, sizeof(dl->res.task_id));
+    df_strlcpy(dl->peer_id, res->peer_id, sizeof(dl->peer_id));
+    df_strlcpy(peer->peer_id, res->peer_id, sizeof(peer->peer_id));
+    if (res->digest[0])
+        df_strlcpy(dl->tracker_digest, res->digest, sizeof(dl->tracker_digest));
+    if (res->length == 0) {
+        /* An empty file: nothing to fetch. */
+        dl->length = 0;
+        start_source(dl, "empty file");
+        return;
+    }
+    if (!dl->task) {
+        dl->length = res->length;
+        dl->piece_size = res->piece_size;
+        dl->piece_count = df_piece_count(res->length, res->piece_size);
+        if (dl->piece_count == 0 || dl->piece_count > DF_PIECE_COUNT_MAX) {
+            finish(dl, DF_EPROTO, "the supernode sent an impossible piece layout");
+            return;
+        }
+        shape.url = dl->url;
+        shape.length = dl->length;
+        shape.piece_size = dl->piece_size;
+        rc = df_store_task_create(peer->store, res->task_id, &shape, &dl->task);
+        if (rc < 0) {
+            finish(dl, rc, "piece store: %s", df_strerror(rc));
+            return;
+        }
+        dl->inflight = calloc(df_bitmap_bytes(dl->piece_count), 1);
+        if (!dl->inflight) {
+            finish(dl, -ENOMEM, "out of memory");
+            return;
+        }
+        /* Pieces this host already holds (an earlier run) are announced
+         * in the first pull, so the tracker can offer them to others. */
+        bm = df_stored_task_bitmap(dl->task);
+        for (uint32_t i = 0; i < dl->piece_count; i++)
+            if (df_bitmap_test(bm, i))
+                push_result(dl, i, "", true);
+        if (advance_whole_hash(dl) < 0) {
+            finish(dl, -EIO, "reading the piece store failed");
+            return;
+        }
+    } else if (res->length != dl->length || res->piece_size != dl->piece_size) {
+        finish(dl, DF_ETASK, "the file changed at the origin during the download");
+        return;
+    }
+    dl->state = ST_P2P;
+    dl->last_progress_ms = df_now_ms();
+    maybe_pull(dl);
+    if (dl->state == ST_P2P)
+        check_complete(dl);
+}
+
+static void do_register(df_download_t *dl)
+{
+    df_peer_t *peer = dl->peer;
+    df_register_req_t rr = {0};
+    int rc;
+
+    if (!peer->tracker) {
+        start_source(dl, "no supernode configured");
+        return;
+    }
+    rr.url = dl->url;
+    rr.digest = dl->digest_text;
+    rr.identifier = dl->identifier;
+    rr.filter = (const char *const *)dl->filter;
+    rr.headers = (const char *const *)dl->headers;
+    rr.peer_ip = peer->advertise_ip;
+    rr.peer_port = dl->pattern == DF_PATTERN_CDN ? 0 : peer->upload_port;
+    rr.hostname = peer->hostname;
+    rc = df_tracker_register(peer->tracker, &rr, register_cb, dl);
+    if (rc < 0) {
+        start_source(dl, "cannot reach the supernode");
+        return;
+    }
+    dl->tracker_calls++;
+}
+
+/* ------------------------------------------------------------ watchdog */
+
+static void tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+    df_download_t *dl = arg;
+    uint64_t now = df_now_ms();
+    uint64_t stall = dl->peer->cfg.stall_timeout_ms ? dl->peer->cfg.stall_timeout_ms : 20000;
+
+    if (dl->timeout_ms && now - dl->start_ms > dl->timeout_ms) {
+        finish(dl, DF_ETIMEOUT, "timed out after %.1fs", (double)dl->timeout_ms / 1000.0);
+        return;
+    }
+    if (dl->state == ST_P2P && now - dl->last_progress_ms > stall) {
+        char why[96];
+        snprintf(why, sizeof(why), "P2P made no progress for %llus", (unsigned long long)(stall / 1000));
+        start_origin(dl, why);
+    }
+}
+
+/* ------------------------------------------------------------ public */
+
+int df_peer_download(df_peer_t *peer, const df_download_req_t *req, df_download_progress_cb progress_cb,
+                     df_download_done_cb done_cb, void *arg)
+{
+    df_download_t *dl;
+    struct timeval one = {1, 0};
+    int rc = -ENOMEM;
+
+    if (!req->url || !req->output || !done_cb)
+        return -EINVAL;
+    if (strncmp(req->url, "http://", 7) != 0 && strncmp(req->url, "https://", 8) != 0)
+        return -EINVAL;
+    dl = calloc(1, sizeof(*dl));
+    if (!dl)
+        return -ENOMEM;
+    dl->peer = peer;
+    dl->src_fd = -1;
+    dl->state = ST_REGISTER;
+    dl->url = strdup(req->url);
+    dl->output = strdup(req->output);
+    dl->identifier = req->identifier ? strdup(req->identifier) : NULL;
+    dl->call_system = req->call_system ? strdup(req->call_system) : NULL;
+    dl->filter = dup_strv(req->filter);
+    dl->headers = dup_strv(req->headers);
+    if (!dl->url || !dl->output || !dl->filter || !dl->headers)
+        goto fail;
+    if (req->digest) {
+        rc = df_digest_parse(req->digest, &dl->user_digest);
+        if (rc < 0)
+            goto fail;
+        dl->has_user_digest = true;
+        dl->digest_text = malloc(DF_DIGEST_STR_MAX);
+        if (!dl->digest_text) {
+            rc = -ENOMEM;
+            goto fail;
+        }
+        df_digest_format(&dl->user_digest, dl->digest_text, DF_DIGEST_STR_MAX);
+    }
+    dl->local_limit = req->local_limit_bps;
+    dl->timeout_ms = req->timeout_ms;
+    dl->pattern = req->pattern;
+    dl->notbs = req->no_back_source;
+    dl->progress_cb = progress_cb;
+    dl->done_cb = done_cb;
+    dl->arg = arg;
+    dl->t0 = df_now_s();
+    dl->start_ms = dl->last_progress_ms = df_now_ms();
+    df_rate_limit_init(&dl->rl, dl->local_limit, dl->start_ms);
+    rc = -ENOMEM;
+    dl->whole_sha256 = df_hasher_new(DF_DIGEST_SHA256);
+    if (!dl->whole_sha256)
+        goto fail;
+    if (dl->has_user_digest && dl->user_digest.alg != DF_DIGEST_SHA256) {
+        dl->whole_user = df_hasher_new(dl->user_digest.alg);
+        if (!dl->whole_user)
+            goto fail;
+    }
+    dl->timer = evtimer_new(peer->base, timer_cb, dl);
+    dl->tick = event_new(peer->base, -1, EV_PERSIST, tick_cb, dl);
+    if (!dl->timer || !dl->tick)
+        goto fail;
+    evtimer_add(dl->tick, &one);
+    dl->next = peer->downloads;
+    if (peer->downloads)
+        peer->downloads->prev = dl;
+    peer->downloads = dl;
+    if (dl->pattern == DF_PATTERN_SOURCE)
+        start_source(dl, "--pattern source");
+    else
+        do_register(dl);
+    return 0;
+fail:
+    stop_all(dl);
+    download_free(dl);
+    return rc;
+}
+
+void df__download_cancel_all(df_peer_t *peer)
+{
+    while (peer->downloads) {
+        df_download_t *dl = peer->downloads;
+        dl->done_cb = NULL;
+        dl->state = ST_DONE;
+        stop_all(dl);
+        /* Pending tracker calls die with the tracker, which the peer frees
+         * right after; nothing will call back into dl. */
+        download_free(dl);
+    }
+}

@@ -1,0 +1,122 @@
+/*
+ * The Tracker interface: the seam between the download engine and whoever
+ * knows which peer holds which piece.  Two implementations: the supernode's
+ * HTTP/JSON API (tracker_supernode.c) and, in decentralized mode, gossip.
+ * The engine only ever calls these five operations (plus heartbeat).
+ *
+ * Every operation is asynchronous: a 0 return means cb runs exactly once,
+ * later, from the loop; an error return means it never runs.  Request
+ * structs are copied before the call returns.
+ */
+#ifndef DF_TRACKER_TRACKER_H
+#define DF_TRACKER_TRACKER_H
+#ifndef DF_INTERNAL
+#error "private to libdfly"
+#endif
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define DF_PEER_ID_MAX 160
+
+typedef struct df_tracker df_tracker_t;
+
+typedef struct {
+    const char *url;
+    const char *digest;          /* "alg:hex" or NULL */
+    const char *identifier;      /* or NULL */
+    const char *const *filter;   /* NULL-terminated or NULL */
+    const char *const *headers;  /* "K: V", NULL-terminated or NULL */
+    const char *peer_ip;
+    uint16_t peer_port;          /* 0 = does not upload */
+    const char *hostname;
+} df_register_req_t;
+
+typedef struct {
+    int status;                  /* 0, or the error (DF_EORIGIN: see origin_status) */
+    int origin_status;           /* HTTP status of the origin when status == DF_EORIGIN */
+    char message[256];           /* the tracker's error text */
+    char task_id[65];
+    char peer_id[DF_PEER_ID_MAX];
+    uint64_t length;
+    uint64_t piece_size;
+    uint32_t piece_count;
+    char digest[160];            /* whole-file digest when known, else "" */
+    char local_ip[64];           /* our address as seen on the connection to the tracker */
+} df_register_res_t;
+
+typedef struct {
+    uint32_t piece;
+    char src[DF_PEER_ID_MAX];
+    bool ok;
+} df_piece_result_t;
+
+typedef struct {
+    const char *task_id;
+    const char *peer_id;
+    const df_piece_result_t *results;
+    size_t nresults;
+    uint32_t running;
+    uint32_t want;
+} df_pull_req_t;
+
+typedef enum { DF_PULL_ASSIGN, DF_PULL_WAIT, DF_PULL_DONE, DF_PULL_ERROR, DF_PULL_LOST } df_pull_state_t;
+
+typedef struct {
+    uint32_t piece;
+    uint64_t offset, length;
+    uint8_t sha256[32];
+    bool has_sha256;
+    char src_id[DF_PEER_ID_MAX];
+    char src_ip[64];
+    uint16_t src_port;
+    bool src_is_seed;
+} df_assignment_t;
+
+#define DF_PULL_MAX_ASSIGN 64
+
+typedef struct {
+    int status;                  /* 0, or a transport error (tracker unreachable) */
+    df_pull_state_t state;       /* LOST: the tracker forgot the task or peer; register again */
+    uint32_t wait_ms;
+    char digest[160];            /* DONE: whole-file digest */
+    char message[256];           /* ERROR */
+    df_assignment_t assign[DF_PULL_MAX_ASSIGN];
+    size_t nassign;
+} df_pull_res_t;
+
+typedef void (*df_register_cb)(const df_register_res_t *res, void *arg);
+typedef void (*df_pull_cb)(const df_pull_res_t *res, void *arg);
+typedef void (*df_tracker_done_cb)(int status, void *arg);
+
+typedef enum { DF_REPORT_DIGEST, DF_REPORT_MISSING, DF_REPORT_IO } df_report_kind_t;
+
+typedef struct df_tracker_ops {
+    int (*register_task)(df_tracker_t *t, const df_register_req_t *req, df_register_cb cb, void *arg);
+    int (*pull_piece)(df_tracker_t *t, const df_pull_req_t *req, df_pull_cb cb, void *arg);
+    /* Fire-and-forget operations: cb may be NULL. */
+    int (*report_piece)(df_tracker_t *t, const df_pull_req_t *req, df_tracker_done_cb cb, void *arg);
+    int (*service_down)(df_tracker_t *t, const char *peer_id, const char *task_id, df_tracker_done_cb cb,
+                        void *arg);
+    int (*report_error)(df_tracker_t *t, const char *task_id, const char *peer_id, const char *src_id,
+                        uint32_t piece, df_report_kind_t kind, df_tracker_done_cb cb, void *arg);
+    int (*heartbeat)(df_tracker_t *t, const char *peer_id, df_tracker_done_cb cb, void *arg);
+    /* Cancels pending callbacks and frees. */
+    void (*free)(df_tracker_t *t);
+} df_tracker_ops_t;
+
+struct df_tracker {
+    const df_tracker_ops_t *ops;
+};
+
+#define df_tracker_register(t, req, cb, arg) ((t)->ops->register_task((t), (req), (cb), (arg)))
+#define df_tracker_pull(t, req, cb, arg) ((t)->ops->pull_piece((t), (req), (cb), (arg)))
+
+/* The supernode implementation.  nodes: "host:port" strings tried in order
+ * for Register; later calls for a task go to the node that registered it
+ * (one node per tracker instance at a time: a new Register may move it). */
+struct df_http;
+int df_tracker_supernode_new(struct df_http *http, const char *const *nodes, df_tracker_t **out);
+
+#endif
