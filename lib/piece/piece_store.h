@@ -37,14 +37,22 @@ typedef struct {
 int df_store_open(const char *dir, uint64_t limit_bytes, df_store_t **out);
 void df_store_close(df_store_t *store);
 
-/* Finds a task; -ENOENT if absent.  The returned task is referenced: release
- * it with df_stored_task_unref(). */
+/* Task ids are exactly DF_TASK_ID_LEN lower-case hex characters; any other
+ * id is -EINVAL at every entry point (it never reaches a path).
+ *
+ * Finds a task; -ENOENT if absent.  The returned task is referenced: release
+ * it with df_stored_task_unref().  Counts as a use for LRU. */
 int df_store_task_get(df_store_t *store, const char *task_id, df_stored_task_t **out);
 /* Finds or creates a task with this shape.  An existing task with a
- * different length or piece size is discarded and recreated.  Referenced. */
+ * different length or piece size is discarded and recreated: its data file
+ * is unlinked and a new one made, so holders of the old task keep reading
+ * the old bytes.  Referenced.  -EINVAL for a piece size of 0 or above
+ * DF_PIECE_SIZE_MAX, -EFBIG above DF_PIECE_COUNT_MAX pieces. */
 int df_store_task_create(df_store_t *store, const char *task_id, const df_task_shape_t *shape,
                          df_stored_task_t **out);
-/* Removes a task's files now (it must not be referenced by anyone else). */
+/* Removes a task's files now.  It should not be referenced; if it is, the
+ * holders keep a detached task (reads still work on the unlinked file,
+ * nothing is persisted) that is freed at their last unref. */
 int df_store_task_remove(df_store_t *store, const char *task_id);
 
 void df_stored_task_ref(df_stored_task_t *t);
@@ -62,7 +70,8 @@ bool df_stored_task_has_piece(const df_stored_task_t *t, uint32_t idx);
 bool df_stored_task_piece_digest(const df_stored_task_t *t, uint32_t idx, uint8_t out[32]);
 int df_stored_task_set_piece_digest(df_stored_task_t *t, uint32_t idx, const uint8_t digest[32]);
 
-/* pwrite of piece bytes at offset (no verification here). */
+/* pwrite of piece bytes at offset (no verification here).  -EINVAL when
+ * [off, off+len) is not inside the task. */
 int df_stored_task_write(df_stored_task_t *t, uint64_t off, const void *data, size_t len);
 /* pread; used by verification and tests. */
 int df_stored_task_read(df_stored_task_t *t, uint64_t off, void *data, size_t len);
@@ -88,15 +97,19 @@ int df_stored_task_fd(const df_stored_task_t *t);
 const char *df_stored_task_data_path(const df_stored_task_t *t);
 /* Records a use now (for LRU). */
 void df_stored_task_touch(df_stored_task_t *t);
-/* Writes meta.json now (also done lazily on a timer by df_store_flush). */
+/* fdatasync()s data, then writes meta.json now (also done lazily on a timer
+ * by df_store_flush).  A no-op for a detached task. */
 int df_stored_task_sync(df_stored_task_t *t);
 
 /* Writes meta.json of every dirty task. */
 void df_store_flush(df_store_t *store);
 /* Evicts least-recently-used complete, unreferenced tasks until the store is
- * within its budget.  Calls evicted_cb(task_id, arg) for each.  Returns the
- * number evicted. */
+ * within its budget.  Calls evicted_cb(task_id, arg) for each, after the
+ * task is gone.  Returns the number evicted.  Incomplete or referenced tasks
+ * are never evicted, so the store may stay over budget. */
 int df_store_gc(df_store_t *store, void (*evicted_cb)(const char *task_id, void *arg), void *arg);
+/* Sum of the lengths of all tasks, complete or not (an in-progress download
+ * has its full size reserved). */
 uint64_t df_store_bytes(const df_store_t *store);
 
 /* Places the verified, complete task's bytes at `output` atomically: a copy
@@ -104,7 +117,15 @@ uint64_t df_store_bytes(const df_store_t *store);
  * temporary file in output's directory, fsync, then rename(2).  A copy, not a
  * hard link, so a user editing the output can never change what this host
  * serves.  Nothing is ever left at `output` on failure; the temporary file
- * is removed. */
+ * is removed.  -EINVAL if the task is not complete; the output's mode is
+ * 0644. */
 int df_stored_task_export(df_stored_task_t *t, const char *output);
+
+/* Library-internal, exposed for tests: copies len bytes from offset 0 of
+ * in_fd to offset 0 of out_fd, trying `first` and then each later method
+ * (reflink, then copy_file_range, then read/write) when the kernel or the
+ * filesystem does not support it.  0 or -errno; -EIO if in_fd is short. */
+typedef enum { DF__COPY_CLONE = 0, DF__COPY_RANGE, DF__COPY_RW } df__copy_method_t;
+int df__copy_file(int in_fd, int out_fd, uint64_t len, df__copy_method_t first);
 
 #endif
