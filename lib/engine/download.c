@@ -35,6 +35,7 @@
 
 #include "piece/digest.h"
 #include "piece/piece.h"
+#include "piece/range.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -348,9 +349,12 @@ static void finish(df_download_t *dl, int status, const char *fmt, ...)
     dl->state = ST_DONE;
     dl->res.status = status;
     if (fmt) {
+        char reason[sizeof(dl->res.reason)];
+        /* formatted aside: an argument may be res.reason itself */
         va_start(ap, fmt);
-        vsnprintf(dl->res.reason, sizeof(dl->res.reason), fmt, ap);
+        vsnprintf(reason, sizeof(reason), fmt, ap);
         va_end(ap);
+        memcpy(dl->res.reason, reason, sizeof(reason));
     }
     dl->res.seconds = df_now_s() - dl->t0;
     dl->res.length = dl->length;
@@ -412,7 +416,7 @@ static void verify_and_export(df_download_t *dl)
     if (dl->tracker_digest[0]) {
         if (df_digest_parse(dl->tracker_digest, &want) == 0 && want.alg == DF_DIGEST_SHA256 &&
             !df_digest_equal(&want, &got)) {
-            finish(dl, DF_EDIGEST, "digest mismatch: the supernode's seed has %s, the pieces give %s",
+            finish(dl, DF_EDIGEST, "the supernode's seed has %s, the pieces give %s",
                    dl->tracker_digest, text);
             return;
         }
@@ -427,7 +431,7 @@ static void verify_and_export(df_download_t *dl)
         if (!df_digest_equal(&user_got, &dl->user_digest)) {
             char have[DF_DIGEST_STR_MAX];
             df_digest_format(&user_got, have, sizeof(have));
-            finish(dl, DF_EDIGEST, "digest mismatch: expected %s, got %s", dl->digest_text, have);
+            finish(dl, DF_EDIGEST, "expected %s, got %s", dl->digest_text, have);
             return;
         }
         df_strlcpy(dl->res.digest, dl->digest_text, sizeof(dl->res.digest));
@@ -962,7 +966,7 @@ static void source_done(df_http_req_t *req, const df_http_result_t *res, void *a
             df_hasher_final(dl->whole_user, &ugot);
         if (!df_digest_equal(&ugot, &dl->user_digest)) {
             df_digest_format(&ugot, text, sizeof(text));
-            finish(dl, DF_EDIGEST, "digest mismatch: expected %s, got %s", dl->digest_text, text);
+            finish(dl, DF_EDIGEST, "expected %s, got %s", dl->digest_text, text);
             return;
         }
         df_strlcpy(dl->res.digest, dl->digest_text, sizeof(dl->res.digest));

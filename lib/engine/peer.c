@@ -129,8 +129,11 @@ static int start_upload_server(df_peer_t *peer)
         return -errno;
     peer->upload_port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
                                                        : ((struct sockaddr_in *)&ss)->sin_port);
-    rc = df_upload_server_new(peer->base, peer->store, peer->cfg.upload_limit_bps, &peer->up);
-    return rc;
+    rc = df_upload_server_new(peer->base, NULL, peer->store, &peer->up);
+    if (rc < 0)
+        return rc;
+    df_upload_server_set_rate_limit(peer->up, peer->cfg.upload_limit_bps);
+    return 0;
 }
 
 int df_peer_new(struct event_base *base, const df_peer_config_t *cfg, df_peer_t **out)
@@ -237,9 +240,9 @@ void df_peer_free(df_peer_t *peer)
         event_free(peer->tick);
     if (peer->leave_timer)
         event_free(peer->leave_timer);
+    df_upload_server_free(peer->up);
     if (peer->evh)
         evhttp_free(peer->evh);
-    df_upload_server_free(peer->up);
     if (peer->tracker)
         peer->tracker->ops->free(peer->tracker);
     df_http_free(peer->http);

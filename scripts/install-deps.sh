@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Installs the build and test dependencies of dfly on Debian 12.
+# Idempotent: does nothing (not even `apt-get update`) when everything is there.
+# Never leaves nginx running as a service: the tests start their own nginx.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+
+BUILD_PKGS=(build-essential cmake pkg-config clang libevent-dev libcurl4-openssl-dev libssl-dev
+            libmsgpack-dev libyaml-dev libjansson-dev libcmocka-dev)
+TEST_PKGS=(curl python3 iproute2 procps)
+
+installed() {
+    dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
+}
+
+if [ "$(id -u)" -ne 0 ]; then
+    SUDO=sudo
+else
+    SUDO=
+fi
+
+missing=()
+for p in "${BUILD_PKGS[@]}" "${TEST_PKGS[@]}"; do
+    installed "$p" || missing+=("$p")
+done
+# nginx: any of nginx-light / nginx / nginx-core / nginx-full providing the binary will do.
+if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+    missing+=(__nginx__)
+fi
+
+if [ ${#missing[@]} -eq 0 ]; then
+    echo "install-deps: all dependencies present"
+    exit 0
+fi
+echo "install-deps: missing: ${missing[*]}"
+
+# Keep package scripts from starting services (nginx) while installing.
+policy=/usr/sbin/policy-rc.d
+created_policy=0
+if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+    $SUDO chmod 755 "$policy"
+    created_policy=1
+fi
+cleanup() { if [ "$created_policy" = 1 ]; then $SUDO rm -f "$policy"; fi; }
+trap cleanup EXIT
+
+$SUDO apt-get update -q
+pkgs=()
+for p in "${missing[@]}"; do
+    if [ "$p" = __nginx__ ]; then
+        if apt-cache show nginx-light >/dev/null 2>&1; then pkgs+=(nginx-light); else pkgs+=(nginx); fi
+    else
+        pkgs+=("$p")
+    fi
+done
+$SUDO apt-get install -y -q --no-install-recommends "${pkgs[@]}"
+
+# If a service manager started nginx anyway, stop only that service (by its pid file).
+if [ -s /run/nginx.pid ] && command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet nginx 2>/dev/null; then
+    $SUDO systemctl stop nginx || true
+    $SUDO systemctl disable nginx >/dev/null 2>&1 || true
+fi
+echo "install-deps: done"

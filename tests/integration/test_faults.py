@@ -1,0 +1,200 @@
+#!/usr/bin/env python3
+"""Faults: supernode absent or killed, origin errors, peers dying or lying."""
+
+import json
+import os
+import signal
+import sys
+import time
+
+import dflytest as T
+
+BOUND = 60.0  # every dfget must end within this; past it the run is killed and fails
+
+
+def dead_node():
+    return f"{T.LOCALHOST}:{T.free_port()}"  # nothing listens there
+
+
+@T.timeout(120)
+def test_supernode_down_falls_back(env):
+    o = env.origin()
+    info = o.add_file("f.bin", 5 * T.MiB + 7)
+    r = env.dfget(o.url("f.bin"), env.path("out.bin"), node=dead_node(), timeout=BOUND)
+    r.expect_ok(info)
+    j = r.json
+    T.check(j["back_source"] is True, f"back_source should be true: {r.describe()}")
+    T.check(j["reason"].strip() != "", f"back-source reason should be given: {r.describe()}")
+    T.check(j["bytes_from_origin"] == info.size, f"all bytes from origin: {r.describe()}")
+    T.check(r.seconds < 30, f"fallback took {r.seconds:.1f}s")
+
+
+@T.timeout(120)
+def test_supernode_down_notbs_fails(env):
+    o = env.origin()
+    o.add_file("f.bin", 1 * T.MiB)
+    d = env.mkdir("o")
+    out = os.path.join(d, "out.bin")
+    r = env.dfget(o.url("f.bin"), out, node=dead_node(), extra=["--notbs"], timeout=BOUND)
+    r.expect_fail("supernode|node|tracker|connect|refused|unreachable")
+    T.check(os.listdir(d) == [], f"leftovers: {os.listdir(d)}")
+    T.check(o.bytes_served("/f.bin") == 0, "--notbs must not touch the origin")
+
+
+def origin_error_case(env, loc, code):
+    o = env.origin()
+    o.add_file("f.bin", 2 * T.MiB)
+    sn = env.supernode()
+    url = o.url("f.bin", loc)
+    runs = [env.start_dfget(url, env.path(f"{loc}-{i}.bin"), node=sn.addr, timeout=BOUND)
+            for i in range(3)]
+    for i, run in enumerate(runs):
+        r = run.wait()
+        try:
+            r.expect_fail(str(code))
+        except T.TestFailure as e:
+            raise T.TestFailure(f"peer {i} for origin {code}: {e}")
+    T.check(sn.healthy(), "supernode unhealthy after origin errors")
+
+
+@T.timeout(150)
+def test_origin_404(env):
+    origin_error_case(env, "missing", 404)
+
+
+@T.timeout(150)
+def test_origin_401(env):
+    origin_error_case(env, "denied", 401)
+
+
+@T.timeout(150)
+def test_origin_auth_required(env):
+    origin_error_case(env, "auth", 401)
+
+
+@T.timeout(150)
+def test_origin_drops_connection(env):
+    o = env.origin()
+    o.add_file("f.bin", 1 * T.MiB)
+    sn = env.supernode()
+    runs = [env.start_dfget(o.url("f.bin", "drop"), env.path(f"d{i}.bin"), node=sn.addr,
+                            timeout=BOUND) for i in range(3)]
+    for i, run in enumerate(runs):
+        try:
+            run.wait().expect_fail()
+        except T.TestFailure as e:
+            raise T.TestFailure(f"peer {i}: {e}")
+    T.check(sn.healthy(), "supernode unhealthy")
+
+
+@T.timeout(90)
+def test_timeout_on_stalled_origin(env):
+    """--timeout bounds the whole download even when the origin trickles."""
+    o = env.origin(crawl_rate="1k")
+    o.add_file("f.bin", 512 * T.KiB)
+    sn = env.supernode()
+    r = env.dfget(o.url("f.bin", "crawl"), env.path("t.bin"), node=sn.addr,
+                  extra=["--timeout", "5s"], timeout=45)
+    r.expect_fail()
+    T.check(r.seconds < 30, f"--timeout 5s but dfget ran {r.seconds:.1f}s")
+
+
+@T.timeout(150)
+def test_origin_without_length(env):
+    """A chunked origin (no Content-Length) still gives every peer a correct file."""
+    o = env.origin()
+    info = o.add_file("c.bin", 10 * T.MiB + 5)
+    sn = env.supernode()
+    runs = [env.start_dfget(o.url("c.bin", "chunked"), env.path(f"c{i}.bin"), node=sn.addr,
+                            timeout=120) for i in range(3)]
+    for i, run in enumerate(runs):
+        try:
+            run.wait().expect_ok(info)
+        except T.TestFailure as e:
+            raise T.TestFailure(f"peer {i}: {e}")
+
+
+@T.timeout(200)
+def test_supernode_killed_mid_swarm(env):
+    o = env.origin(slow_rate="4m")
+    info = o.add_file("s.bin", 24 * T.MiB)
+    sn = env.supernode()
+    url = o.url("s.bin", "slow")  # the seed alone takes ~6 s
+    runs = [env.start_dfget(url, env.path(f"s{i}.bin"), node=sn.addr, timeout=150)
+            for i in range(5)]
+    time.sleep(2.0)
+    T.check(all(r.proc.alive() for r in runs), "peers finished before the kill: too fast")
+    sn.kill(signal.SIGKILL)
+    for i, run in enumerate(runs):
+        try:
+            run.wait().expect_ok(info)
+        except T.TestFailure as e:
+            raise T.TestFailure(f"peer {i} after supernode SIGKILL: {e}")
+
+
+@T.timeout(200)
+def test_peer_killed_mid_swarm(env):
+    o = env.origin(slow_rate="4m")
+    info = o.add_file("p.bin", 24 * T.MiB)
+    sn = env.supernode()
+    url = o.url("p.bin", "slow")
+    runs = [env.start_dfget(url, env.path(f"p{i}.bin"), node=sn.addr, timeout=150)
+            for i in range(6)]
+    time.sleep(2.5)
+    T.check(runs[0].proc.alive(), "peer 0 finished before the kill: too fast")
+    runs[0].kill(signal.SIGKILL)
+    for i, run in enumerate(runs[1:], 1):
+        try:
+            run.wait().expect_ok(info)
+        except T.TestFailure as e:
+            raise T.TestFailure(f"peer {i} after peer 0 was killed: {e}")
+    T.check(sn.healthy(), "supernode unhealthy")
+
+
+@T.timeout(200)
+def test_corrupting_peer(env):
+    """A registered peer claims every piece and serves flipped bytes.  The
+    downloader must detect it, not use it again, and still produce the file."""
+    o = env.origin()
+    info = o.add_file("e.bin", 64 * T.MiB)  # 16 pieces of 4 MiB
+    sn = env.supernode()
+    url = o.url("e.bin")
+    state = env.path("evil.state")
+    reqlog = env.path("evil.requests")
+    open(reqlog, "w").close()
+    evil = env.procs.start("evilpeer", [sys.executable, os.path.join(T.HERE, "evilpeer.py"),
+                                        str(sn.port), url, info.path, state, reqlog])
+    st = T.wait_for(lambda: os.path.exists(state) and json.load(open(state)), 90,
+                    what="evil peer to claim the pieces", proc=evil)
+    T.check("error" not in st, f"evil peer could not join: {st}")
+    T.check(st.get("state") == "done", f"evil peer not done: {st}")
+
+    r = env.dfget(url, env.path("good.bin"), node=sn.addr, timeout=120)
+    r.expect_ok(info)
+
+    reqs = [json.loads(l) for l in open(reqlog) if l.strip()]
+    T.log(f"evil peer served {len(reqs)} requests: {[q['range'] for q in reqs]}")
+    pieces = info.size // (4 * T.MiB)
+    T.check(len(reqs) >= 1, "the supernode never scheduled the (claiming) evil peer, although "
+                            "peers holding a piece are preferred over the seed")
+    ranges = [q["range"] for q in reqs]
+    T.check(len(set(ranges)) == len(ranges), f"a piece was fetched twice from the bad peer: {ranges}")
+    T.check(len(reqs) <= pieces // 2,
+            f"the bad peer kept being used after serving bad bytes: {len(reqs)} requests")
+    # The only other source is the seed: the flipped bytes must not count as received.
+    T.check(r.json["bytes_from_peers"] == 0,
+            f"bytes from the bad peer were counted as received: {r.describe()}")
+    T.check(sn.healthy(), "supernode unhealthy after the corrupting peer")
+    st, task = sn.api("GET", f"/api/v1/tasks/{r.json['task_id']}")
+    T.check(st == 200 and isinstance(task, dict), f"task detail -> {st}")
+    T.log(f"task after the bad peer: peers={list(((task.get('pieces') or {}).get('peers') or {}))}")
+    names = ("digest", "bad", "corrupt", "error")
+    seen = [l for l in sn.metrics().splitlines()
+            if l and not l.startswith("#") and any(w in l.split(" ")[0] for w in names)]
+    T.log("supernode error-ish metrics: " + ("; ".join(seen) if seen else "(none exposed)"))
+
+if __name__ == "__main__":
+    T.main([test_supernode_down_falls_back, test_supernode_down_notbs_fails, test_origin_404,
+            test_origin_401, test_origin_auth_required, test_origin_drops_connection,
+            test_timeout_on_stalled_origin, test_origin_without_length,
+            test_supernode_killed_mid_swarm, test_peer_killed_mid_swarm, test_corrupting_peer])

@@ -1,0 +1,79 @@
+#!/usr/bin/env python3
+"""Swarm: many peers download one file; the origin is hit about once and most
+bytes move between peers."""
+
+import os
+
+import dflytest as T
+
+SIZE = 64 * T.MiB
+PEERS = 8
+
+
+def check_swarm(origin, info, url, results, label):
+    for i, r in enumerate(results):
+        try:
+            r.expect_ok(info)
+        except T.TestFailure as e:
+            raise T.TestFailure(f"{label} peer {i}: {e}")
+    served = origin.bytes_served(url)
+    T.check(served <= 1.1 * info.size,
+            f"{label}: origin served {served} bytes of {url}, more than 1.1 x {info.size}")
+    got = sum(r.json["length"] for r in results)
+    from_peers = sum(r.json["bytes_from_peers"] for r in results)
+    T.log(f"{label}: origin served {served} B; peers gave {from_peers} of {got} B; "
+          + "; ".join(f"p{i}: peers={r.json['bytes_from_peers']} sn={r.json['bytes_from_supernode']}"
+                      f" origin={r.json['bytes_from_origin']} {r.seconds:.1f}s"
+                      for i, r in enumerate(results)))
+    T.check(from_peers >= 0.5 * got,
+            f"{label}: only {from_peers} of {got} bytes came from peers (want >= 50%)")
+    ids = {r.json["task_id"] for r in results}
+    T.check(len(ids) == 1, f"{label}: peers disagree on the task id: {ids}")
+
+
+@T.timeout(240)
+def test_swarm_dfget(env):
+    """8 concurrent in-process dfget peers, each with its own --home."""
+    o = env.origin()
+    info = o.add_file("swarm.bin", SIZE)
+    sn = env.supernode()
+    url = o.url("swarm.bin")
+    runs = [env.start_dfget(url, env.path(f"out{i}.bin"), node=sn.addr) for i in range(PEERS)]
+    results = [r.wait() for r in runs]
+    check_swarm(o, info, url, results, "dfget swarm")
+    # the supernode saw one task, complete
+    st, tasks = sn.api("GET", "/api/v1/tasks")
+    T.check(st == 200 and isinstance(tasks, dict), f"GET /api/v1/tasks -> {st} {tasks}")
+    mine = [t for t in tasks.get("tasks", []) if t.get("id") == results[0].json["task_id"]]
+    T.check(len(mine) == 1 and mine[0].get("state") == "complete",
+            f"task listing: {tasks}")
+    T.check(mine[0].get("length") == SIZE, f"task length: {mine[0]}")
+
+
+@T.timeout(300)
+def test_swarm_dfdaemon(env):
+    """8 dfdaemons (one per home); dfget through each; then a late peer is served
+    by the daemons, which keep serving after their dfget exited."""
+    o = env.origin()
+    info = o.add_file("swarm.bin", SIZE)
+    sn = env.supernode()
+    url = o.url("swarm.bin")
+    daemons = [env.dfdaemon(sn.addr) for _ in range(PEERS)]
+    runs = [env.start_dfget(url, env.path(f"out{i}.bin"), node=sn.addr, home=d.home)
+            for i, d in enumerate(daemons)]
+    results = [r.wait() for r in runs]
+    check_swarm(o, info, url, results, "dfdaemon swarm")
+    for d in daemons:
+        T.check(d.proc.alive(), f"dfdaemon {d.port} died:\n{d.proc.tail()}")
+
+    late = env.dfget(url, env.path("late.bin"), node=sn.addr)
+    late.expect_ok(info)
+    T.check(late.json["bytes_from_peers"] >= 0.5 * SIZE,
+            f"late peer got only {late.json['bytes_from_peers']} bytes from the daemons: "
+            f"{late.describe()}")
+    served = o.bytes_served(url)
+    T.check(served <= 1.1 * SIZE, f"origin served {served} bytes after the late peer")
+
+
+if __name__ == "__main__":
+    T.main([test_swarm_dfget, test_swarm_dfdaemon])
