@@ -1,0 +1,839 @@
+/*
+ * The seed: origin -> piece store, one streaming GET per task.
+ *
+ * State machine per task (seed_t.phase):
+ *
+ *   IDLE --start--> CONNECTING --headers--> STREAMING --done--> IDLE
+ *                        |                      |
+ *                        +------ error ---------+--> IDLE (task failed)
+ *
+ * and what a request asks for is its `mode`: FRESH (plain GET), RESUME
+ * (Range from the verified prefix, If-Range so a changed file answers 200)
+ * or REVALIDATE (conditional GET for a cached complete task; 304 = reuse,
+ * 200 = the content changed, and this very response becomes the new seed).
+ *
+ * Streaming: body bytes are written at their offset into the stored task
+ * and fed to a per-piece sha256; when a piece is complete it is marked
+ * verified in the store and announced to the swarm at once, so peers can
+ * fetch it while the rest still streams.  The whole-file sha256 (plus the
+ * registered digest's algorithm when that is md5 or sha512) is computed on
+ * the same pass.  An origin without Content-Length cannot be cut into
+ * pieces before its length is known (the piece size depends on it), so its
+ * body is spooled to partial_dir and cut at the end.
+ *
+ * Every failure ends in fail(): the task is marked failed with a message
+ * meant for the operator and the client, the error kind is counted, and
+ * waiting Registers are released through ready_cb.
+ */
+#include "supernode/seed.h"
+
+#include "core/core.h"
+#include "piece/digest.h"
+#include "piece/piece.h"
+#include "piece/range.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#define READ_CHUNK (1u << 20)
+#define EXTRA_HEADERS 4
+
+typedef enum { MODE_FRESH = 0, MODE_RESUME, MODE_REVALIDATE } seed_mode_t;
+typedef enum { PHASE_IDLE = 0, PHASE_CONNECTING, PHASE_STREAMING } seed_phase_t;
+
+struct df_sn_seeder {
+    df_sn_seeder_opts_t opts;
+    char *partial_dir;
+    uint64_t origin_bytes;
+    uint64_t errors[DF_SN_SEED_ERR_COUNT];
+};
+
+typedef struct {
+    df_sn_seeder_t *s;
+    df_sn_task_t *task;
+    df_http_req_t *req;
+    seed_mode_t mode;
+    seed_phase_t phase;
+    bool started;                 /* the first start (cache lookup) happened */
+    bool spooling;                /* no Content-Length: body goes to the spool */
+    df_stored_task_t *stored;     /* referenced */
+    int spool_fd;
+    char spool_path[PATH_MAX];
+    uint64_t start_off;           /* first body byte's offset in the file */
+    uint64_t off;                 /* next body byte's offset */
+    uint64_t expect;              /* file length (not spooling) */
+    df_hasher_t *piece_h, *file_h, *extra_h;
+    df_digest_alg_t extra_alg;    /* registered digest's algorithm when not sha256 */
+    bool failed_here;             /* fail() ran during this request */
+} seed_t;
+
+const char *df_sn_seed_err_name(df_sn_seed_err_t e)
+{
+    static const char *names[] = {
+#define DF_X_(name, text) text,
+        DF_SN_SEED_ERRORS(DF_X_)
+#undef DF_X_
+    };
+    return (unsigned)e < DF_SN_SEED_ERR_COUNT ? names[e] : "unknown";
+}
+
+int df_sn_seeder_new(const df_sn_seeder_opts_t *opts, df_sn_seeder_t **out)
+{
+    df_sn_seeder_t *s = calloc(1, sizeof(*s));
+    int rc;
+
+    if (!s)
+        return -ENOMEM;
+    s->opts = *opts;
+    s->partial_dir = strdup(opts->partial_dir);
+    if (!s->partial_dir) {
+        free(s);
+        return -ENOMEM;
+    }
+    s->opts.partial_dir = s->partial_dir;
+    rc = df_mkdirs(s->partial_dir);
+    if (rc < 0) {
+        DF_LOG_E("seed: cannot create %s: %s", s->partial_dir, df_strerror(rc));
+        df_sn_seeder_free(s);
+        return rc;
+    }
+    *out = s;
+    return 0;
+}
+
+void df_sn_seeder_free(df_sn_seeder_t *s)
+{
+    if (!s)
+        return;
+    free(s->partial_dir);
+    free(s);
+}
+
+uint64_t df_sn_seeder_origin_bytes(const df_sn_seeder_t *s)
+{
+    return s->origin_bytes;
+}
+
+uint64_t df_sn_seeder_errors(const df_sn_seeder_t *s, df_sn_seed_err_t e)
+{
+    return (unsigned)e < DF_SN_SEED_ERR_COUNT ? s->errors[e] : 0;
+}
+
+df_stored_task_t *df_sn_seed_stored(const df_sn_task_t *task)
+{
+    const seed_t *sd = task->seed;
+    return sd ? sd->stored : NULL;
+}
+
+bool df_sn_seed_active(const df_sn_task_t *task)
+{
+    const seed_t *sd = task->seed;
+    return sd && sd->req;
+}
+
+bool df_sn_seed_ready(const df_sn_task_t *task)
+{
+    const seed_t *sd = task->seed;
+
+    if (task->state == DF_SN_TASK_FAILED)
+        return true;
+    if (!sd)
+        return false;
+    if (sd->phase == PHASE_CONNECTING)
+        return false;
+    return task->shaped && !sd->spooling;
+}
+
+/* ------------------------------------------------------------ helpers */
+
+static void hashers_free(seed_t *sd)
+{
+    df_hasher_free(sd->piece_h);
+    df_hasher_free(sd->file_h);
+    df_hasher_free(sd->extra_h);
+    sd->piece_h = sd->file_h = sd->extra_h = NULL;
+}
+
+static int hashers_new(seed_t *sd)
+{
+    df_digest_t reg;
+
+    hashers_free(sd);
+    sd->extra_alg = DF_DIGEST_NONE;
+    if (sd->task->digest && df_digest_parse(sd->task->digest, &reg) == 0 &&
+        reg.alg != DF_DIGEST_SHA256)
+        sd->extra_alg = reg.alg;
+    sd->piece_h = df_hasher_new(DF_DIGEST_SHA256);
+    sd->file_h = df_hasher_new(DF_DIGEST_SHA256);
+    if (sd->extra_alg != DF_DIGEST_NONE)
+        sd->extra_h = df_hasher_new(sd->extra_alg);
+    if (!sd->piece_h || !sd->file_h || (sd->extra_alg != DF_DIGEST_NONE && !sd->extra_h))
+        return -ENOMEM;
+    return 0;
+}
+
+static void spool_close(seed_t *sd)
+{
+    if (sd->spool_fd >= 0) {
+        close(sd->spool_fd);
+        sd->spool_fd = -1;
+        unlink(sd->spool_path);
+    }
+    sd->spooling = false;
+}
+
+static void stored_drop(seed_t *sd, bool remove_files)
+{
+    if (!sd->stored)
+        return;
+    df_stored_task_unref(sd->stored);
+    sd->stored = NULL;
+    if (remove_files)
+        df_store_task_remove(sd->s->opts.store, sd->task->id);
+}
+
+static void notify(seed_t *sd)
+{
+    if (sd->s->opts.ready_cb)
+        sd->s->opts.ready_cb(sd->task, sd->s->opts.arg);
+}
+
+/* Ends the current attempt with a task error.  The request (if any) is
+ * cancelled by the caller returning a negative code from a callback, or is
+ * already done. */
+static void fail(seed_t *sd, df_sn_seed_err_t kind, long origin_status, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void fail(seed_t *sd, df_sn_seed_err_t kind, long origin_status, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    DF_LOG_W("seed %.12s: %s (%s)", sd->task->id, msg, sd->task->url);
+    sd->s->errors[kind]++;
+    df_sn_task_fail(sd->task,
+                    kind == DF_SN_SEED_ERR_DIGEST_MISMATCH ? "digest"
+                    : kind == DF_SN_SEED_ERR_STORE         ? "store"
+                                                           : "origin",
+                    origin_status, msg, df_now_ms());
+    sd->failed_here = true;
+    sd->phase = PHASE_IDLE;
+    spool_close(sd);
+    hashers_free(sd);
+    notify(sd);
+}
+
+static uint64_t choose_piece_size(const df_sn_seeder_t *s, uint64_t length)
+{
+    uint64_t ps = s->opts.piece_size ? s->opts.piece_size : df_piece_size_for(length);
+
+    /* A configured size must still respect the piece-count cap. */
+    while (df_piece_count(length, ps) > DF_PIECE_COUNT_MAX)
+        ps *= 2;
+    return ps;
+}
+
+/* Feeds body bytes at sd->off to the piece hasher, marking every piece that
+ * completes.  The caller wrote the bytes to the store already. */
+static int hash_pieces(seed_t *sd, const uint8_t *data, size_t len)
+{
+    df_sn_task_t *t = sd->task;
+
+    while (len > 0) {
+        uint64_t ps = t->piece_size;
+        uint32_t idx = (uint32_t)(sd->off / ps);
+        uint64_t pend = DF_MIN((uint64_t)(idx + 1) * ps, t->length);
+        size_t n = (size_t)DF_MIN((uint64_t)len, pend - sd->off);
+        int rc;
+
+        df_hasher_update(sd->piece_h, data, n);
+        sd->off += n;
+        data += n;
+        len -= n;
+        if (sd->off == pend) {
+            df_digest_t d;
+            df_hasher_final(sd->piece_h, &d);
+            rc = df_stored_task_set_piece_digest(sd->stored, idx, d.value);
+            if (rc == 0)
+                rc = df_stored_task_mark_piece(sd->stored, idx, d.value);
+            if (rc < 0)
+                return rc;
+            df_sn_task_seed_piece(t, idx, d.value);
+        }
+    }
+    return 0;
+}
+
+/* Hashes [0, end) of the stored file into the whole-file hashers (resume). */
+static int hash_prefix(seed_t *sd, uint64_t end)
+{
+    uint8_t *buf = malloc(READ_CHUNK);
+    uint64_t off = 0;
+    int rc = 0;
+
+    if (!buf)
+        return -ENOMEM;
+    while (off < end) {
+        size_t n = (size_t)DF_MIN((uint64_t)READ_CHUNK, end - off);
+        rc = df_stored_task_read(sd->stored, off, buf, n);
+        if (rc < 0)
+            break;
+        df_hasher_update(sd->file_h, buf, n);
+        if (sd->extra_h)
+            df_hasher_update(sd->extra_h, buf, n);
+        off += n;
+    }
+    free(buf);
+    return rc;
+}
+
+/* ------------------------------------------------------- the request */
+
+static int on_headers(df_http_req_t *req, long code, void *arg);
+static int on_data(df_http_req_t *req, const void *data, size_t len, void *arg);
+static void on_done(df_http_req_t *req, const df_http_result_t *res, void *arg);
+
+/* Starts the origin request for sd->mode.  0 or -errno. */
+static int request(seed_t *sd)
+{
+    df_sn_seeder_t *s = sd->s;
+    df_sn_task_t *t = sd->task;
+    const char **hdrs;
+    char extra[EXTRA_HEADERS][600];
+    size_t n = 0;
+    df_http_opts_t o = {0};
+    df_http_cbs_t cbs = {.on_headers = on_headers, .on_data = on_data, .on_done = on_done};
+    int rc;
+
+    hdrs = calloc(t->nheaders + EXTRA_HEADERS + 1, sizeof(*hdrs));
+    if (!hdrs)
+        return -ENOMEM;
+    for (size_t i = 0; i < t->nheaders; i++) {
+        /* The seed decides ranges and conditions itself: a client's would
+         * make the cached content something other than the file. */
+        static const char *own[] = {"range:", "if-range:", "if-none-match:", "if-modified-since:",
+                                    "if-match:", "if-unmodified-since:"};
+        bool skip = false;
+        for (size_t k = 0; k < DF_ARRAY_LEN(own); k++)
+            if (strncasecmp(t->headers[i], own[k], strlen(own[k])) == 0)
+                skip = true;
+        if (!skip)
+            hdrs[n++] = t->headers[i];
+    }
+    o.url = t->url;
+    o.follow_redirects = true;
+    o.connect_timeout_ms = (long)s->opts.origin_timeout_ms;
+    o.stall_timeout_ms = (long)s->opts.origin_timeout_ms;
+    if (sd->mode == MODE_REVALIDATE && sd->stored) {
+        const char *etag = df_stored_task_etag(sd->stored);
+        const char *lm = df_stored_task_last_modified(sd->stored);
+        int k = 0;
+        if (*etag && strlen(etag) < 500) {
+            snprintf(extra[k], sizeof(extra[k]), "If-None-Match: %s", etag);
+            hdrs[n++] = extra[k++];
+        }
+        if (*lm && strlen(lm) < 500) {
+            snprintf(extra[k], sizeof(extra[k]), "If-Modified-Since: %s", lm);
+            hdrs[n++] = extra[k++];
+        }
+    } else if (sd->mode == MODE_RESUME) {
+        const char *etag = df_stored_task_etag(sd->stored);
+        const char *lm = df_stored_task_last_modified(sd->stored);
+        /* If-Range needs a strong validator: a weak ETag would always make
+         * the origin send the whole file, so fall back to Last-Modified. */
+        if (*etag && strncmp(etag, "W/", 2) != 0 && strlen(etag) < 500) {
+            snprintf(extra[0], sizeof(extra[0]), "If-Range: %s", etag);
+            hdrs[n++] = extra[0];
+        } else if (*lm && strlen(lm) < 500) {
+            snprintf(extra[0], sizeof(extra[0]), "If-Range: %s", lm);
+            hdrs[n++] = extra[0];
+        }
+        o.has_range_from = true;
+        o.range_from = sd->start_off;
+    }
+    o.headers = hdrs;
+    sd->phase = PHASE_CONNECTING;
+    sd->failed_here = false;
+    rc = df_http_start(s->opts.http, &o, &cbs, sd, &sd->req);
+    free(hdrs);
+    if (rc < 0) {
+        sd->req = NULL;
+        sd->phase = PHASE_IDLE;
+    }
+    DF_LOG_D("seed %.12s: %s %s", t->id,
+             sd->mode == MODE_FRESH ? "fetching" : sd->mode == MODE_RESUME ? "resuming" : "revalidating",
+             t->url);
+    return rc;
+}
+
+/* A full-file 200: (re)starts the seed from byte 0 with this response. */
+static int begin_full(seed_t *sd, df_http_req_t *req)
+{
+    df_sn_seeder_t *s = sd->s;
+    df_sn_task_t *t = sd->task;
+    const char *cl, *v;
+    char etag_c[512] = "", lm_c[512] = "";
+    uint64_t length;
+    int rc;
+
+    /* df_http_header() values share one slot per request: copy each
+     * before asking for the next. */
+    if ((v = df_http_header(req, "ETag")))
+        df_strlcpy(etag_c, v, sizeof(etag_c));
+    if ((v = df_http_header(req, "Last-Modified")))
+        df_strlcpy(lm_c, v, sizeof(lm_c));
+    cl = df_http_header(req, "Content-Length");
+    stored_drop(sd, true);
+    df_sn_task_set_seeding(t);
+    rc = hashers_new(sd);
+    if (rc < 0)
+        return rc;
+    sd->start_off = sd->off = 0;
+
+    if (!cl || df_parse_u64(cl, &length) < 0) {
+        /* Unknown length: spool, cut into pieces at the end. */
+        df_sn_task_unshape(t);
+        if (snprintf(sd->spool_path, sizeof(sd->spool_path), "%s/%s.spool", s->partial_dir, t->id) >=
+            (int)sizeof(sd->spool_path))
+            return -ENAMETOOLONG;
+        sd->spool_fd = open(sd->spool_path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        if (sd->spool_fd < 0)
+            return -errno;
+        sd->spooling = true;
+        sd->phase = PHASE_STREAMING;
+        sd->expect = UINT64_MAX;
+        /* ETag/Last-Modified are recorded on the stored task at the end. */
+        return 0;
+    }
+    {
+        df_task_shape_t shape = {.url = t->url, .length = length,
+                                 .piece_size = choose_piece_size(s, length)};
+        rc = df_sn_task_shape(t, length, shape.piece_size);
+        if (rc < 0)
+            return rc;
+        rc = df_store_task_create(s->opts.store, t->id, &shape, &sd->stored);
+        if (rc < 0)
+            return rc;
+        df_stored_task_set_validators(sd->stored, etag_c, lm_c);
+        df_stored_task_sync(sd->stored);
+    }
+    sd->expect = length;
+    sd->phase = PHASE_STREAMING;
+    return 0;
+}
+
+static int on_headers(df_http_req_t *req, long code, void *arg)
+{
+    seed_t *sd = arg;
+    df_sn_task_t *t = sd->task;
+    int rc = 0;
+
+    if (sd->mode == MODE_REVALIDATE && code == 304) {
+        DF_LOG_D("seed %.12s: origin says not modified; reusing the cache", t->id);
+        t->validated_ms = df_now_ms();
+        sd->phase = PHASE_IDLE;
+        notify(sd);
+        return DF_ECANCELED; /* nothing more to read */
+    }
+    if (sd->mode == MODE_RESUME && code == 206) {
+        const char *cr = df_http_header(req, "Content-Range");
+        uint64_t first, last, total;
+        if (!cr || df_content_range_parse(cr, &first, &last, &total) < 0 || first != sd->start_off ||
+            (total != UINT64_MAX && total != t->length) || last + 1 != t->length) {
+            fail(sd, DF_SN_SEED_ERR_LENGTH_MISMATCH, 0,
+                 "origin answered the resume with Content-Range \"%s\", expected bytes %llu-%llu/%llu",
+                 cr ? cr : "", (unsigned long long)sd->start_off,
+                 (unsigned long long)(t->length - 1), (unsigned long long)t->length);
+            /* Start from scratch next time. */
+            stored_drop(sd, true);
+            return DF_ECANCELED;
+        }
+        rc = hashers_new(sd);
+        if (rc == 0)
+            rc = hash_prefix(sd, sd->start_off);
+        if (rc < 0) {
+            fail(sd, DF_SN_SEED_ERR_STORE, 0, "cannot resume from the cache: %s", df_strerror(rc));
+            return DF_ECANCELED;
+        }
+        sd->off = sd->start_off;
+        sd->expect = t->length;
+        sd->phase = PHASE_STREAMING;
+        DF_LOG_I("seed %.12s: resuming at byte %llu of %llu", t->id,
+                 (unsigned long long)sd->start_off, (unsigned long long)t->length);
+        notify(sd);
+        return 0;
+    }
+    if (code == 200) {
+        if (sd->mode != MODE_FRESH)
+            DF_LOG_I("seed %.12s: origin sent the whole file (%s); fetching it again", t->id,
+                     sd->mode == MODE_RESUME ? "resume refused" : "content changed");
+        rc = begin_full(sd, req);
+        if (rc < 0) {
+            fail(sd, DF_SN_SEED_ERR_STORE, 0, "cannot store the file: %s", df_strerror(rc));
+            return DF_ECANCELED;
+        }
+        if (!sd->spooling)
+            notify(sd);
+        return 0;
+    }
+    if (code >= 400 || code < 200 || code == 304 || code == 206 || code >= 300)
+        fail(sd, DF_SN_SEED_ERR_ORIGIN_HTTP, code, "origin returned %ld%s%s", code,
+             code == 404 ? " Not Found" : code == 401 ? " Unauthorized" : code == 403 ? " Forbidden" : "",
+             code == 206 || code == 304 ? " (unexpected)" : "");
+    return DF_ECANCELED;
+}
+
+static int on_data(df_http_req_t *req, const void *data, size_t len, void *arg)
+{
+    seed_t *sd = arg;
+    df_sn_seeder_t *s = sd->s;
+    int rc;
+
+    (void)req;
+    if (sd->phase != PHASE_STREAMING)
+        return DF_ECANCELED;
+    s->origin_bytes += len;
+    if (sd->spooling) {
+        if (s->opts.spool_limit && sd->off + len > s->opts.spool_limit) {
+            fail(sd, DF_SN_SEED_ERR_STORE, 0, "origin file without Content-Length exceeds %llu bytes",
+                 (unsigned long long)s->opts.spool_limit);
+            return DF_ETOOBIG;
+        }
+        for (size_t done = 0; done < len;) {
+            ssize_t n = pwrite(sd->spool_fd, (const char *)data + done, len - done,
+                               (off_t)(sd->off + done));
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n <= 0) {
+                rc = n < 0 ? -errno : -EIO;
+                fail(sd, DF_SN_SEED_ERR_STORE, 0, "cannot spool the file: %s", df_strerror(rc));
+                return rc;
+            }
+            done += (size_t)n;
+        }
+        df_hasher_update(sd->file_h, data, len);
+        if (sd->extra_h)
+            df_hasher_update(sd->extra_h, data, len);
+        sd->off += len;
+        return 0;
+    }
+    if (len > sd->expect - sd->off) {
+        fail(sd, DF_SN_SEED_ERR_LENGTH_MISMATCH, 0,
+             "origin sent more than its Content-Length of %llu bytes", (unsigned long long)sd->expect);
+        return DF_EPROTO;
+    }
+    rc = df_stored_task_write(sd->stored, sd->off, data, len);
+    if (rc < 0) {
+        fail(sd, DF_SN_SEED_ERR_STORE, 0, "cannot write the cache: %s", df_strerror(rc));
+        return rc;
+    }
+    df_hasher_update(sd->file_h, data, len);
+    if (sd->extra_h)
+        df_hasher_update(sd->extra_h, data, len);
+    rc = hash_pieces(sd, data, len);
+    if (rc < 0) {
+        fail(sd, DF_SN_SEED_ERR_STORE, 0, "cannot record a piece: %s", df_strerror(rc));
+        return rc;
+    }
+    return 0;
+}
+
+/* Spooled body complete: shape the task, copy pieces into the store. */
+static int cut_spool(seed_t *sd, const char *etag, const char *lm)
+{
+    df_sn_seeder_t *s = sd->s;
+    df_sn_task_t *t = sd->task;
+    uint64_t length = sd->off;
+    df_task_shape_t shape = {.url = t->url, .length = length,
+                             .piece_size = choose_piece_size(s, length)};
+    uint8_t *buf = NULL;
+    int rc;
+
+    rc = df_sn_task_shape(t, length, shape.piece_size);
+    if (rc < 0)
+        return rc;
+    rc = df_store_task_create(s->opts.store, t->id, &shape, &sd->stored);
+    if (rc < 0)
+        return rc;
+    df_stored_task_set_validators(sd->stored, etag ? etag : "", lm ? lm : "");
+    buf = malloc(shape.piece_size);
+    if (!buf)
+        return -ENOMEM;
+    sd->off = 0;
+    for (uint32_t i = 0; i < t->piece_count; i++) {
+        uint64_t off, len;
+        df_piece_span(length, shape.piece_size, i, &off, &len);
+        for (size_t done = 0; done < len;) {
+            ssize_t n = pread(sd->spool_fd, buf + done, (size_t)len - done, (off_t)(off + done));
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n <= 0) {
+                rc = n < 0 ? -errno : -EIO;
+                goto out;
+            }
+            done += (size_t)n;
+        }
+        rc = df_stored_task_write(sd->stored, off, buf, (size_t)len);
+        if (rc == 0)
+            rc = hash_pieces(sd, buf, (size_t)len);
+        if (rc < 0)
+            goto out;
+    }
+out:
+    free(buf);
+    return rc;
+}
+
+static void on_done(df_http_req_t *req, const df_http_result_t *res, void *arg)
+{
+    seed_t *sd = arg;
+    df_sn_task_t *t = sd->task;
+    df_digest_t file_d, reg, extra_d;
+    char fdigest[DF_DIGEST_STR_MAX], got[DF_DIGEST_STR_MAX];
+    int rc;
+
+    sd->req = NULL;
+    if (sd->failed_here || sd->phase == PHASE_IDLE)
+        return; /* already settled: an error, or a 304 */
+    if (res->status < 0) {
+        bool timeout = res->status == DF_ETIMEOUT;
+        if (sd->phase == PHASE_CONNECTING)
+            fail(sd, timeout ? DF_SN_SEED_ERR_ORIGIN_TIMEOUT : DF_SN_SEED_ERR_ORIGIN_CONNECT, 0,
+                 "origin %s: %s", timeout ? "timed out" : "unreachable",
+                 res->error ? res->error : df_strerror(res->status));
+        else
+            fail(sd, timeout ? DF_SN_SEED_ERR_ORIGIN_TIMEOUT : DF_SN_SEED_ERR_ORIGIN_CONNECT, 0,
+                 "origin %s after %llu bytes: %s", timeout ? "stalled" : "failed",
+                 (unsigned long long)sd->off, res->error ? res->error : df_strerror(res->status));
+        return;
+    }
+    if (sd->spooling) {
+        const char *etag = df_http_header(req, "ETag");
+        char etag_c[512] = "";
+        if (etag)
+            df_strlcpy(etag_c, etag, sizeof(etag_c));
+        rc = cut_spool(sd, etag_c, df_http_header(req, "Last-Modified"));
+        spool_close(sd);
+        if (rc < 0) {
+            fail(sd, DF_SN_SEED_ERR_STORE, 0, "cannot store the file: %s", df_strerror(rc));
+            return;
+        }
+    } else if (sd->off != sd->expect) {
+        fail(sd, DF_SN_SEED_ERR_LENGTH_MISMATCH, 0,
+             "origin closed the connection after %llu of %llu bytes", (unsigned long long)sd->off,
+             (unsigned long long)sd->expect);
+        return;
+    }
+
+    df_hasher_final(sd->file_h, &file_d);
+    df_digest_format(&file_d, fdigest, sizeof(fdigest));
+    if (t->digest && df_digest_parse(t->digest, &reg) == 0) {
+        const df_digest_t *mine = &file_d;
+        if (sd->extra_h) {
+            df_hasher_final(sd->extra_h, &extra_d);
+            mine = &extra_d;
+        }
+        if (!df_digest_equal(mine, &reg)) {
+            df_digest_format(mine, got, sizeof(got));
+            fail(sd, DF_SN_SEED_ERR_DIGEST_MISMATCH, 0,
+                 "digest mismatch: registered %s, origin content is %s", t->digest, got);
+            /* Never serve content that is not what was asked for. */
+            for (uint32_t i = 0; i < t->piece_count; i++)
+                df_sn_task_seed_unpiece(t, i);
+            stored_drop(sd, true);
+            return;
+        }
+    }
+    hashers_free(sd);
+    rc = df_stored_task_set_digest(sd->stored, &file_d);
+    if (rc == 0)
+        rc = df_stored_task_sync(sd->stored);
+    if (rc < 0)
+        DF_LOG_W("seed %.12s: cannot persist the cache metadata: %s", t->id, df_strerror(rc));
+    sd->phase = PHASE_IDLE;
+    df_sn_task_complete(t, fdigest, df_now_ms());
+    DF_LOG_I("seed %.12s: complete, %llu bytes, %u pieces, %s", t->id,
+             (unsigned long long)t->length, t->piece_count, fdigest);
+    notify(sd);
+}
+
+/* ---------------------------------------------------------- start/stop */
+
+/* Loads what the store holds for the task into the swarm.  Returns true
+ * when the stored copy is complete (with its whole-file digest). */
+static bool load_cache(seed_t *sd)
+{
+    df_sn_task_t *t = sd->task;
+    df_digest_t d;
+    uint8_t sha[32];
+    uint32_t count;
+
+    if (df_store_task_get(sd->s->opts.store, t->id, &sd->stored) < 0)
+        return false;
+    if (sd->s->opts.piece_size && df_stored_task_piece_size(sd->stored) != sd->s->opts.piece_size) {
+        stored_drop(sd, true); /* configured piece size changed: refetch */
+        return false;
+    }
+    if (df_sn_task_shape(t, df_stored_task_length(sd->stored), df_stored_task_piece_size(sd->stored)) < 0) {
+        stored_drop(sd, false);
+        return false;
+    }
+    count = df_stored_task_piece_count(sd->stored);
+    for (uint32_t i = 0; i < count; i++)
+        if (df_stored_task_has_piece(sd->stored, i) && df_stored_task_piece_digest(sd->stored, i, sha))
+            df_sn_task_seed_piece(t, i, sha);
+    if (df_stored_task_complete(sd->stored) && df_stored_task_digest(sd->stored, &d) &&
+        d.alg == DF_DIGEST_SHA256 && t->seed_pieces == t->piece_count) {
+        char text[DF_DIGEST_STR_MAX];
+        df_digest_t reg;
+        df_digest_format(&d, text, sizeof(text));
+        /* A registered sha256 must match the cache; other algorithms are
+         * not kept, so such tasks are fetched again. */
+        if (t->digest && (df_digest_parse(t->digest, &reg) < 0 || !df_digest_equal(&reg, &d))) {
+            stored_drop(sd, true);
+            df_sn_task_unshape(t);
+            return false;
+        }
+        df_sn_task_complete(t, text, 0);
+        t->validated_ms = 0; /* revalidate before use */
+        return true;
+    }
+    return false;
+}
+
+/* The verified prefix of the stored copy, in bytes. */
+static uint64_t verified_prefix(const df_sn_task_t *t)
+{
+    uint32_t i = 0;
+    while (i < t->piece_count && df_bitmap_test(t->seed_have, i))
+        i++;
+    return i == t->piece_count ? t->length : (uint64_t)i * t->piece_size;
+}
+
+int df_sn_seed_start(df_sn_seeder_t *s, df_sn_task_t *task, uint64_t now_ms)
+{
+    seed_t *sd = task->seed;
+    int rc;
+
+    if (!sd) {
+        sd = calloc(1, sizeof(*sd));
+        if (!sd)
+            return -ENOMEM;
+        sd->s = s;
+        sd->task = task;
+        sd->spool_fd = -1;
+        task->seed = sd;
+    }
+    if (sd->req)
+        return 0; /* already talking to the origin */
+
+    if (!sd->started) {
+        sd->started = true;
+        if (load_cache(sd)) {
+            sd->mode = MODE_REVALIDATE;
+            DF_LOG_I("seed %.12s: found in the cache; revalidating", task->id);
+            goto start;
+        }
+    } else if (task->state == DF_SN_TASK_COMPLETE) {
+        if (now_ms - task->validated_ms < DF_SN_FRESH_MS)
+            return 0;
+        sd->mode = MODE_REVALIDATE;
+        goto start;
+    } else if (task->state == DF_SN_TASK_FAILED) {
+        if (now_ms - task->failed_ms < DF_SN_RETRY_MS)
+            return 0;
+        df_sn_task_set_seeding(task);
+        if (!sd->stored && task->shaped)
+            df_sn_task_unshape(task);
+        if (!sd->stored && df_store_task_get(s->opts.store, task->id, &sd->stored) == 0 &&
+            (!task->shaped || df_stored_task_length(sd->stored) != task->length))
+            stored_drop(sd, false);
+    } else {
+        return 0; /* seeding, between requests: cannot happen, be safe */
+    }
+
+    /* Resume when a verified prefix exists, else fetch from scratch. */
+    if (sd->stored && task->shaped && verified_prefix(task) > 0 && verified_prefix(task) < task->length) {
+        sd->mode = MODE_RESUME;
+        sd->start_off = verified_prefix(task);
+    } else if (sd->stored && task->shaped && verified_prefix(task) == task->length &&
+               task->length > 0) {
+        /* Everything verified but never finished (crash before the final
+         * digest): re-read from scratch, it is the simplest safe path. */
+        sd->mode = MODE_FRESH;
+    } else {
+        sd->mode = MODE_FRESH;
+    }
+    df_sn_task_set_seeding(task);
+start:
+    rc = request(sd);
+    if (rc < 0) {
+        char msg[256];
+        snprintf(msg, sizeof(msg), "cannot start the origin request: %s", df_strerror(rc));
+        s->errors[DF_SN_SEED_ERR_ORIGIN_CONNECT]++;
+        df_sn_task_fail(task, "origin", 0, msg, now_ms);
+        return rc;
+    }
+    return 0;
+}
+
+int df_sn_seed_check_piece(df_sn_seeder_t *s, df_sn_task_t *task, uint32_t idx, uint64_t now_ms)
+{
+    seed_t *sd = task->seed;
+    uint64_t off, len;
+    uint8_t *buf, sha[32];
+    int rc;
+
+    (void)s;
+    if (!sd || !sd->stored || !task->shaped || idx >= task->piece_count ||
+        !df_bitmap_test(task->seed_have, idx))
+        return 0;
+    df_piece_span(task->length, task->piece_size, idx, &off, &len);
+    buf = malloc(len ? len : 1);
+    if (!buf)
+        return -ENOMEM;
+    rc = df_stored_task_read(sd->stored, off, buf, (size_t)len);
+    if (rc == 0) {
+        df_sha256(buf, (size_t)len, sha);
+        if (memcmp(sha, task->piece_sha + (size_t)idx * 32, 32) != 0)
+            rc = DF_EDIGEST;
+    }
+    free(buf);
+    if (rc == 0)
+        return 0;
+    DF_LOG_E("seed %.12s: piece %u is corrupt in the cache (%s); will fetch it again", task->id, idx,
+             df_strerror(rc));
+    df_stored_task_unmark_piece(sd->stored, idx);
+    df_stored_task_sync(sd->stored);
+    df_sn_task_seed_unpiece(task, idx);
+    if (!sd->req) {
+        df_sn_task_fail(task, "store", 0, "a cached piece was corrupt; the seed will fetch it again",
+                        now_ms);
+        task->failed_ms = 0; /* retry on the next Register */
+    }
+    return DF_EDIGEST;
+}
+
+void df_sn_seed_stop(df_sn_seeder_t *s, df_sn_task_t *task)
+{
+    seed_t *sd = task->seed;
+
+    (void)s;
+    if (!sd)
+        return;
+    df_http_cancel(sd->req);
+    sd->req = NULL;
+    spool_close(sd);
+    hashers_free(sd);
+    stored_drop(sd, false);
+    free(sd);
+    task->seed = NULL;
+}

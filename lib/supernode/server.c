@@ -1,0 +1,1032 @@
+/*
+ * The supernode: one evhttp on one port answering the tracker API
+ * (docs/API.md), the listings, /healthz, /metrics, and -- through the upload
+ * server -- the seed's pieces at /peer/file/<task id>.
+ *
+ * Wiring: requests are decoded by api_codec.c, applied to the bookkeeping in
+ * swarm.c, and the seed (seed.c) is started by Register.  Register answers
+ * are deferred until the seed knows the file's length (or failed): the
+ * evhttp request is parked on the task's waiter list and answered from the
+ * seed's ready callback.  Everything runs on the caller's event loop.
+ *
+ * Robustness: evhttp enforces the header (16 KiB) and body (64 KiB) caps and
+ * answers 413 itself; every handler validates its input before touching
+ * state and answers 400/404/405/409 with a JSON error body; nothing a client
+ * sends can make us allocate beyond the caps in api_codec.h and swarm.h.
+ *
+ * Timers: a one-second sweep removes silent peers, frees in-flight pieces
+ * nobody reported, forgets idle tasks (releasing their hold on the cache so
+ * store GC may evict them), flushes store metadata and runs store GC.
+ */
+#include "core/core.h"
+#include "core/metrics.h"
+#include "engine/upload_server.h"
+#include "net/http_client.h"
+#include "piece/piece.h"
+#include "piece/piece_store.h"
+#include "supernode/api_codec.h"
+#include "supernode/seed.h"
+#include "supernode/swarm.h"
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+
+#include <errno.h>
+#include <jansson.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#define HEADERS_MAX (16u * 1024u)
+#define CONN_TIMEOUT_S 120
+#define WAITERS_MAX 4096u          /* parked Registers per task */
+#define TASK_IDLE_MS (5u * 60u * 1000u)
+#define WAIT_MS_SEEDING 100
+#define WAIT_MS_BUSY 200
+#define METRICS_CAP (4u * 1024u * 1024u)
+#define PIECES_LISTING_MAX (8u * 1024u * 1024u) /* chars of bitmaps in a task listing */
+
+typedef struct waiter {
+    struct evhttp_request *req;
+    df_sn_register_req_t r;
+    struct waiter *next;
+} waiter_t;
+
+struct df_supernode {
+    struct event_base *base;
+    df_supernode_config_t cfg;
+    char *listen_host, *advertise_ip, *data_dir;
+    struct evhttp *http;
+    uint16_t port;
+    df_http_t *client;
+    df_store_t *store;
+    df_sn_swarm_t *swarm;
+    df_sn_seeder_t *seeder;
+    df_upload_server_t *upload;
+    df_metrics_t *metrics;
+    struct event *sweep;
+    uint32_t sweeps;
+    bool closing;
+
+    df_metric_t *m_tasks, *m_peers, *m_sched_seed, *m_sched_peer, *m_seed_bytes, *m_origin_bytes;
+    df_metric_t *m_sched_seconds, *m_seed_err[DF_SN_SEED_ERR_COUNT];
+    df_metric_t *m_up_ok, *m_up_err;
+};
+
+/* ------------------------------------------------------------ replies */
+
+static const char *reason(int code)
+{
+    switch (code) {
+    case 200: return "OK";
+    case 400: return "Bad Request";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 409: return "Conflict";
+    case 413: return "Payload Too Large";
+    case 500: return "Internal Server Error";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    default: return "";
+    }
+}
+
+static void count_request(df_supernode_t *sn, const char *route, int code)
+{
+    char code_s[16];
+    df_metric_label_t labels[2] = {{"route", route}, {"code", code_s}};
+    df_metric_t *m = NULL;
+
+    snprintf(code_s, sizeof(code_s), "%d", code);
+    if (df_metrics_counter(sn->metrics, "dfly_supernode_http_requests_total",
+                           "HTTP requests answered, by route and status code", labels, 2, &m) == 0)
+        df_metric_inc(m);
+}
+
+static void count_error(df_supernode_t *sn, const char *kind)
+{
+    df_metric_label_t label = {"kind", kind};
+    df_metric_t *m = NULL;
+
+    if (df_metrics_counter(sn->metrics, "dfly_supernode_errors_total",
+                           "Errors by kind (origin, request, report)", &label, 1, &m) == 0)
+        df_metric_inc(m);
+}
+
+/* Sends text with a content type; counts the request first (req may be
+ * freed inside evhttp_send_reply when its connection is gone). */
+static void send_text(df_supernode_t *sn, struct evhttp_request *req, const char *route, int code,
+                      const char *ctype, const char *text, size_t len)
+{
+    struct evbuffer *b = evbuffer_new();
+
+    count_request(sn, route, code);
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", ctype);
+    if (b && len)
+        evbuffer_add(b, text, len);
+    evhttp_send_reply(req, code, reason(code), b);
+    if (b)
+        evbuffer_free(b);
+}
+
+/* Sends doc (reference stolen) as JSON. */
+static void send_json(df_supernode_t *sn, struct evhttp_request *req, const char *route, int code,
+                      json_t *doc)
+{
+    char *text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+
+    json_decref(doc);
+    if (!text) {
+        static const char oom[] = "{\"error\":\"internal\",\"message\":\"out of memory\"}";
+        send_text(sn, req, route, 500, "application/json", oom, sizeof(oom) - 1);
+        return;
+    }
+    send_text(sn, req, route, code, "application/json", text, strlen(text));
+    free(text);
+}
+
+static void send_error(df_supernode_t *sn, struct evhttp_request *req, const char *route, int code,
+                       const char *kind, const char *message)
+{
+    json_t *doc = json_pack("{s:s}", "error", kind);
+
+    if (doc && message)
+        json_object_set_new(doc, "message", json_string(message));
+    count_error(sn, kind);
+    send_json(sn, req, route, code, doc);
+}
+
+static void send_empty(df_supernode_t *sn, struct evhttp_request *req, const char *route)
+{
+    send_text(sn, req, route, 200, "application/json", "{}", 2);
+}
+
+/* The request body, NUL-terminated (evhttp capped it at DF_SN_BODY_MAX). */
+static const char *body_of(struct evhttp_request *req, size_t *len)
+{
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    static const char nul = '\0';
+    unsigned char *p;
+
+    *len = evbuffer_get_length(in);
+    if (*len == 0)
+        return &nul;
+    if (evbuffer_add(in, &nul, 1) < 0)
+        return NULL;
+    p = evbuffer_pullup(in, -1);
+    return (const char *)p;
+}
+
+/* --------------------------------------------------------- register */
+
+static bool same_str(const char *a, const char *b)
+{
+    return (!a && !b) || (a && b && strcmp(a, b) == 0);
+}
+
+/* Answers one Register for a ready task (see df_sn_seed_ready). */
+static void answer_register(df_supernode_t *sn, df_sn_task_t *task, struct evhttp_request *req,
+                            const df_sn_register_req_t *r)
+{
+    static const char *route = "/api/v1/register";
+    df_sn_member_t *m;
+    json_t *doc;
+    int rc;
+
+    if (task->state == DF_SN_TASK_FAILED) {
+        const char *kind = task->error_kind ? task->error_kind : "origin";
+        doc = json_pack("{s:s, s:s}", "error", kind, "message", task->error);
+        if (doc && task->origin_status > 0)
+            json_object_set_new(doc, "origin_status", json_integer(task->origin_status));
+        count_error(sn, "register_failed_task");
+        send_json(sn, req, route, 502, doc);
+        return;
+    }
+    rc = df_sn_join(sn->swarm, task, r->peer_ip, r->peer_port, r->peer_hostname,
+                    r->peer_port != 0 && r->pattern == DF_PATTERN_P2P, df_now_ms(), &m);
+    if (rc < 0) {
+        send_error(sn, req, route, rc == -ENOSPC ? 503 : 500, rc == -ENOSPC ? "busy" : "internal",
+                   rc == -ENOSPC ? "too many peers" : df_strerror(rc));
+        return;
+    }
+    doc = json_pack("{s:s, s:s, s:I, s:I, s:I}", "task_id", task->id, "peer_id", m->peer->id,
+                    "length", (json_int_t)task->length, "piece_size", (json_int_t)task->piece_size,
+                    "piece_count", (json_int_t)task->piece_count);
+    if (doc && task->state == DF_SN_TASK_COMPLETE && task->file_digest[0])
+        json_object_set_new(doc, "digest", json_string(task->file_digest));
+    DF_LOG_D("register: %s joins %.12s", m->peer->id, task->id);
+    send_json(sn, req, route, 200, doc);
+}
+
+static void flush_waiters(df_supernode_t *sn, df_sn_task_t *task, bool unavailable)
+{
+    waiter_t *w = task->waiters, *next;
+
+    task->waiters = NULL;
+    for (; w; w = next) {
+        next = w->next;
+        if (unavailable)
+            send_error(sn, w->req, "/api/v1/register", 503, "unavailable", "supernode shutting down");
+        else
+            answer_register(sn, task, w->req, &w->r);
+        df_sn_register_req_clear(&w->r);
+        free(w);
+    }
+}
+
+static uint32_t count_waiters(const df_sn_task_t *task)
+{
+    uint32_t n = 0;
+    for (const waiter_t *w = task->waiters; w; w = w->next)
+        n++;
+    return n;
+}
+
+static void on_seed_ready(df_sn_task_t *task, void *arg)
+{
+    df_supernode_t *sn = arg;
+
+    if (df_sn_seed_ready(task))
+        flush_waiters(sn, task, false);
+}
+
+static void on_task_free(df_sn_task_t *task, void *arg)
+{
+    df_supernode_t *sn = arg;
+
+    df_sn_seed_stop(sn->seeder, task);
+    flush_waiters(sn, task, true);
+}
+
+static void h_register(df_supernode_t *sn, struct evhttp_request *req)
+{
+    static const char *route = "/api/v1/register";
+    df_sn_register_req_t r;
+    df_sn_task_t *task;
+    char err[256], id[65];
+    char *task_url = NULL;
+    const char *body;
+    size_t len;
+    uint64_t now = df_now_ms();
+    int rc;
+
+    body = body_of(req, &len);
+    if (!body) {
+        send_error(sn, req, route, 500, "internal", "out of memory");
+        return;
+    }
+    rc = df_sn_decode_register(body, len, &r, err, sizeof(err));
+    if (rc < 0) {
+        send_error(sn, req, route, rc == DF_EPROTO ? 400 : 500, "bad_request", err);
+        return;
+    }
+    task_url = df_sn_task_url(r.url, r.filter, r.nfilter);
+    if (!task_url || df_sn_task_id(task_url, r.digest, r.identifier, id) < 0) {
+        send_error(sn, req, route, 500, "internal", "out of memory");
+        goto out;
+    }
+    task = df_sn_task_find(sn->swarm, id);
+    if (task) {
+        if (strcmp(task->task_url, task_url) != 0 || !same_str(task->digest, r.digest) ||
+            !same_str(task->identifier, r.identifier)) {
+            send_error(sn, req, route, 409, "conflict",
+                       "the task id is already used by a different url, digest or identifier");
+            goto out;
+        }
+    } else {
+        rc = df_sn_task_create(sn->swarm, id, r.url, task_url, r.digest, r.identifier, r.headers,
+                               r.nheaders, r.pattern, now, &task);
+        if (rc < 0) {
+            send_error(sn, req, route, rc == -ENOSPC ? 503 : 500, rc == -ENOSPC ? "busy" : "internal",
+                       rc == -ENOSPC ? "too many tasks" : df_strerror(rc));
+            goto out;
+        }
+        DF_LOG_I("task %.12s: new, url %s", id, task_url);
+    }
+    task->last_access_ms = now;
+    df_sn_seed_start(sn->seeder, task, now); /* a failure is recorded on the task */
+    if (df_sn_seed_ready(task)) {
+        answer_register(sn, task, req, &r);
+    } else {
+        waiter_t *w;
+        if (count_waiters(task) >= WAITERS_MAX || !(w = calloc(1, sizeof(*w)))) {
+            send_error(sn, req, route, 503, "busy", "too many registrations waiting for the origin");
+            goto out;
+        }
+        w->req = req;
+        w->r = r; /* moved */
+        memset(&r, 0, sizeof(r));
+        w->next = task->waiters;
+        task->waiters = w;
+    }
+out:
+    free(task_url);
+    df_sn_register_req_clear(&r);
+}
+
+/* ------------------------------------------------------------- pull */
+
+/* Finds the task and the requesting member, answering 404 when either is
+ * unknown.  Touches the peer (any request counts as contact). */
+static bool lookup(df_supernode_t *sn, struct evhttp_request *req, const char *route,
+                   const char *task_id, const char *peer_id, df_sn_task_t **task, df_sn_member_t **m)
+{
+    df_sn_peer_t *peer = df_sn_peer_find(sn->swarm, peer_id);
+    uint64_t now = df_now_ms();
+
+    if (peer)
+        df_sn_peer_touch(peer, now);
+    *task = df_sn_task_find(sn->swarm, task_id);
+    if (!*task) {
+        send_error(sn, req, route, 404, "unknown_task", "the supernode does not know this task");
+        return false;
+    }
+    *m = peer ? df_sn_task_member(*task, peer) : NULL;
+    if (!*m) {
+        send_error(sn, req, route, 404, "unknown_peer", "the peer is not registered for this task");
+        return false;
+    }
+    (*task)->last_access_ms = now;
+    return true;
+}
+
+static json_t *source_json(df_supernode_t *sn, const df_sn_peer_t *src)
+{
+    if (!src)
+        return json_pack("{s:s, s:s, s:i}", "id", DF_SN_SEED_ID, "ip", sn->advertise_ip, "port",
+                         (int)sn->port);
+    return json_pack("{s:s, s:s, s:i}", "id", src->id, "ip", src->ip, "port", (int)src->port);
+}
+
+static void h_pull(df_supernode_t *sn, struct evhttp_request *req)
+{
+    static const char *route = "/api/v1/pull";
+    df_sn_assign_t assign[DF_SN_INFLIGHT_MAX];
+    df_sn_pull_state_t state;
+    df_sn_pull_req_t r;
+    df_sn_task_t *task;
+    df_sn_member_t *m;
+    json_t *doc = NULL, *pieces;
+    char err[256];
+    const char *body;
+    size_t len, n = 0;
+    double t0;
+    int rc;
+
+    body = body_of(req, &len);
+    if (!body) {
+        send_error(sn, req, route, 500, "internal", "out of memory");
+        return;
+    }
+    rc = df_sn_decode_pull(body, len, &r, err, sizeof(err));
+    if (rc < 0) {
+        send_error(sn, req, route, rc == DF_EPROTO ? 400 : 500, "bad_request", err);
+        return;
+    }
+    if (!lookup(sn, req, route, r.task_id, r.peer_id, &task, &m))
+        goto out;
+
+    t0 = df_now_s();
+    df_sn_apply_results(task, m, r.results, r.nresults, true, r.running);
+    df_sn_pull(sn->swarm, task, m, r.has_want ? r.want : 0, df_now_ms(), assign, &n, &state);
+    df_metric_observe(sn->m_sched_seconds, df_now_s() - t0);
+
+    switch (state) {
+    case DF_SN_PULL_ASSIGN:
+        pieces = json_array();
+        for (size_t i = 0; pieces && i < n; i++) {
+            char hex[65];
+            df_hex(assign[i].sha256, 32, hex);
+            json_array_append_new(pieces,
+                                  json_pack("{s:I, s:I, s:I, s:s, s:o}", "piece", (json_int_t)assign[i].piece,
+                                            "offset", (json_int_t)assign[i].offset, "length",
+                                            (json_int_t)assign[i].length, "sha256", hex, "src",
+                                            source_json(sn, assign[i].src)));
+        }
+        doc = json_pack("{s:s, s:o}", "state", "assign", "pieces", pieces);
+        break;
+    case DF_SN_PULL_WAIT:
+        doc = json_pack("{s:s, s:i}", "state", "wait", "wait_ms",
+                        task->state == DF_SN_TASK_SEEDING ? WAIT_MS_SEEDING : WAIT_MS_BUSY);
+        break;
+    case DF_SN_PULL_DONE:
+        doc = json_pack("{s:s, s:s}", "state", "done", "digest", task->file_digest);
+        break;
+    case DF_SN_PULL_ERROR:
+        doc = json_pack("{s:s, s:s}", "state", "error", "message", task->error);
+        break;
+    }
+    send_json(sn, req, route, 200, doc);
+out:
+    df_sn_pull_req_clear(&r);
+}
+
+static void h_report(df_supernode_t *sn, struct evhttp_request *req)
+{
+    static const char *route = "/api/v1/report";
+    df_sn_pull_req_t r;
+    df_sn_task_t *task;
+    df_sn_member_t *m;
+    char err[256];
+    const char *body;
+    size_t len;
+    int rc;
+
+    body = body_of(req, &len);
+    if (!body) {
+        send_error(sn, req, route, 500, "internal", "out of memory");
+        return;
+    }
+    rc = df_sn_decode_pull(body, len, &r, err, sizeof(err));
+    if (rc < 0) {
+        send_error(sn, req, route, rc == DF_EPROTO ? 400 : 500, "bad_request", err);
+        return;
+    }
+    if (lookup(sn, req, route, r.task_id, r.peer_id, &task, &m)) {
+        df_sn_apply_results(task, m, r.results, r.nresults, false, 0);
+        send_empty(sn, req, route);
+    }
+    df_sn_pull_req_clear(&r);
+}
+
+static void h_service_down(df_supernode_t *sn, struct evhttp_request *req)
+{
+    static const char *route = "/api/v1/service_down";
+    df_sn_down_req_t r;
+    df_sn_peer_t *peer;
+    char err[256];
+    const char *body;
+    size_t len;
+    int rc;
+
+    body = body_of(req, &len);
+    if (!body) {
+        send_error(sn, req, route, 500, "internal", "out of memory");
+        return;
+    }
+    rc = df_sn_decode_service_down(body, len, &r, err, sizeof(err));
+    if (rc < 0) {
+        send_error(sn, req, route, rc == DF_EPROTO ? 400 : 500, "bad_request", err);
+        return;
+    }
+    /* Idempotent: an unknown peer or task has nothing left to stop. */
+    peer = df_sn_peer_find(sn->swarm, r.peer_id);
+    if (peer && r.task_id) {
+        df_sn_task_t *task = df_sn_task_find(sn->swarm, r.task_id);
+        df_sn_peer_touch(peer, df_now_ms());
+        if (task)
+            df_sn_service_down(sn->swarm, peer, task);
+    } else if (peer) {
+        DF_LOG_D("service down: %s leaves every task", peer->id);
+        df_sn_peer_remove(sn->swarm, peer);
+    }
+    send_empty(sn, req, route);
+    df_sn_down_req_clear(&r);
+}
+
+static void h_error(df_supernode_t *sn, struct evhttp_request *req)
+{
+    static const char *route = "/api/v1/error";
+    static const char *kinds[] = {"report_digest", "report_missing", "report_io"};
+    df_sn_error_req_t r;
+    df_sn_task_t *task;
+    df_sn_member_t *m;
+    char err[256];
+    const char *body;
+    size_t len;
+    int rc;
+
+    body = body_of(req, &len);
+    if (!body) {
+        send_error(sn, req, route, 500, "internal", "out of memory");
+        return;
+    }
+    rc = df_sn_decode_error(body, len, &r, err, sizeof(err));
+    if (rc < 0) {
+        send_error(sn, req, route, rc == DF_EPROTO ? 400 : 500, "bad_request", err);
+        return;
+    }
+    if (lookup(sn, req, route, r.task_id, r.peer_id, &task, &m)) {
+        count_error(sn, kinds[r.kind]);
+        DF_LOG_I("task %.12s: %s reports %s for piece %u from %s", task->id, m->peer->id,
+                 kinds[r.kind] + 7, r.piece, r.src);
+        if (df_sn_report_error(task, m, r.src, r.piece, r.kind) == 1 && r.kind != DF_SN_ERR_IO)
+            df_sn_seed_check_piece(sn->seeder, task, r.piece, df_now_ms());
+        send_empty(sn, req, route);
+    }
+    df_sn_error_req_clear(&r);
+}
+
+static void h_heartbeat(df_supernode_t *sn, struct evhttp_request *req)
+{
+    static const char *route = "/api/v1/heartbeat";
+    df_sn_heartbeat_req_t r;
+    df_sn_peer_t *peer;
+    char err[256];
+    const char *body;
+    size_t len;
+    int rc;
+
+    body = body_of(req, &len);
+    if (!body) {
+        send_error(sn, req, route, 500, "internal", "out of memory");
+        return;
+    }
+    rc = df_sn_decode_heartbeat(body, len, &r, err, sizeof(err));
+    if (rc < 0) {
+        send_error(sn, req, route, rc == DF_EPROTO ? 400 : 500, "bad_request", err);
+        return;
+    }
+    peer = df_sn_peer_find(sn->swarm, r.peer_id);
+    if (!peer) {
+        send_error(sn, req, route, 404, "unknown_peer", "register again");
+    } else {
+        df_sn_peer_touch(peer, df_now_ms());
+        send_empty(sn, req, route);
+    }
+    df_sn_heartbeat_req_clear(&r);
+}
+
+/* ---------------------------------------------------------- listings */
+
+static json_t *task_json(const df_sn_task_t *t)
+{
+    json_t *o = json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:i}", "id", t->id, "url", t->task_url,
+                          "state", df_sn_task_state_name(t->state), "piece_size",
+                          (json_int_t)t->piece_size, "piece_count", (json_int_t)t->piece_count,
+                          "seed_pieces", (json_int_t)t->seed_pieces, "peers", (int)t->nmembers);
+    if (!o)
+        return NULL;
+    /* Unknown until the origin said (or, without Content-Length, until the
+     * whole file arrived). */
+    json_object_set_new(o, "length", t->shaped ? json_integer((json_int_t)t->length) : json_null());
+    if (t->state == DF_SN_TASK_COMPLETE && t->file_digest[0])
+        json_object_set_new(o, "digest", json_string(t->file_digest));
+    return o;
+}
+
+static json_t *bits_json(const uint8_t *bm, uint32_t n)
+{
+    char *s = malloc((size_t)n + 1);
+    json_t *j;
+
+    if (!s)
+        return NULL;
+    for (uint32_t i = 0; i < n; i++)
+        s[i] = bm && df_bitmap_test(bm, i) ? '1' : '0';
+    s[n] = '\0';
+    j = json_stringn_nocheck(s, n);
+    free(s);
+    return j;
+}
+
+static void h_tasks(df_supernode_t *sn, struct evhttp_request *req)
+{
+    json_t *arr = json_array();
+
+    for (df_sn_task_t *t = df_sn_swarm_tasks(sn->swarm); arr && t; t = t->next)
+        json_array_append_new(arr, task_json(t));
+    send_json(sn, req, "/api/v1/tasks", 200, json_pack("{s:o}", "tasks", arr));
+}
+
+static void h_task(df_supernode_t *sn, struct evhttp_request *req, const char *id)
+{
+    static const char *route = "/api/v1/tasks/<id>";
+    df_sn_task_t *t = df_sn_is_task_id(id) ? df_sn_task_find(sn->swarm, id) : NULL;
+    json_t *o, *pieces, *peers;
+
+    if (!t) {
+        send_error(sn, req, route, 404, "unknown_task", "the supernode does not know this task");
+        return;
+    }
+    o = task_json(t);
+    if (o && t->state == DF_SN_TASK_FAILED) {
+        json_object_set_new(o, "error", json_string(t->error));
+        if (t->origin_status > 0)
+            json_object_set_new(o, "origin_status", json_integer(t->origin_status));
+    }
+    if (o && t->shaped) {
+        uint64_t total = (uint64_t)t->piece_count * (t->nmembers + 1);
+        pieces = json_pack("{s:o}", "seed", bits_json(t->seed_have, t->piece_count));
+        peers = json_object();
+        /* Bitmaps of a huge swarm would make a huge answer: cap it. */
+        if (total <= PIECES_LISTING_MAX) {
+            for (uint32_t i = 0; peers && i < t->nmembers; i++)
+                json_object_set_new(peers, t->members[i]->peer->id,
+                                    bits_json(t->members[i]->have, t->piece_count));
+        } else {
+            json_object_set_new(o, "pieces_truncated", json_true());
+        }
+        if (pieces)
+            json_object_set_new(pieces, "peers", peers ? peers : json_object());
+        json_object_set_new(o, "pieces", pieces ? pieces : json_object());
+    }
+    send_json(sn, req, route, 200, o);
+}
+
+static void h_peers(df_supernode_t *sn, struct evhttp_request *req)
+{
+    json_t *arr = json_array();
+    uint64_t now = df_now_ms();
+
+    for (df_sn_peer_t *p = df_sn_swarm_peers(sn->swarm); arr && p; p = p->next)
+        json_array_append_new(arr, json_pack("{s:s, s:s, s:i, s:s, s:i, s:I}", "id", p->id, "ip", p->ip,
+                                             "port", (int)p->port, "hostname", p->hostname, "tasks",
+                                             (int)p->ntasks, "last_seen_ms",
+                                             (json_int_t)(now - p->last_seen_ms)));
+    send_json(sn, req, "/api/v1/peers", 200, json_pack("{s:o}", "peers", arr));
+}
+
+static void h_metrics(df_supernode_t *sn, struct evhttp_request *req)
+{
+    df_buf_t b;
+
+    df_buf_init(&b, METRICS_CAP);
+    count_request(sn, "/metrics", 200); /* before rendering: this scrape counts itself */
+    df_metrics_render(sn->metrics, &b);
+    {
+        struct evbuffer *out = evbuffer_new();
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+                          DF_METRICS_CONTENT_TYPE);
+        if (out && b.len)
+            evbuffer_add(out, b.data, b.len);
+        evhttp_send_reply(req, 200, "OK", out);
+        if (out)
+            evbuffer_free(out);
+    }
+    df_buf_free(&b);
+}
+
+static void collect(df_metrics_t *m, void *arg)
+{
+    df_supernode_t *sn = arg;
+    df_upload_stats_t up;
+    uint64_t from_seed, from_peers;
+
+    (void)m;
+    df_metric_set(sn->m_tasks, df_sn_swarm_ntasks(sn->swarm));
+    df_metric_set(sn->m_peers, df_sn_swarm_npeers(sn->swarm));
+    df_sn_swarm_counters(sn->swarm, &from_seed, &from_peers);
+    df_metric_set(sn->m_sched_seed, (double)from_seed);
+    df_metric_set(sn->m_sched_peer, (double)from_peers);
+    df_metric_set(sn->m_origin_bytes, (double)df_sn_seeder_origin_bytes(sn->seeder));
+    for (int i = 0; i < DF_SN_SEED_ERR_COUNT; i++)
+        df_metric_set(sn->m_seed_err[i], (double)df_sn_seeder_errors(sn->seeder, (df_sn_seed_err_t)i));
+    df_upload_server_stats(sn->upload, &up);
+    df_metric_set(sn->m_seed_bytes, (double)up.bytes_served);
+    df_metric_set(sn->m_up_ok, (double)(up.requests - up.errors));
+    df_metric_set(sn->m_up_err, (double)up.errors);
+}
+
+static int metrics_setup(df_supernode_t *sn)
+{
+    static const double sched_buckets[] = {0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01,
+                                           0.05, 0.1, 0.5};
+    df_metric_label_t src_seed = {"source", "seed"}, src_peer = {"source", "peer"};
+    df_metric_label_t up_ok[2] = {{"route", "/peer/file"}, {"code", "2xx"}};
+    df_metric_label_t up_err[2] = {{"route", "/peer/file"}, {"code", "4xx+"}};
+    int rc;
+
+    rc = df_metrics_new(&sn->metrics);
+    if (rc < 0)
+        return rc;
+    rc = df_metrics_gauge(sn->metrics, "dfly_supernode_tasks", "Tasks the supernode tracks", NULL, 0,
+                          &sn->m_tasks);
+    if (rc == 0)
+        rc = df_metrics_gauge(sn->metrics, "dfly_supernode_peers", "Peers the supernode tracks", NULL,
+                              0, &sn->m_peers);
+    if (rc == 0)
+        rc = df_metrics_counter(sn->metrics, "dfly_supernode_pieces_scheduled_total",
+                                "Piece assignments handed out, by source", &src_seed, 1,
+                                &sn->m_sched_seed);
+    if (rc == 0)
+        rc = df_metrics_counter(sn->metrics, "dfly_supernode_pieces_scheduled_total", NULL, &src_peer,
+                                1, &sn->m_sched_peer);
+    if (rc == 0)
+        rc = df_metrics_counter(sn->metrics, "dfly_supernode_seed_bytes_served_total",
+                                "Seed piece bytes sent to peers", NULL, 0, &sn->m_seed_bytes);
+    if (rc == 0)
+        rc = df_metrics_counter(sn->metrics, "dfly_supernode_origin_bytes_total",
+                                "Bytes read from origins", NULL, 0, &sn->m_origin_bytes);
+    if (rc == 0)
+        rc = df_metrics_histogram(sn->metrics, "dfly_supernode_schedule_seconds",
+                                  "Time to answer one pull (results + scheduling)", sched_buckets,
+                                  DF_ARRAY_LEN(sched_buckets), NULL, 0, &sn->m_sched_seconds);
+    for (int i = 0; rc == 0 && i < DF_SN_SEED_ERR_COUNT; i++) {
+        df_metric_label_t kind = {"kind", df_sn_seed_err_name((df_sn_seed_err_t)i)};
+        rc = df_metrics_counter(sn->metrics, "dfly_supernode_errors_total",
+                                "Errors by kind (origin, request, report)", &kind, 1,
+                                &sn->m_seed_err[i]);
+    }
+    if (rc == 0)
+        rc = df_metrics_counter(sn->metrics, "dfly_supernode_http_requests_total",
+                                "HTTP requests answered, by route and status code", up_ok, 2,
+                                &sn->m_up_ok);
+    if (rc == 0)
+        rc = df_metrics_counter(sn->metrics, "dfly_supernode_http_requests_total", NULL, up_err, 2,
+                                &sn->m_up_err);
+    if (rc == 0)
+        rc = df_metrics_add_collector(sn->metrics, collect, sn);
+    return rc;
+}
+
+/* ------------------------------------------------------------ routing */
+
+typedef enum { M_GET = 1, M_POST = 2 } method_mask_t;
+
+typedef struct {
+    const char *path;
+    bool prefix;
+    unsigned methods;
+    void (*handler)(df_supernode_t *sn, struct evhttp_request *req);
+} route_t;
+
+static void h_healthz(df_supernode_t *sn, struct evhttp_request *req)
+{
+    send_text(sn, req, "/healthz", 200, "text/plain", "ok\n", 3);
+}
+
+static void h_task_route(df_supernode_t *sn, struct evhttp_request *req)
+{
+    const char *path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(req));
+    h_task(sn, req, path + strlen("/api/v1/tasks/"));
+}
+
+static const route_t routes[] = {
+    {"/api/v1/register", false, M_POST, h_register},
+    {"/api/v1/pull", false, M_POST, h_pull},
+    {"/api/v1/report", false, M_POST, h_report},
+    {"/api/v1/service_down", false, M_POST, h_service_down},
+    {"/api/v1/error", false, M_POST, h_error},
+    {"/api/v1/heartbeat", false, M_POST, h_heartbeat},
+    {"/api/v1/peers", false, M_GET, h_peers},
+    {"/api/v1/tasks", false, M_GET, h_tasks},
+    {"/api/v1/tasks/", true, M_GET, h_task_route},
+    {"/healthz", false, M_GET, h_healthz},
+    {"/metrics", false, M_GET, h_metrics},
+};
+
+static void on_request(struct evhttp_request *req, void *arg)
+{
+    df_supernode_t *sn = arg;
+    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+    const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+    enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+    unsigned m = cmd == EVHTTP_REQ_GET || cmd == EVHTTP_REQ_HEAD ? M_GET
+                 : cmd == EVHTTP_REQ_POST                        ? M_POST
+                                                                 : 0;
+
+    if (sn->closing) {
+        send_error(sn, req, "other", 503, "unavailable", "supernode shutting down");
+        return;
+    }
+    if (!path) {
+        send_error(sn, req, "other", 400, "bad_request", "no path");
+        return;
+    }
+    if (df_upload_server_handle(sn->upload, req))
+        return;
+    for (size_t i = 0; i < DF_ARRAY_LEN(routes); i++) {
+        const route_t *r = &routes[i];
+        bool match = r->prefix ? strncmp(path, r->path, strlen(r->path)) == 0 && path[strlen(r->path)]
+                               : strcmp(path, r->path) == 0;
+        if (!match)
+            continue;
+        if (!(r->methods & m)) {
+            evhttp_add_header(evhttp_request_get_output_headers(req), "Allow",
+                              r->methods == M_POST ? "POST" : "GET, HEAD");
+            send_error(sn, req, r->prefix ? "/api/v1/tasks/<id>" : r->path, 405, "method_not_allowed",
+                       "wrong method for this route");
+            return;
+        }
+        r->handler(sn, req);
+        return;
+    }
+    send_error(sn, req, "other", 404, "not_found", "no such route");
+}
+
+/* ------------------------------------------------------------- sweep */
+
+static void sweep_cb(evutil_socket_t fd, short what, void *arg)
+{
+    df_supernode_t *sn = arg;
+    uint64_t now = df_now_ms();
+    bool over_budget;
+    df_sn_task_t *t, *next;
+    uint32_t removed;
+
+    (void)fd;
+    (void)what;
+    removed = df_sn_sweep(sn->swarm, now, sn->cfg.peer_timeout_ms, sn->cfg.peer_timeout_ms);
+    if (removed)
+        DF_LOG_I("removed %u peer(s) not heard from for %llu ms", removed,
+                 (unsigned long long)sn->cfg.peer_timeout_ms);
+    over_budget = sn->cfg.cache_limit_bytes && df_store_bytes(sn->store) > sn->cfg.cache_limit_bytes;
+    /* Forget tasks nobody uses; their cached files stay and are found again
+     * (and revalidated) by the next Register, or evicted by store GC. */
+    for (t = df_sn_swarm_tasks(sn->swarm); t; t = next) {
+        next = t->next;
+        if (t->nmembers == 0 && !t->waiters && !df_sn_seed_active(t) &&
+            (over_budget || now - t->last_access_ms >= TASK_IDLE_MS)) {
+            DF_LOG_D("task %.12s: idle, forgotten", t->id);
+            df_sn_task_remove(sn->swarm, t);
+        }
+    }
+    if (++sn->sweeps % 5 == 0 || over_budget) {
+        df_store_flush(sn->store);
+        if (sn->cfg.cache_limit_bytes)
+            df_store_gc(sn->store, NULL, NULL);
+    }
+}
+
+/* ---------------------------------------------------------- lifecycle */
+
+void df_supernode_config_init(df_supernode_config_t *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->listen_host = "0.0.0.0";
+    cfg->listen_port = 8002;
+    cfg->advertise_ip = NULL;
+    cfg->data_dir = "/var/lib/dfly/supernode";
+    cfg->cache_limit_bytes = 0;
+    cfg->peer_timeout_ms = 60000;
+    cfg->origin_timeout_ms = 30000;
+    cfg->peer_upload_slots = 4;
+    cfg->seed_upload_slots = 8;
+    cfg->batch_pieces = 8;
+    cfg->piece_size = 0;
+}
+
+static uint16_t bound_port(struct evhttp_bound_socket *bs)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+
+    if (getsockname(evhttp_bound_socket_get_fd(bs), (struct sockaddr *)&ss, &len) < 0)
+        return 0;
+    if (ss.ss_family == AF_INET)
+        return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    if (ss.ss_family == AF_INET6)
+        return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+    return 0;
+}
+
+int df_supernode_new(struct event_base *base, const df_supernode_config_t *cfg, df_supernode_t **out)
+{
+    df_supernode_t *sn;
+    struct evhttp_bound_socket *bs;
+    df_sn_swarm_opts_t so;
+    df_sn_seeder_opts_t seo;
+    char path[PATH_MAX];
+    const char *adv;
+    int rc;
+
+    if (!cfg->data_dir || !*cfg->data_dir || !cfg->listen_host)
+        return DF_ECONFIG;
+    if (cfg->piece_size && (cfg->piece_size < 4096 || cfg->piece_size > DF_PIECE_SIZE_MAX)) {
+        DF_LOG_E("piece size %llu is outside 4 KiB..%u MiB", (unsigned long long)cfg->piece_size,
+                 DF_PIECE_SIZE_MAX >> 20);
+        return DF_ECONFIG;
+    }
+    sn = calloc(1, sizeof(*sn));
+    if (!sn)
+        return -ENOMEM;
+    sn->base = base;
+    sn->cfg = *cfg;
+    if (!sn->cfg.peer_timeout_ms)
+        sn->cfg.peer_timeout_ms = 60000;
+    if (!sn->cfg.origin_timeout_ms)
+        sn->cfg.origin_timeout_ms = 30000;
+    if (!sn->cfg.peer_upload_slots)
+        sn->cfg.peer_upload_slots = 4;
+    if (!sn->cfg.seed_upload_slots)
+        sn->cfg.seed_upload_slots = 8;
+    if (!sn->cfg.batch_pieces)
+        sn->cfg.batch_pieces = 8;
+    adv = cfg->advertise_ip && *cfg->advertise_ip ? cfg->advertise_ip
+          : strcmp(cfg->listen_host, "0.0.0.0") == 0 || strcmp(cfg->listen_host, "::") == 0 ||
+                  !*cfg->listen_host
+              ? "127.0.0.1"
+              : cfg->listen_host;
+    sn->listen_host = strdup(cfg->listen_host);
+    sn->advertise_ip = strdup(adv);
+    sn->data_dir = strdup(cfg->data_dir);
+    rc = -ENOMEM;
+    if (!sn->listen_host || !sn->advertise_ip || !sn->data_dir)
+        goto fail;
+    sn->cfg.listen_host = sn->listen_host;
+    sn->cfg.advertise_ip = sn->advertise_ip;
+    sn->cfg.data_dir = sn->data_dir;
+
+    rc = df_mkdirs(sn->data_dir);
+    if (rc < 0) {
+        DF_LOG_E("cannot create %s: %s", sn->data_dir, df_strerror(rc));
+        goto fail;
+    }
+    rc = df_store_open(sn->data_dir, sn->cfg.cache_limit_bytes, &sn->store);
+    if (rc < 0) {
+        DF_LOG_E("cannot open the cache in %s: %s", sn->data_dir, df_strerror(rc));
+        goto fail;
+    }
+    rc = df_http_new(base, &sn->client);
+    if (rc < 0)
+        goto fail;
+    so.peer_upload_slots = sn->cfg.peer_upload_slots;
+    so.seed_upload_slots = sn->cfg.seed_upload_slots;
+    so.batch_pieces = sn->cfg.batch_pieces;
+    rc = df_sn_swarm_new(&so, on_task_free, sn, &sn->swarm);
+    if (rc < 0)
+        goto fail;
+    snprintf(path, sizeof(path), "%s/partial", sn->data_dir);
+    memset(&seo, 0, sizeof(seo));
+    seo.http = sn->client;
+    seo.store = sn->store;
+    seo.partial_dir = path;
+    seo.origin_timeout_ms = sn->cfg.origin_timeout_ms;
+    seo.piece_size = sn->cfg.piece_size;
+    seo.spool_limit = sn->cfg.cache_limit_bytes;
+    seo.ready_cb = on_seed_ready;
+    seo.arg = sn;
+    rc = df_sn_seeder_new(&seo, &sn->seeder);
+    if (rc < 0)
+        goto fail;
+    rc = df_upload_server_new(base, NULL, sn->store, &sn->upload);
+    if (rc < 0)
+        goto fail;
+    rc = metrics_setup(sn);
+    if (rc < 0)
+        goto fail;
+
+    rc = -ENOMEM;
+    sn->http = evhttp_new(base);
+    if (!sn->http)
+        goto fail;
+    evhttp_set_max_headers_size(sn->http, HEADERS_MAX);
+    evhttp_set_max_body_size(sn->http, DF_SN_BODY_MAX);
+    evhttp_set_timeout(sn->http, CONN_TIMEOUT_S);
+    /* Every method reaches on_request, which answers 405 itself (libevent
+     * would answer 501 to the ones it does not allow). */
+    evhttp_set_allowed_methods(sn->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
+                                             EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS |
+                                             EVHTTP_REQ_TRACE | EVHTTP_REQ_CONNECT | EVHTTP_REQ_PATCH);
+    evhttp_set_gencb(sn->http, on_request, sn);
+    bs = evhttp_bind_socket_with_handle(sn->http, sn->listen_host, sn->cfg.listen_port);
+    if (!bs) {
+        rc = errno ? -errno : -EADDRINUSE;
+        DF_LOG_E("cannot listen on %s:%u: %s", sn->listen_host, (unsigned)sn->cfg.listen_port,
+                 df_strerror(rc));
+        goto fail;
+    }
+    sn->port = bound_port(bs);
+
+    sn->sweep = event_new(base, -1, EV_PERSIST, sweep_cb, sn);
+    if (!sn->sweep)
+        goto fail;
+    {
+        struct timeval one = {1, 0};
+        event_add(sn->sweep, &one);
+    }
+    *out = sn;
+    return 0;
+fail:
+    df_supernode_free(sn);
+    return rc;
+}
+
+uint16_t df_supernode_port(const df_supernode_t *sn)
+{
+    return sn->port;
+}
+
+void df_supernode_free(df_supernode_t *sn)
+{
+    if (!sn)
+        return;
+    sn->closing = true;
+    if (sn->sweep)
+        event_free(sn->sweep);
+    /* Parked Registers hold evhttp requests: answer them while their
+     * connections still exist. */
+    if (sn->swarm)
+        for (df_sn_task_t *t = df_sn_swarm_tasks(sn->swarm); t; t = t->next)
+            flush_waiters(sn, t, true);
+    df_upload_server_free(sn->upload);
+    if (sn->http)
+        evhttp_free(sn->http);
+    df_sn_swarm_free(sn->swarm); /* stops every seed */
+    df_sn_seeder_free(sn->seeder);
+    df_http_free(sn->client);
+    if (sn->store) {
+        df_store_flush(sn->store);
+        df_store_close(sn->store);
+    }
+    df_metrics_free(sn->metrics);
+    free(sn->listen_host);
+    free(sn->advertise_ip);
+    free(sn->data_dir);
+    free(sn);
+}
