@@ -541,12 +541,24 @@ http {{
                         "bytes": nbytes, "range": parts[3]})
         return out
 
-    def bytes_served(self, path):
-        """Sum of body bytes sent for requests of this path (no query)."""
+    def bytes_served(self, path, settle=0.3):
+        """Sum of body bytes sent for requests of this path (no query).  nginx logs
+        a request when it ends, a moment after the client got the last byte: wait
+        (at most 3 s) until the sum has not changed for `settle` seconds."""
         if path.startswith("http://"):
             path = "/" + path.split("/", 3)[3]
         path = path.split("?", 1)[0]
-        return sum(r["bytes"] for r in self.requests() if r["path"] == path)
+
+        def total():
+            return sum(r["bytes"] for r in self.requests() if r["path"] == path)
+        last, deadline = total(), time.monotonic() + 3.0
+        while settle > 0 and time.monotonic() < deadline:
+            time.sleep(settle)
+            now = total()
+            if now == last:
+                break
+            last = now
+        return last
 
 
 # --------------------------------------------------------------- supernode
