@@ -56,6 +56,10 @@ build() {
     return 1
 }
 
+# Integration tests stop starting new cases past this point, so that even a
+# run where every program hangs ends well inside CI's time.
+export DF_DEADLINE=$((START + ${DF_TOTAL_MINUTES:-50} * 60))
+
 stamp "install dependencies"
 if ! bash scripts/install-deps.sh; then
     echo "dependency installation failed"

@@ -14,7 +14,8 @@ PR_SET_PDEATHSIG - if this interpreter dies).  Every wait is bounded.
 
 Environment: DF_BIN_DIR (dir holding supernode, dfget, dfdaemon),
 DF_SOURCE_DIR, DF_KEEP_TMP=1 (keep temp dirs), DF_TEST_BUDGET (seconds for the
-whole script, default 540), DF_TEST_ONLY (comma list of test names to run).
+whole script, default 540, under CTest's 600 s), DF_DEADLINE (epoch seconds after
+which no further test starts), DF_TEST_ONLY (comma list of test names to run).
 """
 
 import atexit
@@ -847,6 +848,8 @@ def _alarm(signum, frame):
 
 def main(tests):
     budget = float(os.environ.get("DF_TEST_BUDGET", "540"))
+    if os.environ.get("DF_DEADLINE"):  # epoch seconds set by scripts/test.sh for the whole run
+        budget = min(budget, float(os.environ["DF_DEADLINE"]) - time.time())
     only = [t for t in os.environ.get("DF_TEST_ONLY", "").split(",") if t]
     t0 = time.monotonic()
     passed = failed = skipped = 0
