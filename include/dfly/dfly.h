@@ -73,18 +73,19 @@ int df_parse_hostport(const char *text, char *host_out, size_t hostcap, uint16_t
 
 /* ------------------------------------------------------------ config files */
 
-/* One top-level entry of a flat YAML config file: a scalar value as
- * written, a sequence of scalars joined with ',' ("" for an empty value).
- * Strings are valid during the call only.  line is 1-based.  Return 0 to go
- * on, < 0 to stop the load with that code. */
+/* One entry of a YAML config file, flattened: nested mapping keys joined
+ * with '.' ("a: {b: 1}" -> key "a.b"), a sequence of scalars joined with ','
+ * into one value, a scalar as written ("" for an empty value).  Strings are
+ * valid during the call only.  line is 1-based.  Return 0 to go on, < 0 to
+ * stop the load with that code. */
 typedef int (*df_config_entry_cb)(const char *key, const char *value, unsigned line, void *arg);
 
-/* Reads path (at most 1 MiB) as a YAML mapping of "key: value" pairs and
- * calls cb for each, in file order.  The programs name their keys like their
- * long flags and feed them through the same code as the command line, so
- * flags and file cannot disagree on syntax.  Nested mappings, aliases and
- * multiple documents are refused.  0, -errno (reading the file), the
- * callback's code, or DF_ECONFIG with a message in err (errcap bytes). */
+/* Reads path (at most 1 MiB) as a YAML mapping and calls cb for each entry,
+ * in file order.  The programs name their keys like their long flags and
+ * feed them through the same code as the command line, so flags and file
+ * cannot disagree on syntax.  Aliases, complex keys and multiple documents
+ * are refused.  0, -errno (reading the file), the callback's code, or
+ * DF_ECONFIG / DF_ETOOBIG with a message in err (errcap bytes). */
 int df_config_load_flat(const char *path, df_config_entry_cb cb, void *arg, char *err, size_t errcap);
 
 /* --------------------------------------------------------------- supernode */

@@ -349,6 +349,11 @@ not_allowed:
     evhttp_send_reply(req, 405, "Method Not Allowed", NULL);
 }
 
+static void on_left(void *arg)
+{
+    event_base_loopbreak(arg);
+}
+
 static void on_signal(evutil_socket_t sig, short what, void *arg)
 {
     (void)what;
@@ -454,6 +459,13 @@ int main(int argc, char **argv)
         fprintf(stderr, "dfdaemon: event loop failure\n");
         goto out;
     }
+    /* ServiceDown to the supernode (bounded to 1 s by the engine), so no
+     * peer is sent here for pieces after we are gone; stop taking work
+     * meanwhile.  A second signal cuts it short. */
+    evhttp_free(http);
+    http = NULL;
+    if (df_peer_leave(peer, on_left, base) == 0)
+        event_base_dispatch(base);
     status = 0;
 out:
     if (http)

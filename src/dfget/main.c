@@ -88,6 +88,7 @@ typedef struct {
     df_download_result_t res;
     bool done;
     bool canceled;
+    bool left;                /* df_peer_leave finished */
     bar_t *bar;
 } run_t;
 
@@ -761,6 +762,13 @@ static void on_progress_loop(const df_progress_t *p, void *arg)
     bar_draw(r->bar, p, false);
 }
 
+static void on_left(void *arg)
+{
+    run_t *r = arg;
+    r->left = true;
+    event_base_loopbreak(r->base);
+}
+
 static void on_signal_loop(evutil_socket_t sig, short what, void *arg)
 {
     run_t *r = arg;
@@ -830,6 +838,16 @@ static void run_in_process(const opts_t *o, const df_download_req_t *req, bar_t 
         *res = r.res;
     else
         fail_result(res, DF_ECANCELED, "interrupted");
+    /* Tell the supernode we stop serving, or it would keep sending other
+     * peers here for pieces.  Bounded by the engine (1 s); a second signal
+     * cuts it short. */
+    r.canceled = false;
+    r.left = false;
+    if (df_peer_leave(peer, on_left, &r) == 0) {
+        while (!r.left && !r.canceled && event_base_dispatch(r.base) == 0 &&
+               event_base_got_break(r.base))
+            ;
+    }
 out:
     /* A freed peer cancels its download without calling back; r stays
      * untouched from here on. */
