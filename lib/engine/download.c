@@ -27,9 +27,11 @@
  * SOURCE: without a task shape (no tracker), one plain GET into a temporary
  * file next to the output, hashed as it streams, renamed when verified.
  *
- * Lifetime: a download is freed by finish(), except while a tracker call it
- * started is pending: then it is marked a zombie and freed by that call's
- * callback (tracker calls cannot be cancelled individually).
+ * Lifetime: finish() never frees the download it is called for, so every
+ * caller may look at dl->state afterwards: it marks the download a zombie
+ * and frees it from a libevent callback of its own (reap) once no tracker
+ * call it started is pending (tracker calls cannot be cancelled one by one;
+ * their callbacks free a zombie when they come back).
  */
 #include "engine/peer_internal.h"
 
@@ -109,6 +111,7 @@ struct df_download {
     df_http_req_t *paused_req;   /* the transfer paused for the rate limit (origin) */
     struct event *timer;         /* wait / retry / resume */
     struct event *tick;          /* stall and timeout watchdog, 1 s */
+    struct event *reap;          /* frees a finished download outside any callback */
 };
 
 struct fetch {
@@ -302,6 +305,8 @@ static void download_free(df_download_t *dl)
         free(dl->bad_sources[i]);
     free(dl->bad_sources);
     free(dl->src_tmp);
+    if (dl->reap)
+        event_free(dl->reap);
     free(dl);
 }
 
@@ -375,9 +380,15 @@ static void finish(df_download_t *dl, int status, const char *fmt, ...)
         DF_LOG_W("download of %s failed: %s", dl->url, dl->res.reason[0] ? dl->res.reason : df_strerror(status));
     if (dl->done_cb)
         dl->done_cb(&dl->res, dl->arg);
-    if (dl->tracker_calls > 0)
-        dl->zombie = true;
-    else
+    dl->zombie = true;
+    if (dl->tracker_calls == 0)
+        event_active(dl->reap, EV_TIMEOUT, 0);
+}
+
+static void reap_cb(evutil_socket_t fd, short what, void *arg)
+{
+    df_download_t *dl = arg;
+    if (dl->zombie && dl->tracker_calls == 0)
         download_free(dl);
 }
 
@@ -1219,7 +1230,8 @@ int df_peer_download(df_peer_t *peer, const df_download_req_t *req, df_download_
     }
     dl->timer = evtimer_new(peer->base, timer_cb, dl);
     dl->tick = event_new(peer->base, -1, EV_PERSIST, tick_cb, dl);
-    if (!dl->timer || !dl->tick)
+    dl->reap = event_new(peer->base, -1, 0, reap_cb, dl);
+    if (!dl->timer || !dl->tick || !dl->reap)
         goto fail;
     evtimer_add(dl->tick, &one);
     dl->next = peer->downloads;

@@ -33,11 +33,16 @@ def check_swarm(origin, info, url, results, label):
 
 @T.timeout(240)
 def test_swarm_dfget(env):
-    """8 concurrent in-process dfget peers, each with its own --home."""
-    o = env.origin()
+    """8 concurrent in-process dfget peers, each with its own --home.
+
+    The origin's uplink is shaped (16 MiB/s per connection) as in the case
+    P2P exists for: the seed then hands out pieces as the origin delivers
+    them and peers share them.  Each in-process dfget stops serving when it
+    exits, so this variant needs the peers to overlap in time."""
+    o = env.origin(slow_rate="16m")
     info = o.add_file("swarm.bin", SIZE)
     sn = env.supernode()
-    url = o.url("swarm.bin")
+    url = o.url("swarm.bin", "slow")
     runs = [env.start_dfget(url, env.path(f"out{i}.bin"), node=sn.addr) for i in range(PEERS)]
     results = [r.wait() for r in runs]
     check_swarm(o, info, url, results, "dfget swarm")
@@ -53,11 +58,12 @@ def test_swarm_dfget(env):
 @T.timeout(300)
 def test_swarm_dfdaemon(env):
     """8 dfdaemons (one per home); dfget through each; then a late peer is served
-    by the daemons, which keep serving after their dfget exited."""
-    o = env.origin()
+    by the daemons, which keep serving after their dfget exited.  The origin
+    is shaped as in test_swarm_dfget."""
+    o = env.origin(slow_rate="16m")
     info = o.add_file("swarm.bin", SIZE)
     sn = env.supernode()
-    url = o.url("swarm.bin")
+    url = o.url("swarm.bin", "slow")
     daemons = [env.dfdaemon(sn.addr) for _ in range(PEERS)]
     runs = [env.start_dfget(url, env.path(f"out{i}.bin"), node=sn.addr, home=d.home)
             for i, d in enumerate(daemons)]
