@@ -212,15 +212,27 @@ typedef struct df_daemon df_daemon_t;
 
 /* Serves the control socket at socket_path on base, running downloads on
  * peer (not owned).  A stale socket file is replaced; a live one (another
- * daemon answering) is -EADDRINUSE. */
+ * daemon answering, or holding <socket_path>.lock) is -EADDRINUSE; a file
+ * there that is not a socket is -EEXIST.  The engine writes each download
+ * to a private name next to the requested output, renamed into place only
+ * if the client is still connected when it ends (a client that left does
+ * not see the file appear later). */
 int df_daemon_new(struct event_base *base, df_peer_t *peer, const char *socket_path, df_daemon_t **out);
+/* Closes the socket and every client connection and releases every
+ * session, including those whose download still runs: call it after
+ * df_peer_free() (which cancels downloads without calling back), or when no
+ * download runs. */
 void df_daemon_free(df_daemon_t *d);
 
 /* Client side, blocking: runs req through the daemon at socket_path.
  * -ENOENT / -ECONNREFUSED when no daemon runs there (the caller then runs
  * the engine in-process); otherwise 0 with *res filled (res->status says
  * whether the download succeeded), or -errno when the daemon vanished
- * mid-download.  progress_cb may be NULL. */
+ * mid-download (DF_ETIMEOUT when it stayed silent past req->timeout_ms plus a
+ * minute).  progress_cb may be NULL.  Signals do not interrupt the call
+ * (EINTR is retried); a client that must stop exits or closes the process,
+ * which the daemon sees as the client leaving.  Every line read is capped
+ * (64 KiB); req->output must be absolute. */
 int df_daemon_download(const char *socket_path, const df_download_req_t *req,
                        df_download_progress_cb progress_cb, void *arg, df_download_result_t *res);
 

@@ -262,8 +262,11 @@ int df__ctl_request_decode(const char *line, size_t len, df__ctl_request_t *out,
     }
     rc = 0;
 out:
-    if (rc < 0)
+    if (rc < 0) {
+        if (err && errcap && !err[0])
+            seterr(err, errcap, "%s", df_strerror(rc));
         df__ctl_request_free(out);
+    }
     return rc;
 }
 
@@ -508,8 +511,11 @@ static void on_done(const df_download_result_t *res_in, void *arg)
         if (unlink(s->tmp_output) < 0 && errno != ENOENT)
             DF_LOG_W("control: unlink %s: %s", s->tmp_output, strerror(errno));
     }
-    DF_LOG_I("control: %s -> %s: %s%s", s->output, res.status == 0 ? "done" : "failed",
-             res.status == 0 ? "" : df_strerror(res.status), s->bev ? "" : " (client gone)");
+    if (res.status == 0)
+        DF_LOG_I("control: %s done%s", s->output, s->bev ? "" : " (client gone, copy dropped)");
+    else
+        DF_LOG_I("control: %s failed: %s%s", s->output, df_strerror(res.status),
+                 s->bev ? "" : " (client gone)");
     finish(s, &res);
 }
 

@@ -126,7 +126,7 @@ static int usage_error(const char *fmt, ...)
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
     va_end(ap);
-    fputs("\nTry 'dfget --help'.\n", stderr);
+    fputs("\nusage: dfget -u URL [-o FILE] [options]; 'dfget --help' lists them\n", stderr);
     return 2;
 }
 
@@ -898,7 +898,12 @@ int main(int argc, char **argv)
     if (rc == -ENOENT || rc == -ECONNREFUSED) {
         run_in_process(&o, &req, &bar, &res);
     } else if (rc < 0) {
-        fail_result(&res, rc, "dfdaemon connection lost");
+        /* A daemon was there but the exchange failed (it died, refused us
+         * with EACCES, or spoke garbage): not silently retried in-process,
+         * since the daemon may still be downloading to the same place. */
+        char why[PATH_MAX + 64];
+        snprintf(why, sizeof(why), "talking to the dfdaemon at %s", sock);
+        fail_result(&res, rc, why);
     } else if (o.nodes_given || o.total_limit) {
         via_daemon_ignored = true;
     }

@@ -14,7 +14,8 @@ PR_SET_PDEATHSIG - if this interpreter dies).  Every wait is bounded.
 
 Environment: DF_BIN_DIR (dir holding supernode, dfget, dfdaemon),
 DF_SOURCE_DIR, DF_KEEP_TMP=1 (keep temp dirs), DF_TEST_BUDGET (seconds for the
-whole script, default 540), DF_TEST_ONLY (comma list of test names to run).
+whole script, default 540, under CTest's 600 s), DF_DEADLINE (epoch seconds after
+which no further test starts), DF_TEST_ONLY (comma list of test names to run).
 """
 
 import atexit
@@ -541,12 +542,24 @@ http {{
                         "bytes": nbytes, "range": parts[3]})
         return out
 
-    def bytes_served(self, path):
-        """Sum of body bytes sent for requests of this path (no query)."""
+    def bytes_served(self, path, settle=0.3):
+        """Sum of body bytes sent for requests of this path (no query).  nginx logs
+        a request when it ends, a moment after the client got the last byte: wait
+        (at most 3 s) until the sum has not changed for `settle` seconds."""
         if path.startswith("http://"):
             path = "/" + path.split("/", 3)[3]
         path = path.split("?", 1)[0]
-        return sum(r["bytes"] for r in self.requests() if r["path"] == path)
+
+        def total():
+            return sum(r["bytes"] for r in self.requests() if r["path"] == path)
+        last, deadline = total(), time.monotonic() + 3.0
+        while settle > 0 and time.monotonic() < deadline:
+            time.sleep(settle)
+            now = total()
+            if now == last:
+                break
+            last = now
+        return last
 
 
 # --------------------------------------------------------------- supernode
@@ -835,6 +848,8 @@ def _alarm(signum, frame):
 
 def main(tests):
     budget = float(os.environ.get("DF_TEST_BUDGET", "540"))
+    if os.environ.get("DF_DEADLINE"):  # epoch seconds set by scripts/test.sh for the whole run
+        budget = min(budget, float(os.environ["DF_DEADLINE"]) - time.time())
     only = [t for t in os.environ.get("DF_TEST_ONLY", "").split(",") if t]
     t0 = time.monotonic()
     passed = failed = skipped = 0
