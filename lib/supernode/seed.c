@@ -32,6 +32,8 @@
 #include "piece/piece.h"
 #include "piece/range.h"
 
+#include <event2/event.h>
+
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -71,6 +73,8 @@ typedef struct {
     df_hasher_t *piece_h, *file_h, *extra_h;
     df_digest_alg_t extra_alg;    /* registered digest's algorithm when not sha256 */
     bool failed_here;             /* fail() ran during this request */
+    struct event *watchdog;       /* fails a request silent for origin_timeout */
+    uint64_t last_progress_ms;    /* request start, headers, or last body byte */
 } seed_t;
 
 const char *df_sn_seed_err_name(df_sn_seed_err_t e)
@@ -301,6 +305,54 @@ static int on_headers(df_http_req_t *req, long code, void *arg);
 static int on_data(df_http_req_t *req, const void *data, size_t len, void *arg);
 static void on_done(df_http_req_t *req, const df_http_result_t *res, void *arg);
 
+/* The stall watchdog.  curl's low-speed check averages over several
+ * seconds, so a burst followed by silence would stall for up to ~5 s past
+ * origin_timeout; this timer is exact (to its tick) and also covers the wait
+ * for the response headers. */
+static void watchdog_cb(evutil_socket_t fd, short what, void *arg)
+{
+    seed_t *sd = arg;
+    uint64_t now = df_now_ms(), limit = sd->s->opts.origin_timeout_ms;
+
+    (void)fd;
+    (void)what;
+    if (!sd->req || sd->failed_here || sd->phase == PHASE_IDLE) {
+        /* Done, or settled and only waiting for curl to wind down. */
+        event_del(sd->watchdog);
+        return;
+    }
+    if (now - sd->last_progress_ms < limit)
+        return;
+    df_http_cancel(sd->req); /* no callback runs for it any more */
+    sd->req = NULL;
+    event_del(sd->watchdog);
+    if (sd->phase == PHASE_CONNECTING)
+        fail(sd, DF_SN_SEED_ERR_ORIGIN_TIMEOUT, 0, "origin timed out: no response within %llu ms",
+             (unsigned long long)limit);
+    else
+        fail(sd, DF_SN_SEED_ERR_ORIGIN_TIMEOUT, 0, "origin stalled after %llu bytes: no data for %llu ms",
+             (unsigned long long)sd->off, (unsigned long long)limit);
+}
+
+static void watchdog_arm(seed_t *sd)
+{
+    uint64_t tick = sd->s->opts.origin_timeout_ms / 4;
+    struct timeval tv;
+
+    if (!sd->s->opts.base)
+        return;
+    if (!sd->watchdog) {
+        sd->watchdog = event_new(sd->s->opts.base, -1, EV_PERSIST, watchdog_cb, sd);
+        if (!sd->watchdog)
+            return; /* curl's own low-speed limit still applies */
+    }
+    tick = tick < 50 ? 50 : tick > 1000 ? 1000 : tick;
+    tv.tv_sec = (time_t)(tick / 1000);
+    tv.tv_usec = (suseconds_t)(tick % 1000) * 1000;
+    sd->last_progress_ms = df_now_ms();
+    event_add(sd->watchdog, &tv);
+}
+
 /* Starts the origin request for sd->mode.  0 or -errno. */
 static int request(seed_t *sd)
 {
@@ -367,6 +419,8 @@ static int request(seed_t *sd)
     if (rc < 0) {
         sd->req = NULL;
         sd->phase = PHASE_IDLE;
+    } else {
+        watchdog_arm(sd);
     }
     DF_LOG_D("seed %.12s: %s %s", t->id,
              sd->mode == MODE_FRESH ? "fetching" : sd->mode == MODE_RESUME ? "resuming" : "revalidating",
@@ -436,6 +490,7 @@ static int on_headers(df_http_req_t *req, long code, void *arg)
     df_sn_task_t *t = sd->task;
     int rc = 0;
 
+    sd->last_progress_ms = df_now_ms();
     if (sd->mode == MODE_REVALIDATE && code == 304) {
         DF_LOG_D("seed %.12s: origin says not modified; reusing the cache", t->id);
         t->validated_ms = df_now_ms();
@@ -501,6 +556,8 @@ static int on_data(df_http_req_t *req, const void *data, size_t len, void *arg)
     if (sd->phase != PHASE_STREAMING)
         return DF_ECANCELED;
     s->origin_bytes += len;
+    if (len)
+        sd->last_progress_ms = df_now_ms();
     if (sd->spooling) {
         if (s->opts.spool_limit && sd->off + len > s->opts.spool_limit) {
             fail(sd, DF_SN_SEED_ERR_STORE, 0, "origin file without Content-Length exceeds %llu bytes",
@@ -601,11 +658,18 @@ static void on_done(df_http_req_t *req, const df_http_result_t *res, void *arg)
     int rc;
 
     sd->req = NULL;
+    if (sd->watchdog)
+        event_del(sd->watchdog);
     if (sd->failed_here || sd->phase == PHASE_IDLE)
         return; /* already settled: an error, or a 304 */
     if (res->status < 0) {
         bool timeout = res->status == DF_ETIMEOUT;
-        if (sd->phase == PHASE_CONNECTING)
+        if (sd->phase == PHASE_STREAMING && !timeout && !sd->spooling && sd->off < sd->expect)
+            fail(sd, DF_SN_SEED_ERR_LENGTH_MISMATCH, 0,
+                 "origin closed the connection after %llu of %llu bytes: %s",
+                 (unsigned long long)sd->off, (unsigned long long)sd->expect,
+                 res->error ? res->error : df_strerror(res->status));
+        else if (sd->phase == PHASE_CONNECTING)
             fail(sd, timeout ? DF_SN_SEED_ERR_ORIGIN_TIMEOUT : DF_SN_SEED_ERR_ORIGIN_CONNECT, 0,
                  "origin %s: %s", timeout ? "timed out" : "unreachable",
                  res->error ? res->error : df_strerror(res->status));
@@ -831,6 +895,8 @@ void df_sn_seed_stop(df_sn_seeder_t *s, df_sn_task_t *task)
         return;
     df_http_cancel(sd->req);
     sd->req = NULL;
+    if (sd->watchdog)
+        event_free(sd->watchdog);
     spool_close(sd);
     hashers_free(sd);
     stored_drop(sd, false);

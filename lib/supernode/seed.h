@@ -23,6 +23,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+struct event_base;
+
 /* How long a completed task is trusted without asking the origin again. */
 #define DF_SN_FRESH_MS 10000u
 /* A failed task answers with its cached error for this long before a new
@@ -54,10 +56,11 @@ typedef struct df_sn_seeder df_sn_seeder_t;
 typedef void (*df_sn_seed_ready_cb)(df_sn_task_t *task, void *arg);
 
 typedef struct {
+    struct event_base *base;     /* borrowed: for the stall watchdog */
     df_http_t *http;             /* borrowed */
     df_store_t *store;           /* borrowed */
     const char *partial_dir;     /* spool for origins without Content-Length (created) */
-    uint64_t origin_timeout_ms;  /* connect and stall limit */
+    uint64_t origin_timeout_ms;  /* no response or no body byte for this long fails the seed */
     uint64_t piece_size;         /* 0 = df_piece_size_for(length) */
     uint64_t spool_limit;        /* max bytes of a chunked origin; 0 = no limit */
     df_sn_seed_ready_cb ready_cb;

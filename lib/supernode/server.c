@@ -943,6 +943,7 @@ int df_supernode_new(struct event_base *base, const df_supernode_config_t *cfg, 
         goto fail;
     snprintf(path, sizeof(path), "%s/partial", sn->data_dir);
     memset(&seo, 0, sizeof(seo));
+    seo.base = base;
     seo.http = sn->client;
     seo.store = sn->store;
     seo.partial_dir = path;
