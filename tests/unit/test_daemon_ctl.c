@@ -297,9 +297,16 @@ static pid_t fake_daemon(const char *path, const char *reply, size_t reply_len)
     if (pid == 0) {
         char buf[4096];
         int c = accept(fd, NULL, NULL);
-        ssize_t n = c >= 0 ? read(c, buf, sizeof(buf)) : -1;
-        /* The request must be one line. */
-        if (n <= 0 || buf[n - 1] != '\n')
+        size_t got = 0;
+        /* The request must be one line; the client may write it in several
+         * pieces, so read until the newline. */
+        while (c >= 0 && got < sizeof(buf) && (got == 0 || buf[got - 1] != '\n')) {
+            ssize_t n = read(c, buf + got, sizeof(buf) - got);
+            if (n <= 0)
+                break;
+            got += (size_t)n;
+        }
+        if (got == 0 || buf[got - 1] != '\n')
             _exit(3);
         if (reply_len && write(c, reply, reply_len) != (ssize_t)reply_len)
             _exit(4);
