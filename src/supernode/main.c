@@ -28,6 +28,7 @@ static void usage(FILE *f)
             "  --origin-timeout DUR     origin connect/stall limit (default 30s)\n"
             "  --peer-upload-slots N    concurrent uploads per peer (default 4)\n"
             "  --seed-upload-slots N    concurrent uploads from the seed (default 8)\n"
+            "  --batch-pieces N         max pieces in one pull answer (default 8, at most 64)\n"
             "  --piece-size SIZE        force a piece size (default: by file length)\n"
             "  --config FILE            YAML file, keys as the long flags; flags override it\n"
             "  --log-level LEVEL        error, warn, info (default) or debug\n"
@@ -65,7 +66,7 @@ static int parse_slots(const char *s, uint32_t *out)
 enum {
     OPT_LISTEN = 256, OPT_DATA_DIR, OPT_ADVERTISE, OPT_CACHE_LIMIT, OPT_PEER_TIMEOUT,
     OPT_ORIGIN_TIMEOUT, OPT_PIECE_SIZE, OPT_CONFIG, OPT_LOG_LEVEL, OPT_VERSION, OPT_HELP,
-    OPT_PEER_SLOTS, OPT_SEED_SLOTS,
+    OPT_PEER_SLOTS, OPT_SEED_SLOTS, OPT_BATCH,
 };
 
 int main(int argc, char **argv)
@@ -79,6 +80,7 @@ int main(int argc, char **argv)
         {"origin-timeout", required_argument, NULL, OPT_ORIGIN_TIMEOUT},
         {"peer-upload-slots", required_argument, NULL, OPT_PEER_SLOTS},
         {"seed-upload-slots", required_argument, NULL, OPT_SEED_SLOTS},
+        {"batch-pieces", required_argument, NULL, OPT_BATCH},
         {"piece-size", required_argument, NULL, OPT_PIECE_SIZE},
         {"config", required_argument, NULL, OPT_CONFIG},
         {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
@@ -143,6 +145,7 @@ int main(int argc, char **argv)
             break;
         case OPT_PEER_SLOTS: bad = parse_slots(optarg, &cfg.peer_upload_slots) < 0; break;
         case OPT_SEED_SLOTS: bad = parse_slots(optarg, &cfg.seed_upload_slots) < 0; break;
+        case OPT_BATCH: bad = parse_slots(optarg, &cfg.batch_pieces) < 0; break;
         case OPT_LOG_LEVEL:
             bad = parse_level(optarg, &level) < 0;
             level_set = true;
