@@ -44,6 +44,7 @@
 #include <unistd.h>
 
 #define READ_CHUNK (1u << 20)
+#define HASH_STEP (32u << 20) /* prefix bytes hashed per loop iteration on resume */
 #define EXTRA_HEADERS 4
 
 typedef enum { MODE_FRESH = 0, MODE_RESUME, MODE_REVALIDATE } seed_mode_t;
@@ -74,6 +75,9 @@ typedef struct {
     df_digest_alg_t extra_alg;    /* registered digest's algorithm when not sha256 */
     bool failed_here;             /* fail() ran during this request */
     struct event *watchdog;       /* fails a request silent for origin_timeout */
+    struct event *hash_ev;        /* resume: hashes the cached prefix in steps */
+    uint64_t hash_off;            /* resume: prefix bytes hashed so far */
+    bool hashing;                 /* resume: prefix hashing before the request */
     uint64_t last_progress_ms;    /* request start, headers, or last body byte */
 } seed_t;
 
@@ -138,7 +142,7 @@ df_stored_task_t *df_sn_seed_stored(const df_sn_task_t *task)
 bool df_sn_seed_active(const df_sn_task_t *task)
 {
     const seed_t *sd = task->seed;
-    return sd && sd->req;
+    return sd && (sd->req || sd->hashing);
 }
 
 bool df_sn_seed_ready(const df_sn_task_t *task)
@@ -276,24 +280,25 @@ static int hash_pieces(seed_t *sd, const uint8_t *data, size_t len)
     return 0;
 }
 
-/* Hashes [0, end) of the stored file into the whole-file hashers (resume). */
-static int hash_prefix(seed_t *sd, uint64_t end)
+/* Hashes at most `step` more bytes of [0, end) of the stored file into the
+ * whole-file hashers (resume), from sd->hash_off. */
+static int hash_prefix(seed_t *sd, uint64_t end, uint64_t step)
 {
     uint8_t *buf = malloc(READ_CHUNK);
-    uint64_t off = 0;
+    uint64_t stop = DF_MIN(end, sd->hash_off + step);
     int rc = 0;
 
     if (!buf)
         return -ENOMEM;
-    while (off < end) {
-        size_t n = (size_t)DF_MIN((uint64_t)READ_CHUNK, end - off);
-        rc = df_stored_task_read(sd->stored, off, buf, n);
+    while (sd->hash_off < stop) {
+        size_t n = (size_t)DF_MIN((uint64_t)READ_CHUNK, stop - sd->hash_off);
+        rc = df_stored_task_read(sd->stored, sd->hash_off, buf, n);
         if (rc < 0)
             break;
         df_hasher_update(sd->file_h, buf, n);
         if (sd->extra_h)
             df_hasher_update(sd->extra_h, buf, n);
-        off += n;
+        sd->hash_off += n;
     }
     free(buf);
     return rc;
@@ -511,13 +516,8 @@ static int on_headers(df_http_req_t *req, long code, void *arg)
             stored_drop(sd, true);
             return DF_ECANCELED;
         }
-        rc = hashers_new(sd);
-        if (rc == 0)
-            rc = hash_prefix(sd, sd->start_off);
-        if (rc < 0) {
-            fail(sd, DF_SN_SEED_ERR_STORE, 0, "cannot resume from the cache: %s", df_strerror(rc));
-            return DF_ECANCELED;
-        }
+        /* The whole-file hashers already hold the cached prefix
+         * (df_sn_seed_start hashed it before asking). */
         sd->off = sd->start_off;
         sd->expect = t->length;
         sd->phase = PHASE_STREAMING;
@@ -773,6 +773,56 @@ static bool load_cache(seed_t *sd)
     return false;
 }
 
+static void hash_step_cb(evutil_socket_t fd, short what, void *arg);
+
+/* Resume: the whole-file digest must cover the cached prefix too, so it is
+ * hashed from disk before the origin is asked for the rest -- in steps of
+ * HASH_STEP on a zero timer, so a multi-gigabyte prefix does not freeze the
+ * API.  Without an event base (unit tests), in one go. */
+static int start_resume(seed_t *sd)
+{
+    static const struct timeval zero = {0, 0};
+    int rc = hashers_new(sd);
+
+    if (rc < 0)
+        return rc;
+    sd->hash_off = 0;
+    sd->phase = PHASE_CONNECTING;
+    if (!sd->s->opts.base) {
+        rc = hash_prefix(sd, sd->start_off, UINT64_MAX);
+        return rc < 0 ? rc : request(sd);
+    }
+    if (!sd->hash_ev && !(sd->hash_ev = evtimer_new(sd->s->opts.base, hash_step_cb, sd)))
+        return -ENOMEM;
+    sd->hashing = true;
+    evtimer_add(sd->hash_ev, &zero);
+    return 0;
+}
+
+static void hash_step_cb(evutil_socket_t fd, short what, void *arg)
+{
+    static const struct timeval zero = {0, 0};
+    seed_t *sd = arg;
+    int rc;
+
+    (void)fd;
+    (void)what;
+    rc = hash_prefix(sd, sd->start_off, HASH_STEP);
+    if (rc == 0 && sd->hash_off < sd->start_off) {
+        evtimer_add(sd->hash_ev, &zero);
+        return;
+    }
+    sd->hashing = false;
+    if (rc < 0) {
+        fail(sd, DF_SN_SEED_ERR_STORE, 0, "cannot read the cache to resume: %s", df_strerror(rc));
+        return;
+    }
+    rc = request(sd);
+    if (rc < 0)
+        fail(sd, DF_SN_SEED_ERR_ORIGIN_CONNECT, 0, "cannot start the origin request: %s",
+             df_strerror(rc));
+}
+
 /* The verified prefix of the stored copy, in bytes. */
 static uint64_t verified_prefix(const df_sn_task_t *t)
 {
@@ -796,8 +846,8 @@ int df_sn_seed_start(df_sn_seeder_t *s, df_sn_task_t *task, uint64_t now_ms)
         sd->spool_fd = -1;
         task->seed = sd;
     }
-    if (sd->req)
-        return 0; /* already talking to the origin */
+    if (sd->req || sd->hashing)
+        return 0; /* already talking to the origin, or about to */
 
     if (!sd->started) {
         sd->started = true;
@@ -837,8 +887,15 @@ int df_sn_seed_start(df_sn_seeder_t *s, df_sn_task_t *task, uint64_t now_ms)
         sd->mode = MODE_FRESH;
     }
     df_sn_task_set_seeding(task);
+    if (sd->mode == MODE_RESUME) {
+        rc = start_resume(sd);
+        if (rc < 0)
+            goto failed;
+        return 0;
+    }
 start:
     rc = request(sd);
+failed:
     if (rc < 0) {
         char msg[256];
         snprintf(msg, sizeof(msg), "cannot start the origin request: %s", df_strerror(rc));
@@ -897,6 +954,8 @@ void df_sn_seed_stop(df_sn_seeder_t *s, df_sn_task_t *task)
     sd->req = NULL;
     if (sd->watchdog)
         event_free(sd->watchdog);
+    if (sd->hash_ev)
+        event_free(sd->hash_ev);
     spool_close(sd);
     hashers_free(sd);
     stored_drop(sd, false);
