@@ -649,6 +649,8 @@ out:
     return rc;
 }
 
+static void refetch(seed_t *sd);
+
 static void on_done(df_http_req_t *req, const df_http_result_t *res, void *arg)
 {
     seed_t *sd = arg;
@@ -717,6 +719,13 @@ static void on_done(df_http_req_t *req, const df_http_result_t *res, void *arg)
         }
     }
     hashers_free(sd);
+    if (t->seed_pieces != t->piece_count) {
+        /* A piece this stream already passed was found corrupt on disk
+         * meanwhile (df_sn_seed_check_piece): fetch again from there. */
+        sd->phase = PHASE_IDLE;
+        refetch(sd);
+        return;
+    }
     rc = df_stored_task_set_digest(sd->stored, &file_d);
     if (rc == 0)
         rc = df_stored_task_sync(sd->stored);
@@ -862,7 +871,7 @@ int df_sn_seed_start(df_sn_seeder_t *s, df_sn_task_t *task, uint64_t now_ms)
         sd->mode = MODE_REVALIDATE;
         goto start;
     } else if (task->state == DF_SN_TASK_FAILED) {
-        if (now_ms - task->failed_ms < DF_SN_RETRY_MS)
+        if (task->failed_ms && now_ms - task->failed_ms < DF_SN_RETRY_MS)
             return 0;
         df_sn_task_set_seeding(task);
         if (!sd->stored && task->shaped)
@@ -874,8 +883,12 @@ int df_sn_seed_start(df_sn_seeder_t *s, df_sn_task_t *task, uint64_t now_ms)
         return 0; /* seeding, between requests: cannot happen, be safe */
     }
 
-    /* Resume when a verified prefix exists, else fetch from scratch. */
-    if (sd->stored && task->shaped && verified_prefix(task) > 0 && verified_prefix(task) < task->length) {
+    /* Resume when a verified prefix exists and the origin gave a validator
+     * for If-Range (without one, a file changed at the origin would be
+     * spliced from two versions), else fetch from scratch. */
+    if (sd->stored && task->shaped && verified_prefix(task) > 0 && verified_prefix(task) < task->length &&
+        (*df_stored_task_last_modified(sd->stored) ||
+         (*df_stored_task_etag(sd->stored) && strncmp(df_stored_task_etag(sd->stored), "W/", 2) != 0))) {
         sd->mode = MODE_RESUME;
         sd->start_off = verified_prefix(task);
     } else if (sd->stored && task->shaped && verified_prefix(task) == task->length &&
@@ -935,12 +948,26 @@ int df_sn_seed_check_piece(df_sn_seeder_t *s, df_sn_task_t *task, uint32_t idx, 
     df_stored_task_unmark_piece(sd->stored, idx);
     df_stored_task_sync(sd->stored);
     df_sn_task_seed_unpiece(task, idx);
-    if (!sd->req) {
-        df_sn_task_fail(task, "store", 0, "a cached piece was corrupt; the seed will fetch it again",
-                        now_ms);
-        task->failed_ms = 0; /* retry on the next Register */
-    }
+    /* Peers keep the other pieces; the seed resumes from the lost one.  A
+     * running stream notices at its end (on_done) and does the same. */
+    if (!sd->req && !sd->hashing)
+        refetch(sd);
     return DF_EDIGEST;
+}
+
+/* Re-fetches what the seed lost, now: the task goes back to seeding (peers
+ * keep getting the pieces that are still verified) and the seed resumes from
+ * its verified prefix.  If that cannot start, the task is failed. */
+static void refetch(seed_t *sd)
+{
+    df_sn_task_t *t = sd->task;
+    uint64_t now = df_now_ms();
+
+    /* df_sn_seed_start retries a failed task at once when failed_ms is 0. */
+    df_sn_task_fail(t, "store", 0, "a cached piece was corrupt; fetching it again", now);
+    t->failed_ms = 0;
+    if (df_sn_seed_start(sd->s, t, now) == 0)
+        DF_LOG_I("seed %.12s: fetching again from the first missing piece", t->id);
 }
 
 void df_sn_seed_stop(df_sn_seeder_t *s, df_sn_task_t *task)
