@@ -755,13 +755,15 @@ out:
 int df_sn_report_error(df_sn_task_t *task, df_sn_member_t *m, const char *src_id, uint32_t piece,
                        df_sn_err_kind_t kind)
 {
-    bool seed = strcmp(src_id, DF_SN_SEED_ID) == 0;
+    bool seed = strcmp(src_id, DF_SN_SEED_ID) == 0, from_seed = false;
     df_sn_member_t *src = NULL;
     uint64_t serial = 0;
     int i;
 
-    if (task->shaped && piece < task->piece_count && (i = find_entry(m, piece)) >= 0)
+    if (task->shaped && piece < task->piece_count && (i = find_entry(m, piece)) >= 0) {
+        from_seed = m->inflight[i].src == 0;
         release_entry(task, m, (uint32_t)i);
+    }
     if (!seed) {
         for (uint32_t k = 0; k < task->nmembers; k++)
             if (strcmp(task->members[k]->peer->id, src_id) == 0) {
@@ -774,7 +776,7 @@ int df_sn_report_error(df_sn_task_t *task, df_sn_member_t *m, const char *src_id
     }
     exclude(m, serial);
     if (seed)
-        return 1;
+        return from_seed ? 1 : 0; /* only a real seed assignment is worth a disk re-read */
     if (kind != DF_SN_ERR_IO && task->shaped && piece < task->piece_count && src->have)
         df_bitmap_clear(src->have, piece);
     if (kind == DF_SN_ERR_DIGEST && ++src->digest_errors == DF_SN_DIGEST_ERROR_LIMIT) {

@@ -220,7 +220,9 @@ void df_sn_pull(df_sn_swarm_t *sw, df_sn_task_t *task, df_sn_member_t *m, uint32
  * for digest/missing the source no longer counts as holding that piece, and
  * digest errors count toward dropping the source for everybody.  The
  * requester's in-flight entry for the piece is released.  Returns 1 when the
- * source is the seed (the caller re-checks its copy on disk), else 0. */
+ * source is the seed and the requester really had this piece in flight from
+ * it (the caller then re-checks its copy on disk), else 0: a peer repeating
+ * reports cannot make the supernode re-read its cache at will. */
 int df_sn_report_error(df_sn_task_t *task, df_sn_member_t *m, const char *src_id, uint32_t piece,
                        df_sn_err_kind_t kind);
 

@@ -272,9 +272,21 @@ static void test_report_error(void **state)
     for (size_t i = 0; i < n; i++)
         assert_ptr_not_equal(a[i].src, bad->peer);
 
-    /* The seed as the culprit: the caller is told to re-check its copy,
-     * and the requester no longer uses the seed. */
-    assert_int_equal(df_sn_report_error(f.t, r[1], DF_SN_SEED_ID, 1, DF_SN_ERR_MISSING), 1);
+    /* The seed as the culprit: the caller is told to re-check its copy
+     * only for a piece really assigned from the seed, and the requester no
+     * longer uses the seed.  (First free the seed's one slot.) */
+    df_sn_apply_results(f.t, r[0], NULL, 0, true, 0);
+    df_sn_apply_results(f.t, r[3], NULL, 0, true, 0);
+    assert_int_equal(f.t->seed_load, 0);
+    df_sn_pull(f.sw, f.t, r[1], 8, 5, a, &n, &st);
+    assert_int_equal(n, 1); /* only the seed (1 slot) can serve */
+    assert_null(a[0].src);
+    assert_int_equal(df_sn_report_error(f.t, r[1], DF_SN_SEED_ID, a[0].piece + 1 < NP ? a[0].piece + 1 : 0,
+                                        DF_SN_ERR_DIGEST),
+                     0); /* not in flight from the seed */
+    assert_int_equal(df_sn_report_error(f.t, r[1], DF_SN_SEED_ID, a[0].piece, DF_SN_ERR_DIGEST), 1);
+    assert_int_equal(df_sn_report_error(f.t, r[1], DF_SN_SEED_ID, a[0].piece, DF_SN_ERR_DIGEST), 0);
+    check(f.t);
     df_sn_pull(f.sw, f.t, r[1], 8, 5, a, &n, &st);
     for (size_t i = 0; i < n; i++)
         assert_non_null(a[i].src);
