@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "core/core.h"
 #include "piece/digest.h"
 #include "supernode/api_codec.h"
 
@@ -180,24 +181,29 @@ static void test_register_caps(void **state)
 {
     char err[256];
     df_sn_register_req_t r;
+    df_buf_t b;
     size_t n = 70 * 1024;
-    char *big = malloc(n + 64), *p;
+    char *big;
 
     (void)state;
-    assert_non_null(big);
     /* A url longer than DF_SN_URL_MAX. */
-    p = big + sprintf(big, "{\"url\":\"http://o/");
-    memset(p, 'a', DF_SN_URL_MAX);
-    p += DF_SN_URL_MAX;
-    p += sprintf(p, "\",\"peer\":{\"ip\":\"1.2.3.4\"}}");
-    assert_int_equal(df_sn_decode_register(big, (size_t)(p - big), &r, err, sizeof(err)), DF_EPROTO);
+    df_buf_init(&b, 1u << 20);
+    assert_int_equal(df_buf_printf(&b, "{\"url\":\"http://o/"), 0);
+    for (unsigned i = 0; i < DF_SN_URL_MAX; i++)
+        assert_int_equal(df_buf_append(&b, "a", 1), 0);
+    assert_int_equal(df_buf_printf(&b, "\",\"peer\":{\"ip\":\"1.2.3.4\"}}"), 0);
+    assert_int_equal(df_sn_decode_register(b.data, b.len, &r, err, sizeof(err)), DF_EPROTO);
     /* Too many headers. */
-    p = big + sprintf(big, "{\"url\":\"http://o/f\",\"peer\":{\"ip\":\"1.2.3.4\"},\"headers\":[");
+    df_buf_reset(&b);
+    assert_int_equal(df_buf_printf(&b, "{\"url\":\"http://o/f\",\"peer\":{\"ip\":\"1.2.3.4\"},\"headers\":["), 0);
     for (unsigned i = 0; i <= DF_SN_HEADERS_MAX; i++)
-        p += sprintf(p, "%s\"X%u: v\"", i ? "," : "", i);
-    p += sprintf(p, "]}");
-    assert_int_equal(df_sn_decode_register(big, (size_t)(p - big), &r, err, sizeof(err)), DF_EPROTO);
+        assert_int_equal(df_buf_printf(&b, "%s\"X%u: v\"", i ? "," : "", i), 0);
+    assert_int_equal(df_buf_printf(&b, "]}"), 0);
+    assert_int_equal(df_sn_decode_register(b.data, b.len, &r, err, sizeof(err)), DF_EPROTO);
+    df_buf_free(&b);
     /* A body over DF_SN_BODY_MAX is refused before parsing. */
+    big = malloc(n);
+    assert_non_null(big);
     memset(big, ' ', n);
     assert_int_equal(df_sn_decode_register(big, n, &r, err, sizeof(err)), DF_EPROTO);
     free(big);
@@ -278,17 +284,16 @@ static void test_pull_results_cap(void **state)
 {
     char err[256];
     df_sn_pull_req_t r;
-    char *big = malloc(64 * 1024), *p;
+    df_buf_t b;
 
     (void)state;
-    assert_non_null(big);
-    p = big + sprintf(big, "{\"task_id\":\"%s\",\"peer_id\":\"p\",\"results\":[", TID);
+    df_buf_init(&b, 64 * 1024);
+    assert_int_equal(df_buf_printf(&b, "{\"task_id\":\"%s\",\"peer_id\":\"p\",\"results\":[", TID), 0);
     for (unsigned i = 0; i <= DF_SN_RESULTS_MAX; i++)
-        p += sprintf(p, "%s{\"piece\":%u,\"ok\":true}", i ? "," : "", i);
-    p += sprintf(p, "]}");
-    assert_true((size_t)(p - big) < 64 * 1024);
-    assert_int_equal(df_sn_decode_pull(big, (size_t)(p - big), &r, err, sizeof(err)), DF_EPROTO);
-    free(big);
+        assert_int_equal(df_buf_printf(&b, "%s{\"piece\":%u,\"ok\":true}", i ? "," : "", i), 0);
+    assert_int_equal(df_buf_printf(&b, "]}"), 0);
+    assert_int_equal(df_sn_decode_pull(b.data, b.len, &r, err, sizeof(err)), DF_EPROTO);
+    df_buf_free(&b);
 }
 
 static void test_small_requests(void **state)
