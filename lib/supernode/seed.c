@@ -34,6 +34,7 @@
 
 #include <event2/event.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -91,6 +92,25 @@ const char *df_sn_seed_err_name(df_sn_seed_err_t e)
     return (unsigned)e < DF_SN_SEED_ERR_COUNT ? names[e] : "unknown";
 }
 
+/* Spool files left by a process that died mid-seed are useless (a spooled
+ * body is only cut into pieces at its end): remove them. */
+static void clean_spool(const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    char path[PATH_MAX];
+
+    if (!d)
+        return;
+    while ((e = readdir(d))) {
+        size_t n = strlen(e->d_name);
+        if (n > 6 && strcmp(e->d_name + n - 6, ".spool") == 0 &&
+            snprintf(path, sizeof(path), "%s/%s", dir, e->d_name) < (int)sizeof(path))
+            unlink(path);
+    }
+    closedir(d);
+}
+
 int df_sn_seeder_new(const df_sn_seeder_opts_t *opts, df_sn_seeder_t **out)
 {
     df_sn_seeder_t *s = calloc(1, sizeof(*s));
@@ -111,6 +131,7 @@ int df_sn_seeder_new(const df_sn_seeder_opts_t *opts, df_sn_seeder_t **out)
         df_sn_seeder_free(s);
         return rc;
     }
+    clean_spool(s->partial_dir);
     *out = s;
     return 0;
 }
