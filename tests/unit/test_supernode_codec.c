@@ -274,7 +274,7 @@ static void test_pull(void **state)
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         with_tid(bad[i], body, sizeof(body));
         if (DEC(df_sn_decode_pull, body, &r) != DF_EPROTO)
-            fail_msg("case %zu accepted: @", i, body);
+            fail_msg("case %zu accepted: %s", i, body);
         assert_null(r.task_id);
         assert_null(r.results);
     }
