@@ -168,6 +168,8 @@ typedef struct {
     uint64_t timeout_ms;         /* whole download; 0 = none */
     df_pattern_t pattern;
     bool no_back_source;         /* --notbs */
+    bool durable;                /* fsync the output before it appears (--fsync): it then
+                                  * survives a power loss too; costs the disk's write-back */
     const char *call_system;     /* caller name for logs */
 } df_download_req_t;
 

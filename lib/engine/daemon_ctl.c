@@ -260,6 +260,15 @@ int df__ctl_request_decode(const char *line, size_t len, df__ctl_request_t *out,
         }
         req->no_back_source = json_is_true(v);
     }
+    v = json_object_get(out->doc, "durable");
+    if (v && !json_is_null(v)) {
+        if (!json_is_boolean(v)) {
+            seterr(err, errcap, "\"durable\" must be a boolean");
+            rc = DF_EPROTO;
+            goto out;
+        }
+        req->durable = json_is_true(v);
+    }
     rc = 0;
 out:
     if (rc < 0) {
@@ -308,6 +317,7 @@ int df__ctl_request_encode(const df_download_req_t *req, char **out, size_t *len
                             json_integer((json_int_t)DF_MIN(req->timeout_ms, (uint64_t)INT64_MAX))) < 0 ||
         json_object_set_new(o, "pattern", json_string(df__pattern_name(req->pattern))) < 0 ||
         json_object_set_new(o, "no_back_source", json_boolean(req->no_back_source)) < 0 ||
+        json_object_set_new(o, "durable", json_boolean(req->durable)) < 0 ||
         (req->call_system && json_object_set_new(o, "call_system", json_string(req->call_system)) < 0)) {
         rc = -EINVAL;
         goto out;

@@ -71,6 +71,7 @@ struct df_download {
     uint64_t local_limit, timeout_ms;
     df_pattern_t pattern;
     bool notbs;
+    bool durable;
     df_download_progress_cb progress_cb;
     df_download_done_cb done_cb;
     void *arg;
@@ -448,7 +449,7 @@ static void verify_and_export(df_download_t *dl)
         df_strlcpy(dl->res.digest, dl->digest_text, sizeof(dl->res.digest));
     }
     df_stored_task_set_digest(dl->task, &got);
-    rc = df_stored_task_export(dl->task, dl->output);
+    rc = df_stored_task_export(dl->task, dl->output, dl->durable);
     if (rc < 0) {
         finish(dl, rc, "writing %s: %s", dl->output, df_strerror(rc));
         return;
@@ -664,8 +665,22 @@ static void maybe_pull(df_download_t *dl)
     bool complete;
     int rc;
 
-    if (dl->state != ST_P2P || dl->pull_pending)
+    if (dl->state != ST_P2P)
         return;
+    if (dl->pull_pending) {
+        /* The supernode may hold a pull for a while (long-poll): report
+         * finished pieces at once, so others can fetch them from us now. */
+        if (dl->nresults > 0) {
+            memset(&pr, 0, sizeof(pr));
+            pr.task_id = dl->res.task_id;
+            pr.peer_id = dl->peer_id;
+            pr.results = dl->results;
+            pr.nresults = dl->nresults;
+            if (peer->tracker->ops->report_piece(peer->tracker, &pr, NULL, NULL) == 0)
+                dl->nresults = 0;
+        }
+        return;
+    }
     complete = df_stored_task_complete(dl->task);
     /* Nothing to ask and nothing to tell: wait for a fetch or the timer. */
     if (!complete && dl->ninflight >= parallel && dl->nresults == 0)
@@ -982,7 +997,7 @@ static void source_done(df_http_req_t *req, const df_http_result_t *res, void *a
         }
         df_strlcpy(dl->res.digest, dl->digest_text, sizeof(dl->res.digest));
     }
-    if (fsync(dl->src_fd) < 0 || rename(dl->src_tmp, dl->output) < 0) {
+    if ((dl->durable && fsync(dl->src_fd) < 0) || rename(dl->src_tmp, dl->output) < 0) {
         int err = -errno;
         finish(dl, err, "writing %s: %s", dl->output, df_strerror(err));
         return;
@@ -1213,6 +1228,7 @@ int df_peer_download(df_peer_t *peer, const df_download_req_t *req, df_download_
     dl->timeout_ms = req->timeout_ms;
     dl->pattern = req->pattern;
     dl->notbs = req->no_back_source;
+    dl->durable = req->durable;
     dl->progress_cb = progress_cb;
     dl->done_cb = done_cb;
     dl->arg = arg;

@@ -1087,7 +1087,7 @@ out:
 }
 
 /* Only a complete task can be exported: -EINVAL otherwise. */
-int df_stored_task_export(df_stored_task_t *t, const char *output)
+int df_stored_task_export(df_stored_task_t *t, const char *output, bool durable)
 {
     const char *slash, *base;
     char *dir = NULL, *tmp = NULL;
@@ -1126,7 +1126,7 @@ int df_stored_task_export(df_stored_task_t *t, const char *output)
     if (rc < 0)
         goto out;
     /* mkostemp creates 0600; the output is an ordinary downloaded file. */
-    if (fchmod(fd, 0644) < 0 || fsync(fd) < 0) {
+    if (fchmod(fd, 0644) < 0 || (durable && fsync(fd) < 0)) {
         rc = -errno;
         goto out;
     }
@@ -1141,7 +1141,7 @@ int df_stored_task_export(df_stored_task_t *t, const char *output)
     free(tmp);
     tmp = NULL;
     /* Make the rename itself durable; the file is in place either way. */
-    dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    dfd = durable ? open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
     if (dfd >= 0) {
         if (fsync(dfd) < 0)
             DF_LOG_W("store: fsync of %s failed: %s", dir, strerror(errno));

@@ -103,22 +103,33 @@ static bool better(const df_sched_input_t *in, const uint32_t *load, uint32_t pi
     return a < b;
 }
 
-/* The source to use for piece, or -1 when no holder has a free slot. */
+/* The source to use for piece, or -1 when no holder has a free slot (or
+ * only the seed could serve it and rule 6 holds it back). */
 static long choose_source(const df_sched_input_t *in, const uint32_t *load, uint32_t piece)
 {
     long best_peer = -1, best_seed = -1;
+    uint32_t holders = 0;
 
     for (size_t i = 0; i < in->nsources; i++) {
         const df_sched_source_t *s = &in->sources[i];
         long *best;
 
-        if (!usable(s) || load[i] >= s->slots || !holds(s, piece))
+        if (!usable(s) || !holds(s, piece))
+            continue;
+        if (!s->is_seed)
+            holders++;
+        if (load[i] >= s->slots)
             continue;
         best = s->is_seed ? &best_seed : &best_peer;
         if (*best < 0 || better(in, load, piece, i, (size_t)*best))
             *best = (long)i;
     }
-    return best_peer >= 0 ? best_peer : best_seed;
+    if (best_peer >= 0)
+        return best_peer;
+    if (best_seed >= 0 && in->coming && in->seed_piece_limit &&
+        holders + in->coming[piece] >= in->seed_piece_limit)
+        return -1;
+    return best_seed;
 }
 
 size_t df_sched_pick(const df_sched_input_t *in, uint32_t *load, df_sched_assign_t *out)

@@ -17,7 +17,14 @@
  *  4. a source whose load reached its slots is not used (upload cap);
  *     excluded sources (down, failed or served bad bytes to this requester)
  *     are never used;
- *  5. at most max_assign assignments.
+ *  5. at most max_assign assignments;
+ *  6. when coming is given, the seed does not serve a piece that
+ *     seed_piece_limit or more peers already hold (usable by this requester)
+ *     or are fetching (coming[p]): those copies will be offered by peers,
+ *     so the seed's uplink goes to pieces nobody has yet (BitTorrent's
+ *     "super-seeding" idea).  Without it, requesters that start together
+ *     all fetch the newest piece from the seed, and a piece whose holders
+ *     are busy is sent by the seed again.
  */
 #ifndef DF_SCHED_SCHED_H
 #define DF_SCHED_SCHED_H
@@ -43,6 +50,9 @@ typedef struct {
     size_t nsources;
     uint32_t max_assign;
     uint64_t rand_seed;                /* tie-break; vary it per request */
+    const uint32_t *coming;            /* per piece: transfers in flight (from any source)
+                                        * to peers that will serve it; NULL = rule 6 off */
+    uint32_t seed_piece_limit;         /* see rule 6; 0 = rule 6 off */
 } df_sched_input_t;
 
 typedef struct {

@@ -296,6 +296,8 @@ static int hash_pieces(seed_t *sd, const uint8_t *data, size_t len)
             if (rc < 0)
                 return rc;
             df_sn_task_seed_piece(t, idx, d.value);
+            if (sd->s->opts.piece_cb)
+                sd->s->opts.piece_cb(t, sd->s->opts.arg);
         }
     }
     return 0;

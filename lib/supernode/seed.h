@@ -64,6 +64,7 @@ typedef struct {
     uint64_t piece_size;         /* 0 = df_piece_size_for(length) */
     uint64_t spool_limit;        /* max bytes of a chunked origin; 0 = no limit */
     df_sn_seed_ready_cb ready_cb;
+    df_sn_seed_ready_cb piece_cb; /* after each piece the seed verified (may be NULL) */
     void *arg;
 } df_sn_seeder_opts_t;
 

@@ -9,6 +9,13 @@
  * evhttp request is parked on the task's waiter list and answered from the
  * seed's ready callback.  Everything runs on the caller's event loop.
  *
+ * PullPiece is a long-poll: when there is nothing to assign, the request is
+ * parked on the task (up to PARK_MS) and answered as soon as something that
+ * could change the answer happens -- the seed verified a piece, a peer
+ * reported pieces or released slots, the task completed or failed.  A peer
+ * ahead of the seed thus gets the next piece the moment it lands instead of
+ * after a polling interval (Dragonfly 1.x slept up to 1.6 s here).
+ *
  * Robustness: evhttp enforces the header (16 KiB) and body (64 KiB) caps and
  * answers 413 itself; every handler validates its input before touching
  * state and answers 400/404/405/409 with a JSON error body; nothing a client
@@ -47,6 +54,8 @@
 #define TASK_IDLE_MS (5u * 60u * 1000u)
 #define WAIT_MS_SEEDING 100
 #define WAIT_MS_BUSY 200
+#define PARK_MS 1000u              /* longest a PullPiece is held waiting for work */
+#define PARKED_MAX 65536u          /* parked PullPieces, all tasks */
 #define METRICS_CAP (4u * 1024u * 1024u)
 #define PIECES_LISTING_MAX (8u * 1024u * 1024u) /* chars of bitmaps in a task listing */
 
@@ -71,6 +80,8 @@ struct df_supernode {
     struct event *sweep;
     uint32_t sweeps;
     bool closing;
+    struct event *wake;          /* re-runs parked pulls of tasks marked dirty */
+    uint32_t nparked;
 
     df_metric_t *m_tasks, *m_peers, *m_sched_seed, *m_sched_peer, *m_seed_bytes, *m_origin_bytes;
     df_metric_t *m_sched_seconds, *m_seed_err[DF_SN_SEED_ERR_COUNT];
@@ -246,12 +257,21 @@ static uint32_t count_waiters(const df_sn_task_t *task)
     return n;
 }
 
+static void mark_task_changed(df_supernode_t *sn, df_sn_task_t *task);
+static void flush_parked(df_supernode_t *sn, df_sn_task_t *task);
+
 static void on_seed_ready(df_sn_task_t *task, void *arg)
 {
     df_supernode_t *sn = arg;
 
     if (df_sn_seed_ready(task))
         flush_waiters(sn, task, false);
+    mark_task_changed(sn, task); /* completed or failed: parked pulls learn it */
+}
+
+static void on_seed_piece(df_sn_task_t *task, void *arg)
+{
+    mark_task_changed(arg, task);
 }
 
 static void on_task_free(df_sn_task_t *task, void *arg)
@@ -260,6 +280,7 @@ static void on_task_free(df_sn_task_t *task, void *arg)
 
     df_sn_seed_stop(sn->seeder, task);
     flush_waiters(sn, task, true);
+    flush_parked(sn, task);
 }
 
 static void h_register(df_supernode_t *sn, struct evhttp_request *req)
@@ -362,39 +383,53 @@ static json_t *source_json(df_supernode_t *sn, const df_sn_peer_t *src)
     return json_pack("{s:s, s:s, s:i}", "id", src->id, "ip", src->ip, "port", (int)src->port);
 }
 
-static void h_pull(df_supernode_t *sn, struct evhttp_request *req)
+/* A PullPiece waiting for work.  Owned by its task's `pulls` list; the
+ * request is answered exactly once: by a wake, its timer, the client going
+ * away (then it is dropped, never answered), or the task going away. */
+typedef struct parked {
+    df_supernode_t *sn;
+    df_sn_task_t *task;
+    struct evhttp_request *req;
+    struct evhttp_connection *evcon;
+    struct event *timer;
+    char peer_id[DF_SN_PEER_ID_MAX];
+    uint32_t want;
+    struct parked *next, *prev;
+} parked_t;
+
+static void parked_unlink_free(parked_t *p)
+{
+    df_sn_task_t *t = p->task;
+    if (p->prev)
+        p->prev->next = p->next;
+    else if (t->pulls == p)
+        t->pulls = p->next;
+    if (p->next)
+        p->next->prev = p->prev;
+    if (p->evcon)
+        evhttp_connection_set_closecb(p->evcon, NULL, NULL);
+    if (p->timer)
+        event_free(p->timer);
+    p->sn->nparked--;
+    free(p);
+}
+
+/* Runs the scheduler for (task, member) and answers req unless the answer
+ * would be "wait" and may_wait: then returns false and sends nothing. */
+static bool answer_pull(df_supernode_t *sn, struct evhttp_request *req, df_sn_task_t *task, df_sn_member_t *m,
+                        uint32_t want, bool may_wait)
 {
     static const char *route = "/api/v1/pull";
     df_sn_assign_t assign[DF_SN_INFLIGHT_MAX];
     df_sn_pull_state_t state;
-    df_sn_pull_req_t r;
-    df_sn_task_t *task;
-    df_sn_member_t *m;
     json_t *doc = NULL, *pieces;
-    char err[256];
-    const char *body;
-    size_t len, n = 0;
-    double t0;
-    int rc;
+    size_t n = 0;
+    double t0 = df_now_s();
 
-    body = body_of(req, &len);
-    if (!body) {
-        send_error(sn, req, route, 500, "internal", "out of memory");
-        return;
-    }
-    rc = df_sn_decode_pull(body, len, &r, err, sizeof(err));
-    if (rc < 0) {
-        send_error(sn, req, route, rc == DF_EPROTO ? 400 : 500, "bad_request", err);
-        return;
-    }
-    if (!lookup(sn, req, route, r.task_id, r.peer_id, &task, &m))
-        goto out;
-
-    t0 = df_now_s();
-    df_sn_apply_results(task, m, r.results, r.nresults, true, r.running);
-    df_sn_pull(sn->swarm, task, m, r.has_want ? r.want : 0, df_now_ms(), assign, &n, &state);
+    df_sn_pull(sn->swarm, task, m, want, df_now_ms(), assign, &n, &state);
     df_metric_observe(sn->m_sched_seconds, df_now_s() - t0);
-
+    if (state == DF_SN_PULL_WAIT && may_wait)
+        return false;
     switch (state) {
     case DF_SN_PULL_ASSIGN:
         pieces = json_array();
@@ -410,8 +445,9 @@ static void h_pull(df_supernode_t *sn, struct evhttp_request *req)
         doc = json_pack("{s:s, s:o}", "state", "assign", "pieces", pieces);
         break;
     case DF_SN_PULL_WAIT:
+        /* After a long-poll the client may ask again at once. */
         doc = json_pack("{s:s, s:i}", "state", "wait", "wait_ms",
-                        task->state == DF_SN_TASK_SEEDING ? WAIT_MS_SEEDING : WAIT_MS_BUSY);
+                        may_wait ? (task->state == DF_SN_TASK_SEEDING ? WAIT_MS_SEEDING : WAIT_MS_BUSY) : 10);
         break;
     case DF_SN_PULL_DONE:
         doc = json_pack("{s:s, s:s}", "state", "done", "digest", task->file_digest);
@@ -421,6 +457,140 @@ static void h_pull(df_supernode_t *sn, struct evhttp_request *req)
         break;
     }
     send_json(sn, req, route, 200, doc);
+    return true;
+}
+
+/* Answers a parked pull now (final: "wait" allowed) or, when `retry`, only
+ * if there is something better than "wait".  Frees p when answered. */
+static bool settle_parked(parked_t *p, bool retry)
+{
+    df_supernode_t *sn = p->sn;
+    df_sn_peer_t *peer = df_sn_peer_find(sn->swarm, p->peer_id);
+    df_sn_member_t *m = peer ? df_sn_task_member(p->task, peer) : NULL;
+
+    if (!m) {
+        send_error(sn, p->req, "/api/v1/pull", 404, "unknown_peer", "the peer is not registered for this task");
+    } else if (!answer_pull(sn, p->req, p->task, m, p->want, retry)) {
+        return false;
+    }
+    parked_unlink_free(p);
+    return true;
+}
+
+static void parked_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    settle_parked(arg, false);
+}
+
+static void parked_close_cb(struct evhttp_connection *evcon, void *arg)
+{
+    parked_t *p = arg;
+    /* libevent frees the request with the connection: never answer it. */
+    p->evcon = NULL;
+    parked_unlink_free(p);
+}
+
+/* Something changed in task: re-run its parked pulls soon (coalesced). */
+static void mark_task_changed(df_supernode_t *sn, df_sn_task_t *task)
+{
+    if (!task->pulls || sn->closing)
+        return;
+    task->pulls_dirty = true;
+    event_active(sn->wake, EV_TIMEOUT, 0);
+}
+
+static void wake_cb(evutil_socket_t fd, short what, void *arg)
+{
+    df_supernode_t *sn = arg;
+
+    for (df_sn_task_t *t = df_sn_swarm_tasks(sn->swarm); t; t = t->next) {
+        parked_t *p, *next;
+        if (!t->pulls_dirty)
+            continue;
+        t->pulls_dirty = false;
+        for (p = t->pulls; p; p = next) {
+            next = p->next;
+            settle_parked(p, true);
+        }
+    }
+}
+
+/* Answers every parked pull of task at once (the task is going away). */
+static void flush_parked(df_supernode_t *sn, df_sn_task_t *task)
+{
+    while (task->pulls) {
+        parked_t *p = task->pulls;
+        send_error(sn, p->req, "/api/v1/pull", 404, "unknown_task", "the supernode dropped this task");
+        parked_unlink_free(p);
+    }
+}
+
+static bool park_pull(df_supernode_t *sn, struct evhttp_request *req, df_sn_task_t *task, const char *peer_id,
+                      uint32_t want)
+{
+    struct timeval tv = {.tv_sec = PARK_MS / 1000, .tv_usec = (PARK_MS % 1000) * 1000};
+    parked_t *p;
+
+    if (sn->nparked >= PARKED_MAX || sn->closing)
+        return false;
+    p = calloc(1, sizeof(*p));
+    if (!p)
+        return false;
+    p->timer = evtimer_new(sn->base, parked_timer_cb, p);
+    if (!p->timer || df_strlcpy(p->peer_id, peer_id, sizeof(p->peer_id)) < 0) {
+        if (p->timer)
+            event_free(p->timer);
+        free(p);
+        return false;
+    }
+    p->sn = sn;
+    p->task = task;
+    p->req = req;
+    p->want = want;
+    p->evcon = evhttp_request_get_connection(req);
+    if (p->evcon)
+        evhttp_connection_set_closecb(p->evcon, parked_close_cb, p);
+    p->next = task->pulls;
+    if (task->pulls)
+        ((parked_t *)task->pulls)->prev = p;
+    task->pulls = p;
+    sn->nparked++;
+    evtimer_add(p->timer, &tv);
+    return true;
+}
+
+static void h_pull(df_supernode_t *sn, struct evhttp_request *req)
+{
+    static const char *route = "/api/v1/pull";
+    df_sn_pull_req_t r;
+    df_sn_task_t *task;
+    df_sn_member_t *m;
+    char err[256];
+    const char *body;
+    size_t len;
+    uint32_t want;
+    int rc;
+
+    body = body_of(req, &len);
+    if (!body) {
+        send_error(sn, req, route, 500, "internal", "out of memory");
+        return;
+    }
+    rc = df_sn_decode_pull(body, len, &r, err, sizeof(err));
+    if (rc < 0) {
+        send_error(sn, req, route, rc == DF_EPROTO ? 400 : 500, "bad_request", err);
+        return;
+    }
+    if (!lookup(sn, req, route, r.task_id, r.peer_id, &task, &m))
+        goto out;
+
+    want = r.has_want ? r.want : 0;
+    df_sn_apply_results(task, m, r.results, r.nresults, true, r.running);
+    if (r.nresults > 0)
+        mark_task_changed(sn, task); /* pieces to offer, or slots freed */
+    /* Nothing to hand out now: hold the request until something changes. */
+    if (!answer_pull(sn, req, task, m, want, true) && !park_pull(sn, req, task, r.peer_id, want))
+        answer_pull(sn, req, task, m, want, false);
 out:
     df_sn_pull_req_clear(&r);
 }
@@ -448,6 +618,7 @@ static void h_report(df_supernode_t *sn, struct evhttp_request *req)
     }
     if (lookup(sn, req, route, r.task_id, r.peer_id, &task, &m)) {
         df_sn_apply_results(task, m, r.results, r.nresults, false, 0);
+        mark_task_changed(sn, task);
         send_empty(sn, req, route);
     }
     df_sn_pull_req_clear(&r);
@@ -938,6 +1109,7 @@ int df_supernode_new(struct event_base *base, const df_supernode_config_t *cfg, 
     so.peer_upload_slots = sn->cfg.peer_upload_slots;
     so.seed_upload_slots = sn->cfg.seed_upload_slots;
     so.batch_pieces = sn->cfg.batch_pieces;
+    so.seed_piece_limit = 1;
     rc = df_sn_swarm_new(&so, on_task_free, sn, &sn->swarm);
     if (rc < 0)
         goto fail;
@@ -951,6 +1123,7 @@ int df_supernode_new(struct event_base *base, const df_supernode_config_t *cfg, 
     seo.piece_size = sn->cfg.piece_size;
     seo.spool_limit = sn->cfg.cache_limit_bytes;
     seo.ready_cb = on_seed_ready;
+    seo.piece_cb = on_seed_piece;
     seo.arg = sn;
     rc = df_sn_seeder_new(&seo, &sn->seeder);
     if (rc < 0)
@@ -984,6 +1157,11 @@ int df_supernode_new(struct event_base *base, const df_supernode_config_t *cfg, 
     }
     sn->port = bound_port(bs);
 
+    sn->wake = event_new(base, -1, 0, wake_cb, sn);
+    if (!sn->wake) {
+        rc = -ENOMEM;
+        goto fail;
+    }
     sn->sweep = event_new(base, -1, EV_PERSIST, sweep_cb, sn);
     if (!sn->sweep)
         goto fail;
@@ -1013,8 +1191,12 @@ void df_supernode_free(df_supernode_t *sn)
     /* Parked Registers hold evhttp requests: answer them while their
      * connections still exist. */
     if (sn->swarm)
-        for (df_sn_task_t *t = df_sn_swarm_tasks(sn->swarm); t; t = t->next)
+        for (df_sn_task_t *t = df_sn_swarm_tasks(sn->swarm); t; t = t->next) {
             flush_waiters(sn, t, true);
+            flush_parked(sn, t);
+        }
+    if (sn->wake)
+        event_free(sn->wake);
     df_upload_server_free(sn->upload);
     if (sn->http)
         evhttp_free(sn->http);

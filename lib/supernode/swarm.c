@@ -653,7 +653,7 @@ void df_sn_pull(df_sn_swarm_t *sw, df_sn_task_t *task, df_sn_member_t *m, uint32
     df_sn_member_t **src_member = NULL;
     df_sched_assign_t picks[DF_SN_INFLIGHT_MAX];
     df_sched_input_t in;
-    uint32_t *load = NULL, max;
+    uint32_t *load = NULL, *coming = NULL, max;
     uint8_t *wantmap = NULL;
     size_t ns = 0, npicks, nb;
 
@@ -707,6 +707,24 @@ void df_sn_pull(df_sn_swarm_t *sw, df_sn_task_t *task, df_sn_member_t *m, uint32
         ns++;
     }
 
+    /* Copies on their way to peers that will serve them (rule 6 of
+     * df_sched), over every other member's in-flight list. */
+    if (sw->opts.seed_piece_limit) {
+        coming = calloc(task->piece_count, sizeof(*coming));
+        if (!coming)
+            goto out;
+        for (uint32_t i = 0; i < task->nmembers; i++) {
+            const df_sn_member_t *o = task->members[i];
+            if (o == m || !o->uploads || o->down)
+                continue;
+            for (uint32_t k = 0; k < o->ninflight; k++)
+                if (o->inflight[k].piece < task->piece_count)
+                    coming[o->inflight[k].piece]++;
+        }
+    }
+    memset(&in, 0, sizeof(in));
+    in.coming = coming;
+    in.seed_piece_limit = sw->opts.seed_piece_limit;
     in.piece_count = task->piece_count;
     in.want = wantmap;
     in.sources = sources;
@@ -746,6 +764,7 @@ void df_sn_pull(df_sn_swarm_t *sw, df_sn_task_t *task, df_sn_member_t *m, uint32
     if (*nout > 0)
         *state = DF_SN_PULL_ASSIGN;
 out:
+    free(coming);
     free(wantmap);
     free(sources);
     free(src_member);

@@ -108,6 +108,8 @@ typedef struct df_sn_task {
 
     void *seed;                  /* owned by seed.c; NULL when idle */
     void *waiters;               /* owned by server.c: deferred Register replies */
+    void *pulls;                 /* owned by server.c: parked PullPiece requests */
+    bool pulls_dirty;            /* owned by server.c: something changed, re-run them */
 
     struct df_sn_task *hnext;
     struct df_sn_task *next, *prev;
@@ -117,6 +119,8 @@ typedef struct {
     uint32_t peer_upload_slots;
     uint32_t seed_upload_slots;
     uint32_t batch_pieces;       /* max assignments per pull */
+    uint32_t seed_piece_limit;   /* the seed holds back a piece this many uploading peers
+                                  * hold or fetch (df_sched rule 6); 0 = never */
 } df_sn_swarm_opts_t;
 
 typedef struct df_sn_swarm df_sn_swarm_t;

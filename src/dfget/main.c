@@ -69,7 +69,7 @@ typedef struct {
     uint64_t total_limit;
     uint64_t timeout_ms;
     df_pattern_t pattern;
-    bool notbs, showbar, json;
+    bool notbs, showbar, json, fsync_output;
     const char *call_system;
     char home[PATH_MAX];
     df_log_level_t level;
@@ -109,6 +109,8 @@ static void usage(FILE *f)
             "      --totallimit RATE    host-wide rate limit of the in-process peer\n"
             "  -p, --pattern P          p2p (default), cdn or source\n"
             "      --notbs              never fall back to the origin\n"
+            "      --fsync              flush the file to disk before it appears at -o\n"
+            "                           (survives a power loss; costs the disk's write-back)\n"
             "  -e, --timeout DUR        whole-download timeout (e.g. 30s, 5m)\n"
             "      --callsystem NAME    caller name for logs\n"
             "  -b, --showbar            progress bar (when stderr is a terminal)\n"
@@ -314,6 +316,7 @@ enum {
     OPT_HEADER,
     OPT_TOTALLIMIT,
     OPT_NOTBS,
+    OPT_FSYNC,
     OPT_CALLSYSTEM,
     OPT_HOME,
     OPT_JSON,
@@ -334,6 +337,7 @@ static const struct option long_opts[] = {
     {"totallimit", required_argument, NULL, OPT_TOTALLIMIT},
     {"pattern", required_argument, NULL, 'p'},
     {"notbs", no_argument, NULL, OPT_NOTBS},
+    {"fsync", no_argument, NULL, OPT_FSYNC},
     {"timeout", required_argument, NULL, 'e'},
     {"callsystem", required_argument, NULL, OPT_CALLSYSTEM},
     {"showbar", no_argument, NULL, 'b'},
@@ -428,6 +432,7 @@ static int parse_args(int argc, char **argv, opts_t *o)
                 return usage_error("bad --pattern \"%s\" (p2p, cdn or source)", optarg);
             break;
         case OPT_NOTBS: o->notbs = true; break;
+        case OPT_FSYNC: o->fsync_output = true; break;
         case 'e':
             if (df_parse_duration_ms(optarg, &o->timeout_ms) < 0)
                 return usage_error("bad --timeout \"%s\" (e.g. 30s, 5m, 1500ms)", optarg);
@@ -894,6 +899,7 @@ int main(int argc, char **argv)
     req.timeout_ms = o.timeout_ms;
     req.pattern = o.pattern;
     req.no_back_source = o.notbs;
+    req.durable = o.fsync_output;
     req.call_system = o.call_system;
 
     memset(&bar, 0, sizeof(bar));

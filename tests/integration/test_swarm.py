@@ -27,6 +27,11 @@ def check_swarm(origin, info, url, results, label):
                       for i, r in enumerate(results)))
     T.check(from_peers >= 0.5 * got,
             f"{label}: only {from_peers} of {got} bytes came from peers (want >= 50%)")
+    # The seed sends a piece to one peer and lets peers spread it (sched
+    # rule 6): ideally it sends the file once; allow for retries.
+    from_seed = sum(r.json["bytes_from_supernode"] for r in results)
+    T.check(from_seed <= 2 * info.size,
+            f"{label}: the seed sent {from_seed} bytes, more than 2 x {info.size}")
     ids = {r.json["task_id"] for r in results}
     T.check(len(ids) == 1, f"{label}: peers disagree on the task id: {ids}")
 

@@ -400,7 +400,7 @@ static void test_empty_task(void **state)
     assert_true(df_stored_task_complete(t));
     assert_true(df_stored_task_range_ready(t, 0, 0));
     snprintf(out, sizeof(out), "%s/empty", f->dir);
-    assert_int_equal(df_stored_task_export(t, out), 0);
+    assert_int_equal(df_stored_task_export(t, out, true), 0);
     assert_int_equal(stat(out, &st), 0);
     assert_int_equal(st.st_size, 0);
     df_stored_task_unref(t);
@@ -544,11 +544,11 @@ static void test_export(void **state)
 
     /* Incomplete: refused, nothing written. */
     fill_piece(t, 0, 5);
-    assert_int_equal(df_stored_task_export(t, out), -EINVAL);
+    assert_int_equal(df_stored_task_export(t, out, true), -EINVAL);
     assert_int_equal(count_entries(outdir), 0);
 
     fill_all(t, 5);
-    assert_int_equal(df_stored_task_export(t, out), 0);
+    assert_int_equal(df_stored_task_export(t, out, true), 0);
     assert_int_equal(df_read_file(out, 1 << 20, &text, &len), 0);
     assert_int_equal(len, 5 * PS + 17);
     for (size_t i = 0; i < len; i++)
@@ -573,27 +573,27 @@ static void test_export(void **state)
     }
 
     /* Overwrites an existing file atomically. */
-    assert_int_equal(df_stored_task_export(t, out), 0);
+    assert_int_equal(df_stored_task_export(t, out, true), 0);
     assert_int_equal(stat(out, &st), 0);
     assert_int_equal(st.st_size, 5 * PS + 17);
 
     /* Output directory missing: error, nothing created anywhere. */
     snprintf(missing, sizeof(missing), "%s/nope/file.bin", f->dir);
-    assert_int_equal(df_stored_task_export(t, missing), -ENOENT);
+    assert_int_equal(df_stored_task_export(t, missing, true), -ENOENT);
     snprintf(missing, sizeof(missing), "%s/nope", f->dir);
     assert_false(path_exists(missing));
 
     /* Output is a directory: the rename fails and the temporary is gone. */
     snprintf(out, sizeof(out), "%s/sub", outdir);
     assert_int_equal(mkdir(out, 0755), 0);
-    assert_true(df_stored_task_export(t, out) < 0);
+    assert_true(df_stored_task_export(t, out, true) < 0);
     assert_int_equal(count_entries(outdir), 2); /* file.bin and sub only */
     assert_int_equal(count_entries(out), 0);
 
     /* Paths without a file name. */
-    assert_int_equal(df_stored_task_export(t, ""), -EINVAL);
+    assert_int_equal(df_stored_task_export(t, "", true), -EINVAL);
     snprintf(out, sizeof(out), "%s/", outdir);
-    assert_int_equal(df_stored_task_export(t, out), -EINVAL);
+    assert_int_equal(df_stored_task_export(t, out, true), -EINVAL);
 
     df_stored_task_unref(t);
     df_store_close(s);

@@ -156,6 +156,50 @@ static void test_peer_preferred_over_seed(void **state)
     assert_int_equal(f.load[0], 0);
 }
 
+/* Rule 6: the seed does not send a piece that a peer already holds (even
+ * a busy one) or is fetching; a piece nobody has or fetches is sent; without
+ * `coming` nothing is held back. */
+static void test_seed_piece_limit(void **state)
+{
+    fixture_t f;
+    uint32_t coming[NP] = {0};
+    (void)state;
+
+    fx_init(&f, 2, 8);
+    f.src[0].is_seed = true;
+    f.src[0].slots = 100;
+    give(&f, 0, 0, 4);          /* the seed holds 0..3 */
+    give(&f, 1, 3, 4);          /* a peer holds 3 too, but has no free slot */
+    f.load[1] = 8;
+    coming[0] = 1;              /* 0 is on its way to another peer */
+    f.in.coming = coming;
+    f.in.seed_piece_limit = 1;
+    assert_int_equal(pick(&f), 2); /* 1 and 2; not 0 (coming) nor 3 (held) */
+    for (size_t k = 0; k < 2; k++) {
+        assert_true(f.out[k].piece == 1 || f.out[k].piece == 2);
+        assert_int_equal(f.out[k].source, 0);
+    }
+    /* a holder excluded for this requester does not count */
+    fx_init(&f, 2, 8);
+    f.src[0].is_seed = true;
+    f.src[0].slots = 100;
+    give(&f, 0, 3, 4);
+    give(&f, 1, 3, 4);
+    f.src[1].excluded = true;
+    f.in.coming = coming;
+    f.in.seed_piece_limit = 1;
+    assert_int_equal(pick(&f), 1);
+    assert_int_equal(f.out[0].piece, 3);
+    /* the same without rule 6: all four from the seed */
+    fx_init(&f, 2, 8);
+    f.src[0].is_seed = true;
+    f.src[0].slots = 100;
+    give(&f, 0, 0, 4);
+    give(&f, 1, 3, 4);
+    f.load[1] = 8;
+    assert_int_equal(pick(&f), 4);
+}
+
 static void test_seed_used_when_peers_full(void **state)
 {
     fixture_t f;
@@ -416,6 +460,7 @@ int main(void)
         cmocka_unit_test(test_max_assign_and_want),
         cmocka_unit_test(test_determinism_and_spread),
         cmocka_unit_test(test_random_properties),
+        cmocka_unit_test(test_seed_piece_limit),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
