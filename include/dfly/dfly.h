@@ -159,7 +159,9 @@ typedef enum { DF_PATTERN_P2P = 0, DF_PATTERN_CDN, DF_PATTERN_SOURCE } df_patter
 
 typedef struct {
     const char *url;
-    const char *output;          /* final path; written by atomic rename only */
+    const char *output;          /* final path; written by atomic rename only.  NULL with
+                                  * stream: the caller reads the bytes through progress_cb's
+                                  * fd and nothing is written anywhere else */
     const char *digest;          /* "sha256:HEX" / "sha512:HEX" / "md5:HEX" or NULL */
     const char *identifier;      /* task id discriminator or NULL */
     const char **filter;         /* query keys dropped from the task URL; NULL-terminated or NULL */
@@ -168,6 +170,8 @@ typedef struct {
     uint64_t timeout_ms;         /* whole download; 0 = none */
     df_pattern_t pattern;
     bool no_back_source;         /* --notbs */
+    bool stream;                 /* progress_cb at every growth of the readable prefix, not
+                                  * every 100 ms: for serving the bytes while they arrive */
     bool durable;                /* fsync the output before it appears (--fsync): it then
                                   * survives a power loss too; costs the disk's write-back */
     const char *call_system;     /* caller name for logs */
@@ -190,6 +194,12 @@ typedef struct {
 typedef struct {
     uint64_t length;             /* 0 while unknown */
     uint64_t done;               /* bytes verified so far */
+    uint64_t contiguous;         /* bytes [0, contiguous) are in place and readable at fd:
+                                  * verified piece by piece in P2P; straight from the origin
+                                  * (checked only at the end) when there is no task shape */
+    int fd;                      /* the data file; valid during the callback only (dup it
+                                  * to read later); -1 before the first byte */
+    const char *task_id;         /* "" until registered; valid during the callback */
 } df_progress_t;
 
 typedef void (*df_download_progress_cb)(const df_progress_t *p, void *arg);

@@ -78,7 +78,8 @@ struct df_download {
 
     df_download_result_t res;
     double t0;
-    uint64_t start_ms, last_progress_ms, last_progress_cb_ms;
+    uint64_t start_ms, last_progress_ms, last_progress_cb_ms, last_contiguous;
+    bool stream;                 /* progress at every growth of the verified prefix */
 
     /* task */
     char peer_id[DF_PEER_ID_MAX];
@@ -200,20 +201,32 @@ static void push_result(df_download_t *dl, uint32_t piece, const char *src, bool
     df_strlcpy(r->src, src, sizeof(r->src));
 }
 
+/* Progress for the caller: at most every 100 ms, or whenever the verified
+ * prefix grew when the caller streams (req->stream). */
 static void note_progress(df_download_t *dl)
 {
     uint64_t now = df_now_ms();
+    uint64_t contiguous = dl->task ? dl->hashed_upto : dl->origin_pos;
+    bool grew = contiguous > dl->last_contiguous;
+
     dl->last_progress_ms = now;
-    if (dl->progress_cb && now - dl->last_progress_cb_ms >= 100) {
-        df_progress_t p = {.length = dl->length, .done = dl->task ? dl->hashed_upto : 0};
+    if (!dl->progress_cb)
+        return;
+    if (!(dl->stream && grew) && now - dl->last_progress_cb_ms < 100)
+        return;
+    {
+        df_progress_t p = {.length = dl->length, .contiguous = contiguous, .task_id = dl->res.task_id};
         if (dl->task) {
             const uint8_t *bm = df_stored_task_bitmap(dl->task);
             uint32_t have = df_bitmap_count(bm, dl->piece_count);
             p.done = DF_MIN((uint64_t)have * dl->piece_size, dl->length);
+            p.fd = df_stored_task_fd(dl->task);
         } else {
             p.done = dl->origin_pos;
+            p.fd = dl->src_fd;
         }
         dl->last_progress_cb_ms = now;
+        dl->last_contiguous = contiguous;
         dl->progress_cb(&p, dl->arg);
     }
 }
@@ -449,6 +462,10 @@ static void verify_and_export(df_download_t *dl)
         df_strlcpy(dl->res.digest, dl->digest_text, sizeof(dl->res.digest));
     }
     df_stored_task_set_digest(dl->task, &got);
+    if (!dl->output) {
+        finish(dl, 0, NULL); /* a streaming caller: the bytes stay in the store */
+        return;
+    }
     rc = df_stored_task_export(dl->task, dl->output, dl->durable);
     if (rc < 0) {
         finish(dl, rc, "writing %s: %s", dl->output, df_strerror(rc));
@@ -565,11 +582,11 @@ static void fetch_done(df_http_req_t *req, const df_http_result_t *res, void *ar
     push_result(dl, piece, f->a.src_id, ok);
     fetch_free(f);
     if (ok) {
-        note_progress(dl);
         if (advance_whole_hash(dl) < 0) {
             finish(dl, -EIO, "reading back piece %u failed", piece);
             return;
         }
+        note_progress(dl);
     }
     if (dl->state != ST_P2P)
         return;
@@ -849,6 +866,8 @@ static int origin_data(df_http_req_t *req, const void *data, size_t len, void *a
                          "piece %u from the origin does not match the seed's digest (origin changed?)", idx);
                 return DF_EDIGEST;
             }
+            if (advance_whole_hash(dl) < 0)
+                return -EIO;
             note_progress(dl);
         }
     }
@@ -997,6 +1016,10 @@ static void source_done(df_http_req_t *req, const df_http_result_t *res, void *a
         }
         df_strlcpy(dl->res.digest, dl->digest_text, sizeof(dl->res.digest));
     }
+    if (!dl->output) {
+        finish(dl, 0, NULL); /* streamed; stop_all removes the spool file */
+        return;
+    }
     if ((dl->durable && fsync(dl->src_fd) < 0) || rename(dl->src_tmp, dl->output) < 0) {
         int err = -errno;
         finish(dl, err, "writing %s: %s", dl->output, df_strerror(err));
@@ -1025,9 +1048,15 @@ static void start_source(df_download_t *dl, const char *why)
     }
     df_strlcpy(dl->res.reason, why, sizeof(dl->res.reason));
     dl->state = ST_SOURCE;
-    slash = strrchr(dl->output, '/');
-    rc = snprintf(tmp, sizeof(tmp), "%.*s.dfget-%d-%p.tmp", slash ? (int)(slash - dl->output + 1) : 0,
-                  dl->output, (int)getpid(), (void *)dl);
+    if (dl->output) {
+        slash = strrchr(dl->output, '/');
+        rc = snprintf(tmp, sizeof(tmp), "%.*s.dfget-%d-%p.tmp", slash ? (int)(slash - dl->output + 1) : 0,
+                      dl->output, (int)getpid(), (void *)dl);
+    } else {
+        /* A streaming caller without an output: spool in the peer's home;
+         * the caller reads it through the progress fd. */
+        rc = snprintf(tmp, sizeof(tmp), "%s/stream-%d-%p.tmp", dl->peer->home_dir, (int)getpid(), (void *)dl);
+    }
     if (rc >= (int)sizeof(tmp)) {
         finish(dl, -ENAMETOOLONG, "output path too long");
         return;
@@ -1194,7 +1223,7 @@ int df_peer_download(df_peer_t *peer, const df_download_req_t *req, df_download_
     struct timeval one = {1, 0};
     int rc = -ENOMEM;
 
-    if (!req->url || !req->output || !done_cb)
+    if (!req->url || (!req->output && !req->stream) || !done_cb)
         return -EINVAL;
     if (strncmp(req->url, "http://", 7) != 0 && strncmp(req->url, "https://", 8) != 0)
         return -EINVAL;
@@ -1205,12 +1234,12 @@ int df_peer_download(df_peer_t *peer, const df_download_req_t *req, df_download_
     dl->src_fd = -1;
     dl->state = ST_REGISTER;
     dl->url = strdup(req->url);
-    dl->output = strdup(req->output);
+    dl->output = req->output ? strdup(req->output) : NULL;
     dl->identifier = req->identifier ? strdup(req->identifier) : NULL;
     dl->call_system = req->call_system ? strdup(req->call_system) : NULL;
     dl->filter = dup_strv(req->filter);
     dl->headers = dup_strv(req->headers);
-    if (!dl->url || !dl->output || !dl->filter || !dl->headers)
+    if (!dl->url || (req->output && !dl->output) || !dl->filter || !dl->headers)
         goto fail;
     if (req->digest) {
         rc = df_digest_parse(req->digest, &dl->user_digest);
@@ -1229,6 +1258,7 @@ int df_peer_download(df_peer_t *peer, const df_download_req_t *req, df_download_
     dl->pattern = req->pattern;
     dl->notbs = req->no_back_source;
     dl->durable = req->durable;
+    dl->stream = req->stream;
     dl->progress_cb = progress_cb;
     dl->done_cb = done_cb;
     dl->arg = arg;
