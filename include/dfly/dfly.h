@@ -71,6 +71,33 @@ int df_parse_duration_ms(const char *text, uint64_t *out);
  * host_out (hostcap bytes).  0 or -EINVAL. */
 int df_parse_hostport(const char *text, char *host_out, size_t hostcap, uint16_t *port_out);
 
+/* A supernode list "host[:port][,host[:port]...]" (the --node flag and the
+ * node key of dfget and dfdaemon).  A host without a port gets
+ * DF_NODE_DEFAULT_PORT; an IPv6 address is written "[v6]" or "[v6]:port".
+ * Port 0, empty entries, an unbracketed host containing ':' and more than
+ * DF_NODE_LIST_MAX entries are -EINVAL.  On success returns the number of
+ * entries (>= 1) and sets *out to a NULL-terminated array of "host:port"
+ * strings (as df_peer_config_t.nodes wants), owned by the caller and
+ * released with df_node_list_free().  On error *out is untouched and nothing
+ * is allocated.  -EINVAL or -ENOMEM. */
+#define DF_NODE_DEFAULT_PORT 8002
+#define DF_NODE_LIST_MAX 64
+int df_parse_node_list(const char *text, char ***out);
+/* Frees what df_parse_node_list() returned.  NULL is fine. */
+void df_node_list_free(char **list);
+
+/* "error", "warn", "info" or "debug" (any case) -> level.  0 or -EINVAL. */
+int df_parse_log_level(const char *text, df_log_level_t *out);
+
+/* The default work home of dfget and dfdaemon: "$HOME/.dfly", or
+ * "/root/.dfly" when HOME is unset or empty.  0 or -ENAMETOOLONG (out,
+ * cap bytes, then holds a truncated path). */
+int df_default_home(char *out, size_t cap);
+
+/* mkdir -p: creates path and its missing parents with mode (existing ones
+ * are left as they are); trailing slashes are ignored.  0 or -errno. */
+int df_mkdir_p(const char *path, unsigned int mode);
+
 /* ------------------------------------------------------------ config files */
 
 /* One entry of a YAML config file, flattened: nested mapping keys joined

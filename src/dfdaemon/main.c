@@ -32,13 +32,12 @@
 #include <event2/event.h>
 #include <event2/http.h>
 
-#define LIST_MAX 64
 #define DEFAULT_LISTEN "127.0.0.1:65001"
-#define DEFAULT_NODE_PORT "8002"
+#define DEFAULT_NODE "127.0.0.1:8002"
 
 typedef struct {
     char *home;
-    char *nodes[LIST_MAX + 1];
+    char **nodes;           /* df_parse_node_list() */
     char *config;
     char listen_host[256];
     uint16_t listen_port;
@@ -56,7 +55,7 @@ static void usage(FILE *f)
             "usage: dfdaemon [options]\n"
             "      --home DIR            work home: piece store, control socket\n"
             "                            (default $HOME/.dfly)\n"
-            "      --node H:P[,H:P...]   supernodes (default 127.0.0.1:8002)\n"
+            "      --node H:P[,H:P...]   supernodes (default " DEFAULT_NODE ")\n"
             "      --config FILE         YAML file with the keys of the long flags;\n"
             "                            flags override it\n"
             "      --listen HOST:PORT    HTTP port (default " DEFAULT_LISTEN ")\n"
@@ -95,54 +94,6 @@ static int parse_port(const char *s, uint16_t *out)
     return 0;
 }
 
-static int parse_nodes(const char *text, opts_t *o)
-{
-    const char *p = text;
-    size_t n = 0;
-
-    for (size_t i = 0; o->nodes[i]; i++) {
-        free(o->nodes[i]);
-        o->nodes[i] = NULL;
-    }
-    while (*p) {
-        size_t len = strcspn(p, ",");
-        char item[300], host[256];
-        uint16_t port;
-
-        if (len == 0 || len >= sizeof(item) - 8 || n >= LIST_MAX)
-            return -EINVAL;
-        memcpy(item, p, len);
-        item[len] = '\0';
-        if (df_parse_hostport(item, host, sizeof(host), &port) < 0) {
-            if (strchr(item, ':') || item[0] == '[')
-                return -EINVAL;
-            memcpy(item + len, ":" DEFAULT_NODE_PORT, sizeof(":" DEFAULT_NODE_PORT));
-            if (df_parse_hostport(item, host, sizeof(host), &port) < 0)
-                return -EINVAL;
-        }
-        if (port == 0)
-            return -EINVAL;
-        if (!(o->nodes[n++] = strdup(item)))
-            return -ENOMEM;
-        p += len;
-        if (*p == ',')
-            p++;
-    }
-    return n ? 0 : -EINVAL;
-}
-
-static int parse_level(const char *s, df_log_level_t *out)
-{
-    static const char *names[] = {"error", "warn", "info", "debug"};
-    for (int i = 0; i < 4; i++) {
-        if (strcasecmp(s, names[i]) == 0) {
-            *out = (df_log_level_t)i;
-            return 0;
-        }
-    }
-    return -EINVAL;
-}
-
 /* Applies one setting by its long-flag name.  0, -EINVAL (bad value, message
  * printed), -ENOENT (unknown key) or -ENOMEM. */
 static int set_option(opts_t *o, const char *key, const char *value, const char *where)
@@ -154,7 +105,12 @@ static int set_option(opts_t *o, const char *key, const char *value, const char 
     if (strcmp(key, "home") == 0) {
         rc = *value ? replace_str(&o->home, value) : -EINVAL;
     } else if (strcmp(key, "node") == 0) {
-        rc = parse_nodes(value, o);
+        char **nodes = NULL;
+        rc = df_parse_node_list(value, &nodes);
+        if (rc > 0) {
+            df_node_list_free(o->nodes);
+            o->nodes = nodes;
+        }
     } else if (strcmp(key, "listen") == 0) {
         rc = df_parse_hostport(value, o->listen_host, sizeof(o->listen_host), &o->listen_port);
     } else if (strcmp(key, "upload-port") == 0) {
@@ -169,7 +125,7 @@ static int set_option(opts_t *o, const char *key, const char *value, const char 
     } else if (strcmp(key, "cache-limit") == 0) {
         rc = df_parse_size(value, &o->cache_limit);
     } else if (strcmp(key, "log-level") == 0) {
-        rc = parse_level(value, &o->level);
+        rc = df_parse_log_level(value, &o->level);
     } else {
         fprintf(stderr, "dfdaemon: %sunknown setting \"%s\"\n", where, key);
         return -ENOENT;
@@ -209,8 +165,7 @@ static const struct option long_opts[] = {
 static void opts_free(opts_t *o)
 {
     free(o->home);
-    for (size_t i = 0; o->nodes[i]; i++)
-        free(o->nodes[i]);
+    df_node_list_free(o->nodes);
     free(o->config);
     free(o->upload_host);
     free(o->advertise_ip);
@@ -268,41 +223,17 @@ static int parse_args(int argc, char **argv, opts_t *o)
             return rc == -ENOMEM ? 1 : usage_error();
     }
     if (!o->home) {
-        const char *h = getenv("HOME");
         char buf[PATH_MAX];
-        if (!h || !*h)
-            h = "/root";
-        if (snprintf(buf, sizeof(buf), "%s/.dfly", h) >= (int)sizeof(buf)) {
+        if (df_default_home(buf, sizeof(buf)) < 0) {
             fprintf(stderr, "dfdaemon: $HOME is too long\n");
             return 2;
         }
         if (replace_str(&o->home, buf) < 0)
             return 1;
     }
-    if (!o->nodes[0] && parse_nodes("127.0.0.1:" DEFAULT_NODE_PORT, o) < 0)
+    if (!o->nodes && df_parse_node_list(DEFAULT_NODE, &o->nodes) < 0)
         return 1;
     return -1;
-}
-
-static int mkdirs(const char *path, mode_t mode)
-{
-    char tmp[PATH_MAX];
-    size_t len = strlen(path);
-
-    if (len >= sizeof(tmp))
-        return -ENAMETOOLONG;
-    memcpy(tmp, path, len + 1);
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = '\0';
-        if (mkdir(tmp, mode) < 0 && errno != EEXIST)
-            return -errno;
-        *p = '/';
-    }
-    if (mkdir(tmp, mode) < 0 && errno != EEXIST)
-        return -errno;
-    return 0;
 }
 
 /* ------------------------------------------------------------------ HTTP */
@@ -387,7 +318,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "dfdaemon: --home path too long\n");
         goto out;
     }
-    rc = mkdirs(o.home, 0700);
+    rc = df_mkdir_p(o.home, 0700);
     if (rc < 0) {
         fprintf(stderr, "dfdaemon: cannot create %s: %s\n", o.home, df_strerror(rc));
         goto out;

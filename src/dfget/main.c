@@ -50,9 +50,8 @@
 
 #include <event2/event.h>
 
-#define LIST_MAX 64           /* --header / --filter / --node entries */
+#define LIST_MAX 64           /* --header / --filter entries */
 #define DEFAULT_NODE "127.0.0.1:8002"
-#define DEFAULT_NODE_PORT "8002"
 
 typedef struct {
     const char *url;
@@ -63,7 +62,7 @@ typedef struct {
     char *filter_buf;         /* --filter split in place */
     const char *headers[LIST_MAX + 1];
     size_t nheaders;
-    char *nodes[LIST_MAX + 1];
+    char **nodes;             /* df_parse_node_list() */
     bool nodes_given;
     uint64_t local_limit;
     uint64_t total_limit;
@@ -237,78 +236,6 @@ static int make_absolute(char *path, size_t cap)
     return 0;
 }
 
-/* "a:1,b" -> nodes[]; a bare host gets the default port. */
-static int parse_nodes(const char *text, opts_t *o)
-{
-    size_t n = 0;
-    const char *p = text;
-
-    for (size_t i = 0; o->nodes[i]; i++) {
-        free(o->nodes[i]);
-        o->nodes[i] = NULL;
-    }
-    while (*p) {
-        size_t len = strcspn(p, ",");
-        char item[300], host[256];
-        uint16_t port;
-
-        if (len == 0 || len >= sizeof(item) - 8 || n >= LIST_MAX)
-            return -EINVAL;
-        memcpy(item, p, len);
-        item[len] = '\0';
-        if (df_parse_hostport(item, host, sizeof(host), &port) < 0) {
-            if (strchr(item, ':') || item[0] == '[')
-                return -EINVAL;
-            memcpy(item + len, ":" DEFAULT_NODE_PORT, sizeof(":" DEFAULT_NODE_PORT));
-            if (df_parse_hostport(item, host, sizeof(host), &port) < 0)
-                return -EINVAL;
-        }
-        if (port == 0)
-            return -EINVAL;
-        o->nodes[n] = strdup(item);
-        if (!o->nodes[n])
-            return -ENOMEM;
-        n++;
-        p += len;
-        if (*p == ',')
-            p++;
-    }
-    return n ? 0 : -EINVAL;
-}
-
-static int parse_level(const char *s, df_log_level_t *out)
-{
-    static const char *names[] = {"error", "warn", "info", "debug"};
-    for (int i = 0; i < 4; i++) {
-        if (strcasecmp(s, names[i]) == 0) {
-            *out = (df_log_level_t)i;
-            return 0;
-        }
-    }
-    return -EINVAL;
-}
-
-static int mkdirs(const char *path, mode_t mode)
-{
-    char tmp[PATH_MAX];
-    size_t len = strlen(path);
-
-    if (len >= sizeof(tmp))
-        return -ENAMETOOLONG;
-    memcpy(tmp, path, len + 1);
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = '\0';
-        if (mkdir(tmp, mode) < 0 && errno != EEXIST)
-            return -errno;
-        *p = '/';
-    }
-    if (mkdir(tmp, mode) < 0 && errno != EEXIST)
-        return -errno;
-    return 0;
-}
-
 enum {
     OPT_DIGEST = 256,
     OPT_HEADER,
@@ -347,8 +274,7 @@ static const struct option long_opts[] = {
 
 static void opts_free(opts_t *o)
 {
-    for (size_t i = 0; o->nodes[i]; i++)
-        free(o->nodes[i]);
+    df_node_list_free(o->nodes);
     free(o->filter_buf);
 }
 
@@ -370,7 +296,9 @@ static int parse_args(int argc, char **argv, opts_t *o)
         case 'u': o->url = optarg; break;
         case 'o': output = optarg; break;
         case 'n':
-            rc = parse_nodes(optarg, o);
+            df_node_list_free(o->nodes);
+            o->nodes = NULL;
+            rc = df_parse_node_list(optarg, &o->nodes);
             if (rc == -ENOMEM)
                 return usage_error("out of memory");
             if (rc < 0)
@@ -440,7 +368,7 @@ static int parse_args(int argc, char **argv, opts_t *o)
             break;
         case OPT_JSON: o->json = true; break;
         case OPT_LOGLEVEL:
-            if (parse_level(optarg, &o->level) < 0)
+            if (df_parse_log_level(optarg, &o->level) < 0)
                 return usage_error("bad --log-level \"%s\" (error, warn, info, debug)", optarg);
             break;
         case OPT_VERSION: printf("dfget %s\n", df_version()); return 0;
@@ -496,16 +424,11 @@ static int parse_args(int argc, char **argv, opts_t *o)
             return usage_error("output directory \"%s\" does not exist", dir);
     }
 
-    if (!o->home[0]) {
-        const char *h = getenv("HOME");
-        if (!h || !*h)
-            h = "/root";
-        if (snprintf(o->home, sizeof(o->home), "%s/.dfly", h) >= (int)sizeof(o->home))
-            return usage_error("$HOME is too long");
-    }
+    if (!o->home[0] && df_default_home(o->home, sizeof(o->home)) < 0)
+        return usage_error("$HOME is too long");
     if (make_absolute(o->home, sizeof(o->home)) < 0)
         return usage_error("--home path too long");
-    if (!o->nodes[0] && parse_nodes(DEFAULT_NODE, o) < 0)
+    if (!o->nodes && df_parse_node_list(DEFAULT_NODE, &o->nodes) < 0)
         return usage_error("out of memory");
     return -1;
 }
@@ -900,7 +823,7 @@ int main(int argc, char **argv)
     bar.on = o.showbar && isatty(STDERR_FILENO);
     bar.t0 = now_s();
 
-    rc = mkdirs(o.home, 0700);
+    rc = df_mkdir_p(o.home, 0700);
     if (rc < 0) {
         fail_result(&res, rc, "cannot create the home directory");
         goto done;
