@@ -98,6 +98,19 @@ int df_default_home(char *out, size_t cap);
  * are left as they are); trailing slashes are ignored.  0 or -errno. */
 int df_mkdir_p(const char *path, unsigned int mode);
 
+/* Checks a digest "sha256:HEX", "sha512:HEX" or "md5:HEX" (algorithm and hex
+ * in any case, exactly the algorithm's number of hex digits) and writes its
+ * canonical lower-case form into out (cap bytes; DF_DIGEST_TEXT_MAX always
+ * suffices).  The same check df_peer_download() applies to req->digest.
+ * 0, -EINVAL, or -ENAMETOOLONG when cap is too small. */
+#define DF_DIGEST_TEXT_MAX 136
+int df_digest_normalize(const char *text, char *out, size_t cap);
+
+/* True when line is a header "Name: value" that may be passed to an origin:
+ * a non-empty name of visible ASCII characters without spaces, a ':', and no
+ * CR or LF anywhere (they would smuggle extra headers into the request). */
+bool df_header_line_ok(const char *line);
+
 /* ------------------------------------------------------------ config files */
 
 /* One entry of a YAML config file, flattened: nested mapping keys joined

@@ -1,6 +1,7 @@
 /*
  * Option values the programs share: the supernode list of --node, the log
- * level names of --log-level and the default work home.  They live here, in
+ * level names of --log-level, the default work home and the check of an
+ * origin header line (dfget's --header and dfdaemon's control socket).  They live here, in
  * the library, so that dfget and dfdaemon (and their config files) cannot
  * come to disagree on what a value means.
  */
@@ -114,4 +115,16 @@ int df_default_home(char *out, size_t cap)
         h = "/root";
     n = snprintf(out, cap, "%s/.dfly", h);
     return n < 0 || (size_t)n >= cap ? -ENAMETOOLONG : 0;
+}
+
+bool df_header_line_ok(const char *line)
+{
+    const char *colon = line ? strchr(line, ':') : NULL;
+
+    if (!colon || colon == line || strpbrk(line, "\r\n"))
+        return false;
+    for (const char *p = line; p < colon; p++)
+        if (*p <= ' ' || *p >= 127)
+            return false;
+    return true;
 }

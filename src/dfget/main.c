@@ -132,56 +132,6 @@ static int usage_error(const char *fmt, ...)
 
 /* ------------------------------------------------------------ validation */
 
-static bool is_hex(const char *s, size_t n)
-{
-    if (strlen(s) != n)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')))
-            return false;
-    }
-    return true;
-}
-
-/* "alg:HEX" with the hex length of alg; stored lower-case into out. */
-static int parse_digest(const char *text, char *out, size_t cap)
-{
-    static const struct {
-        const char *alg;
-        size_t hexlen;
-    } algs[] = {{"sha256", 64}, {"sha512", 128}, {"md5", 32}};
-    const char *colon = strchr(text, ':');
-
-    if (!colon)
-        return -EINVAL;
-    for (size_t i = 0; i < sizeof(algs) / sizeof(algs[0]); i++) {
-        size_t alen = strlen(algs[i].alg);
-        if ((size_t)(colon - text) == alen && strncasecmp(text, algs[i].alg, alen) == 0 &&
-            is_hex(colon + 1, algs[i].hexlen)) {
-            int n = snprintf(out, cap, "%s:%s", algs[i].alg, colon + 1);
-            if (n < 0 || (size_t)n >= cap)
-                return -EINVAL;
-            for (char *p = out; *p; p++)
-                if (*p >= 'A' && *p <= 'F')
-                    *p = (char)(*p - 'A' + 'a');
-            return 0;
-        }
-    }
-    return -EINVAL;
-}
-
-static bool header_ok(const char *h)
-{
-    const char *colon = strchr(h, ':');
-    if (!colon || colon == h || strpbrk(h, "\r\n"))
-        return false;
-    for (const char *p = h; p < colon; p++)
-        if (*p <= ' ' || *p >= 127)
-            return false;
-    return true;
-}
-
 /* The URL must be http(s)://host...; *path_out points at its path (or ""). */
 static int check_url(const char *url, const char **path_out)
 {
@@ -331,7 +281,7 @@ static int parse_args(int argc, char **argv, opts_t *o)
             break;
         }
         case OPT_HEADER:
-            if (!header_ok(optarg))
+            if (!df_header_line_ok(optarg))
                 return usage_error("bad --header \"%s\" (want 'Name: value')", optarg);
             if (o->nheaders >= LIST_MAX)
                 return usage_error("too many --header (at most %d)", LIST_MAX);
@@ -385,15 +335,13 @@ static int parse_args(int argc, char **argv, opts_t *o)
         return usage_error("bad URL \"%s\" (want http://host/... or https://host/...)", o->url);
 
     if (md5) {
-        if (!is_hex(md5, 32))
+        if (snprintf(md5buf, sizeof(md5buf), "md5:%s", md5) >= (int)sizeof(md5buf) ||
+            df_digest_normalize(md5buf, o->digest, sizeof(o->digest)) < 0)
             return usage_error("bad --md5 \"%s\" (want 32 hex digits)", md5);
-        snprintf(md5buf, sizeof(md5buf), "md5:%s", md5);
-        if (parse_digest(md5buf, o->digest, sizeof(o->digest)) < 0)
-            return usage_error("bad --md5 \"%s\"", md5);
     }
     if (digest) {
         char d[sizeof(o->digest)];
-        if (parse_digest(digest, d, sizeof(d)) < 0)
+        if (df_digest_normalize(digest, d, sizeof(d)) < 0)
             return usage_error("bad --digest \"%s\" (want sha256:HEX, sha512:HEX or md5:HEX)", digest);
         if (md5 && strcmp(d, o->digest) != 0)
             return usage_error("--md5 and --digest disagree");

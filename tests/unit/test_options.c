@@ -135,12 +135,27 @@ static void test_mkdir_p(void **state)
     rmdir(base);
 }
 
+static void test_header_line(void **state)
+{
+    (void)state;
+    assert_true(df_header_line_ok("Authorization: Bearer abc"));
+    assert_true(df_header_line_ok("X-A:"));
+    assert_false(df_header_line_ok(": v"));
+    assert_false(df_header_line_ok("No colon"));
+    assert_false(df_header_line_ok("Bad Name: v"));
+    assert_false(df_header_line_ok("A: v\r\nB: w"));
+    assert_false(df_header_line_ok("A: v\n"));
+    assert_false(df_header_line_ok("\x80: v"));
+    assert_false(df_header_line_ok(NULL));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_node_list_ok),   cmocka_unit_test(test_node_list_bad),
         cmocka_unit_test(test_node_list_caps), cmocka_unit_test(test_log_level),
         cmocka_unit_test(test_default_home),   cmocka_unit_test(test_mkdir_p),
+        cmocka_unit_test(test_header_line),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
