@@ -195,6 +195,40 @@ uint16_t df_peer_upload_port(const df_peer_t *peer);
 int df_peer_leave(df_peer_t *peer, void (*cb)(void *arg), void *arg);
 void df_peer_free(df_peer_t *peer);
 
+/* What a peer did since df_peer_new().  Counters only grow; downloads_active,
+ * store_bytes and store_tasks are the present values. */
+typedef struct {
+    uint32_t downloads_active;     /* started, not yet finished */
+    uint64_t downloads_completed;  /* finished with status 0 */
+    uint64_t downloads_failed;     /* finished with an error (not counted: downloads
+                                    * canceled by df_peer_free) */
+    uint64_t bytes_from_peers;     /* verified piece bytes fetched from other peers */
+    uint64_t bytes_from_supernode; /* verified piece bytes fetched from the seed */
+    uint64_t bytes_from_origin;    /* bytes written from the origin (back-source) */
+    uint64_t back_source;          /* downloads that fell back to the origin */
+    uint64_t pieces_verified;      /* pieces whose sha256 matched (from peers, the
+                                    * seed or the origin) */
+    uint64_t digest_failures;      /* pieces that failed verification, plus downloads
+                                    * that ended on a digest mismatch */
+    uint64_t upload_requests;      /* piece requests this peer's upload server answered */
+    uint64_t upload_errors;        /* of which answered 4xx/5xx */
+    uint64_t upload_bytes;         /* piece bytes served to other peers */
+    uint64_t store_bytes;          /* piece store size (every task's full length) */
+    uint32_t store_tasks;          /* tasks in the piece store */
+} df_peer_stats_t;
+
+/* Fills *out.  Byte counters grow while transfers run, so they are current
+ * between two scrapes; the sums over a download equal the bytes_from_* of
+ * its df_download_result_t. */
+void df_peer_stats(const df_peer_t *peer, df_peer_stats_t *out);
+
+/* The peer's statistics in the Prometheus text format (version 0.0.4),
+ * metric names dfly_dfdaemon_* (docs/METRICS.md), for dfdaemon's GET
+ * /metrics.  *out is malloc'ed and NUL-terminated (*len_out bytes without
+ * the NUL), owned by the caller (free()).  0 or -ENOMEM / DF_ETOOBIG. */
+#define DF_PEER_METRICS_CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
+int df_peer_metrics_render(const df_peer_t *peer, char **out, size_t *len_out);
+
 typedef enum { DF_PATTERN_P2P = 0, DF_PATTERN_CDN, DF_PATTERN_SOURCE } df_pattern_t;
 
 typedef struct {

@@ -2,8 +2,9 @@
  * dfdaemon: the long-lived peer of a host.  It holds one df_peer (piece store,
  * upload server, host-wide rate limit), serves dfget's downloads over the
  * control socket <home>/dfdaemon.sock, and listens on an HTTP port (for now
- * GET /healthz and GET /metrics; the registry-mirror / proxy surface comes
- * later on the same listener).
+ * GET /healthz and GET /metrics, the peer's statistics as rendered by
+ * df_peer_metrics_render(); the registry-mirror / proxy surface comes later
+ * on the same listener).
  *
  * Configuration: an optional YAML file (--config) whose keys are the long
  * flags below, then the command line.  Both go through set_option(), so a
@@ -245,8 +246,8 @@ static void on_http(struct evhttp_request *req, void *arg)
     struct evkeyvalq *hdrs = evhttp_request_get_output_headers(req);
     enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
     size_t plen = strcspn(uri, "?");
+    df_peer_t *peer = arg;
 
-    (void)arg;
     if (plen == 8 && strncmp(uri, "/healthz", 8) == 0) {
         if (cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD)
             goto not_allowed;
@@ -256,18 +257,21 @@ static void on_http(struct evhttp_request *req, void *arg)
         return;
     }
     if (plen == 8 && strncmp(uri, "/metrics", 8) == 0) {
+        char *text = NULL;
+        size_t len = 0;
+        int rc;
+
         if (cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD)
             goto not_allowed;
-        /* The public API exposes no peer counters yet; only liveness. */
-        evhttp_add_header(hdrs, "Content-Type", "text/plain; version=0.0.4");
-        evbuffer_add_printf(body,
-                            "# HELP dfly_dfdaemon_up Whether the dfdaemon is running.\n"
-                            "# TYPE dfly_dfdaemon_up gauge\n"
-                            "dfly_dfdaemon_up 1\n"
-                            "# HELP dfly_dfdaemon_info Build information.\n"
-                            "# TYPE dfly_dfdaemon_info gauge\n"
-                            "dfly_dfdaemon_info{version=\"%s\"} 1\n",
-                            df_version());
+        rc = df_peer_metrics_render(peer, &text, &len);
+        if (rc < 0) {
+            fprintf(stderr, "dfdaemon: /metrics: %s\n", df_strerror(rc));
+            evhttp_send_error(req, 500, "Internal Server Error");
+            return;
+        }
+        evhttp_add_header(hdrs, "Content-Type", DF_PEER_METRICS_CONTENT_TYPE);
+        evbuffer_add(body, text, len);
+        free(text);
         evhttp_send_reply(req, 200, "OK", body);
         return;
     }
@@ -363,7 +367,7 @@ int main(int argc, char **argv)
     evhttp_set_allowed_methods(http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST | EVHTTP_REQ_PUT |
                                          EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS);
     evhttp_set_timeout(http, 60);
-    evhttp_set_gencb(http, on_http, NULL);
+    evhttp_set_gencb(http, on_http, peer);
     bound = evhttp_bind_socket_with_handle(http, o.listen_host, o.listen_port);
     if (!bound) {
         fprintf(stderr, "dfdaemon: cannot listen on %s:%u: %s\n", o.listen_host, (unsigned)o.listen_port,
