@@ -71,6 +71,46 @@ int df_parse_duration_ms(const char *text, uint64_t *out);
  * host_out (hostcap bytes).  0 or -EINVAL. */
 int df_parse_hostport(const char *text, char *host_out, size_t hostcap, uint16_t *port_out);
 
+/* A supernode list "host[:port][,host[:port]...]" (the --node flag and the
+ * node key of dfget and dfdaemon).  A host without a port gets
+ * DF_NODE_DEFAULT_PORT; an IPv6 address is written "[v6]" or "[v6]:port".
+ * Port 0, empty entries, an unbracketed host containing ':' and more than
+ * DF_NODE_LIST_MAX entries are -EINVAL.  On success returns the number of
+ * entries (>= 1) and sets *out to a NULL-terminated array of "host:port"
+ * strings (as df_peer_config_t.nodes wants), owned by the caller and
+ * released with df_node_list_free().  On error *out is untouched and nothing
+ * is allocated.  -EINVAL or -ENOMEM. */
+#define DF_NODE_DEFAULT_PORT 8002
+#define DF_NODE_LIST_MAX 64
+int df_parse_node_list(const char *text, char ***out);
+/* Frees what df_parse_node_list() returned.  NULL is fine. */
+void df_node_list_free(char **list);
+
+/* "error", "warn", "info" or "debug" (any case) -> level.  0 or -EINVAL. */
+int df_parse_log_level(const char *text, df_log_level_t *out);
+
+/* The default work home of dfget and dfdaemon: "$HOME/.dfly", or
+ * "/root/.dfly" when HOME is unset or empty.  0 or -ENAMETOOLONG (out,
+ * cap bytes, then holds a truncated path). */
+int df_default_home(char *out, size_t cap);
+
+/* mkdir -p: creates path and its missing parents with mode (existing ones
+ * are left as they are); trailing slashes are ignored.  0 or -errno. */
+int df_mkdir_p(const char *path, unsigned int mode);
+
+/* Checks a digest "sha256:HEX", "sha512:HEX" or "md5:HEX" (algorithm and hex
+ * in any case, exactly the algorithm's number of hex digits) and writes its
+ * canonical lower-case form into out (cap bytes; DF_DIGEST_TEXT_MAX always
+ * suffices).  The same check df_peer_download() applies to req->digest.
+ * 0, -EINVAL, or -ENAMETOOLONG when cap is too small. */
+#define DF_DIGEST_TEXT_MAX 136
+int df_digest_normalize(const char *text, char *out, size_t cap);
+
+/* True when line is a header "Name: value" that may be passed to an origin:
+ * a non-empty name of visible ASCII characters without spaces, a ':', and no
+ * CR or LF anywhere (they would smuggle extra headers into the request). */
+bool df_header_line_ok(const char *line);
+
 /* ------------------------------------------------------------ config files */
 
 /* One entry of a YAML config file, flattened: nested mapping keys joined
@@ -154,6 +194,40 @@ uint16_t df_peer_upload_port(const df_peer_t *peer);
  * (cb is then not called).  Use before df_peer_free() on a clean exit. */
 int df_peer_leave(df_peer_t *peer, void (*cb)(void *arg), void *arg);
 void df_peer_free(df_peer_t *peer);
+
+/* What a peer did since df_peer_new().  Counters only grow; downloads_active,
+ * store_bytes and store_tasks are the present values. */
+typedef struct {
+    uint32_t downloads_active;     /* started, not yet finished */
+    uint64_t downloads_completed;  /* finished with status 0 */
+    uint64_t downloads_failed;     /* finished with an error (not counted: downloads
+                                    * canceled by df_peer_free) */
+    uint64_t bytes_from_peers;     /* verified piece bytes fetched from other peers */
+    uint64_t bytes_from_supernode; /* verified piece bytes fetched from the seed */
+    uint64_t bytes_from_origin;    /* bytes written from the origin (back-source) */
+    uint64_t back_source;          /* downloads that fell back to the origin */
+    uint64_t pieces_verified;      /* pieces whose sha256 matched (from peers, the
+                                    * seed or the origin) */
+    uint64_t digest_failures;      /* pieces that failed verification, plus downloads
+                                    * that ended on a digest mismatch */
+    uint64_t upload_requests;      /* piece requests this peer's upload server answered */
+    uint64_t upload_errors;        /* of which answered 4xx/5xx */
+    uint64_t upload_bytes;         /* piece bytes served to other peers */
+    uint64_t store_bytes;          /* piece store size (every task's full length) */
+    uint32_t store_tasks;          /* tasks in the piece store */
+} df_peer_stats_t;
+
+/* Fills *out.  Byte counters grow while transfers run, so they are current
+ * between two scrapes; the sums over a download equal the bytes_from_* of
+ * its df_download_result_t. */
+void df_peer_stats(const df_peer_t *peer, df_peer_stats_t *out);
+
+/* The peer's statistics in the Prometheus text format (version 0.0.4),
+ * metric names dfly_dfdaemon_* (docs/METRICS.md), for dfdaemon's GET
+ * /metrics.  *out is malloc'ed and NUL-terminated (*len_out bytes without
+ * the NUL), owned by the caller (free()).  0 or -ENOMEM / DF_ETOOBIG. */
+#define DF_PEER_METRICS_CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
+int df_peer_metrics_render(const df_peer_t *peer, char **out, size_t *len_out);
 
 typedef enum { DF_PATTERN_P2P = 0, DF_PATTERN_CDN, DF_PATTERN_SOURCE } df_pattern_t;
 

@@ -62,7 +62,7 @@ int df_unhex(const char *in, uint8_t *out, size_t outlen);
 int df_parse_u64(const char *s, uint64_t *out);
 
 /* ---- files */
-/* mkdir -p with mode 0755. */
+/* df_mkdir_p(path, 0755). */
 int df_mkdirs(const char *path);
 /* Writes data to path atomically (tmp file + fsync + rename). */
 int df_write_file_atomic(const char *path, const void *data, size_t len);

@@ -184,7 +184,7 @@ int df_parse_hostport(const char *text, char *host_out, size_t hostcap, uint16_t
     return 0;
 }
 
-int df_mkdirs(const char *path)
+int df_mkdir_p(const char *path, unsigned int mode)
 {
     char tmp[PATH_MAX];
     size_t len;
@@ -198,13 +198,18 @@ int df_mkdirs(const char *path)
         if (*p != '/')
             continue;
         *p = '\0';
-        if (mkdir(tmp, 0755) < 0 && errno != EEXIST)
+        if (mkdir(tmp, (mode_t)mode) < 0 && errno != EEXIST)
             return -errno;
         *p = '/';
     }
-    if (mkdir(tmp, 0755) < 0 && errno != EEXIST)
+    if (mkdir(tmp, (mode_t)mode) < 0 && errno != EEXIST)
         return -errno;
     return 0;
+}
+
+int df_mkdirs(const char *path)
+{
+    return df_mkdir_p(path, 0755);
 }
 
 int df_write_file_atomic(const char *path, const void *data, size_t len)

@@ -121,20 +121,6 @@ static int opt_u64(json_t *doc, const char *key, uint64_t *out, char *err, size_
     return 0;
 }
 
-/* A header line must look like "Name: value": a non-empty name of token
- * characters, and no CR/LF anywhere (they would smuggle extra headers into
- * the requests the engine makes on the client's behalf). */
-static bool header_ok(const char *h)
-{
-    const char *colon = strchr(h, ':');
-    if (!colon || colon == h || strpbrk(h, "\r\n"))
-        return false;
-    for (const char *p = h; p < colon; p++)
-        if (*p <= ' ' || *p >= 127)
-            return false;
-    return true;
-}
-
 /* Optional array of non-empty strings -> NULL-terminated malloc'ed vector
  * pointing into doc. */
 static int opt_list(json_t *doc, const char *key, bool headers, const char ***out, char *err,
@@ -161,7 +147,7 @@ static int opt_list(json_t *doc, const char *key, bool headers, const char ***ou
         return -ENOMEM;
     json_array_foreach(v, i, item) {
         const char *s = json_string_value(item);
-        if (!s || !*s || (headers && !header_ok(s))) {
+        if (!s || !*s || (headers && !df_header_line_ok(s))) {
             seterr(err, errcap, "\"%s\"[%zu] must be a non-empty string%s", key, i,
                    headers ? " of the form \"Name: value\"" : "");
             free(vec);

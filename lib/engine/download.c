@@ -377,6 +377,15 @@ static void finish(df_download_t *dl, int status, const char *fmt, ...)
     }
     dl->res.seconds = df_now_s() - dl->t0;
     dl->res.length = dl->length;
+    /* The peer's statistics (df_peer_stats); bytes were counted as they came. */
+    if (status == 0)
+        dl->peer->stats.downloads_completed++;
+    else
+        dl->peer->stats.downloads_failed++;
+    if (status == DF_EDIGEST)
+        dl->peer->stats.digest_failures++;
+    if (dl->res.back_source)
+        dl->peer->stats.back_source++;
     /* Hand the tracker what we learnt before going: results not yet sent. */
     if (dl->peer->tracker && dl->peer_id[0] && dl->nresults && dl->task) {
         df_pull_req_t pr = {.task_id = dl->res.task_id, .peer_id = dl->peer_id,
@@ -554,12 +563,17 @@ static void fetch_done(df_http_req_t *req, const df_http_result_t *res, void *ar
         df_hasher_final(f->hasher, &d);
         if (df_stored_task_mark_piece(dl->task, piece, d.value) == 0) {
             ok = true;
-            if (f->a.src_is_seed)
+            peer->stats.pieces_verified++;
+            if (f->a.src_is_seed) {
                 dl->res.bytes_from_supernode += f->got;
-            else
+                peer->stats.bytes_from_supernode += f->got;
+            } else {
                 dl->res.bytes_from_peers += f->got;
+                peer->stats.bytes_from_peers += f->got;
+            }
         } else {
             kind = DF_REPORT_DIGEST;
+            peer->stats.digest_failures++;
             DF_LOG_W("task %.16s: piece %u from %s failed verification; fetching it elsewhere",
                      dl->res.task_id, piece, f->a.src_id);
         }
@@ -853,6 +867,7 @@ static int origin_data(df_http_req_t *req, const void *data, size_t len, void *a
             if (rc < 0)
                 return rc;
             dl->res.bytes_from_origin += n;
+            dl->peer->stats.bytes_from_origin += n;
         }
         df_hasher_update(dl->origin_piece_hasher, p, (size_t)n);
         dl->origin_pos += n;
@@ -866,6 +881,7 @@ static int origin_data(df_http_req_t *req, const void *data, size_t len, void *a
                          "piece %u from the origin does not match the seed's digest (origin changed?)", idx);
                 return DF_EDIGEST;
             }
+            dl->peer->stats.pieces_verified++;
             if (advance_whole_hash(dl) < 0)
                 return -EIO;
             note_progress(dl);
@@ -967,6 +983,7 @@ static int source_data(df_http_req_t *req, const void *data, size_t len, void *a
         df_hasher_update(dl->whole_user, data, len);
     dl->origin_pos += len;
     dl->res.bytes_from_origin += len;
+    dl->peer->stats.bytes_from_origin += len;
     while (len > 0) {
         ssize_t n = write(dl->src_fd, p, len);
         if (n < 0) {
@@ -1306,4 +1323,13 @@ void df__download_cancel_all(df_peer_t *peer)
          * right after; nothing will call back into dl. */
         download_free(dl);
     }
+}
+
+uint32_t df__download_count_active(const df_peer_t *peer)
+{
+    uint32_t n = 0;
+    for (const df_download_t *dl = peer->downloads; dl; dl = dl->next)
+        if (dl->state != ST_DONE)
+            n++;
+    return n;
 }

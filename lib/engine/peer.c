@@ -231,6 +231,21 @@ uint16_t df_peer_upload_port(const df_peer_t *peer)
     return peer->upload_port;
 }
 
+void df_peer_stats(const df_peer_t *peer, df_peer_stats_t *out)
+{
+    df_upload_stats_t up = {0};
+
+    *out = peer->stats;
+    out->downloads_active = df__download_count_active(peer);
+    if (peer->up)
+        df_upload_server_stats(peer->up, &up);
+    out->upload_requests = up.requests;
+    out->upload_errors = up.errors;
+    out->upload_bytes = up.bytes_served;
+    out->store_bytes = df_store_bytes(peer->store);
+    out->store_tasks = (uint32_t)df_store_task_count(peer->store);
+}
+
 void df_peer_free(df_peer_t *peer)
 {
     if (!peer)

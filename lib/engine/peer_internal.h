@@ -40,9 +40,12 @@ struct df_peer {
     void (*leave_cb)(void *arg);
     void *leave_arg;
     bool leave_fired;
+    df_peer_stats_t stats;      /* the counters; present values are filled by df_peer_stats() */
 };
 
 /* Cancels every download without calling their callbacks (peer teardown). */
 void df__download_cancel_all(df_peer_t *peer);
+/* Downloads started and not yet finished. */
+uint32_t df__download_count_active(const df_peer_t *peer);
 
 #endif

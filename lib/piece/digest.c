@@ -100,6 +100,19 @@ void df_digest_format(const df_digest_t *d, char *out, size_t cap)
     snprintf(out, cap, "%s:%s", df_digest_alg_name(d->alg), hex);
 }
 
+_Static_assert(DF_DIGEST_TEXT_MAX >= DF_DIGEST_STR_MAX, "dfly.h promises DF_DIGEST_TEXT_MAX suffices");
+
+int df_digest_normalize(const char *text, char *out, size_t cap)
+{
+    char tmp[DF_DIGEST_STR_MAX];
+    df_digest_t d;
+
+    if (df_digest_parse(text, &d) < 0)
+        return -EINVAL;
+    df_digest_format(&d, tmp, sizeof(tmp));
+    return df_strlcpy(out, tmp, cap);
+}
+
 bool df_digest_equal(const df_digest_t *a, const df_digest_t *b)
 {
     if (a->alg == DF_DIGEST_NONE || a->alg != b->alg || a->len != b->len || a->len > DF_DIGEST_MAX)

@@ -803,6 +803,11 @@ uint64_t df_store_bytes(const df_store_t *store)
     return store->bytes;
 }
 
+size_t df_store_task_count(const df_store_t *store)
+{
+    return store->ntasks;
+}
+
 /* ---------------------------------------------------------------- tasks */
 
 void df_stored_task_ref(df_stored_task_t *t)

@@ -111,6 +111,8 @@ int df_store_gc(df_store_t *store, void (*evicted_cb)(const char *task_id, void 
 /* Sum of the lengths of all tasks, complete or not (an in-progress download
  * has its full size reserved). */
 uint64_t df_store_bytes(const df_store_t *store);
+/* Number of tasks in the store, complete or not. */
+size_t df_store_task_count(const df_store_t *store);
 
 /* Places the verified, complete task's bytes at `output` atomically: a copy
  * (FICLONE reflink where the filesystem can, else copy_file_range) into a

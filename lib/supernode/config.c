@@ -121,13 +121,10 @@ int df_supernode_config_load(df_supernode_config_t *cfg, const char *path, char 
         } else if (strcmp(k, "log-level") == 0) {
             /* Not part of the config struct: applied to the process log
              * here; a --log-level flag parsed later overrides it. */
-            static const char *levels[] = {"error", "warn", "info", "debug"};
-            bad = 1;
-            for (int l = 0; l < 4; l++)
-                if (strcmp(v, levels[l]) == 0) {
-                    df_log_setup(NULL, (df_log_level_t)l);
-                    bad = 0;
-                }
+            df_log_level_t level;
+            bad = df_parse_log_level(v, &level) < 0;
+            if (!bad)
+                df_log_setup(NULL, level);
             what = "error, warn, info or debug";
         } else {
             if (err && errcap)

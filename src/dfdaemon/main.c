@@ -2,8 +2,9 @@
  * dfdaemon: the long-lived peer of a host.  It holds one df_peer (piece store,
  * upload server, host-wide rate limit), serves dfget's downloads over the
  * control socket <home>/dfdaemon.sock, and listens on an HTTP port (for now
- * GET /healthz and GET /metrics; the registry-mirror / proxy surface comes
- * later on the same listener).
+ * GET /healthz and GET /metrics, the peer's statistics as rendered by
+ * df_peer_metrics_render(); the registry-mirror / proxy surface comes later
+ * on the same listener).
  *
  * Configuration: an optional YAML file (--config) whose keys are the long
  * flags below, then the command line.  Both go through set_option(), so a
@@ -32,13 +33,12 @@
 #include <event2/event.h>
 #include <event2/http.h>
 
-#define LIST_MAX 64
 #define DEFAULT_LISTEN "127.0.0.1:65001"
-#define DEFAULT_NODE_PORT "8002"
+#define DEFAULT_NODE "127.0.0.1:8002"
 
 typedef struct {
     char *home;
-    char *nodes[LIST_MAX + 1];
+    char **nodes;           /* df_parse_node_list() */
     char *config;
     char listen_host[256];
     uint16_t listen_port;
@@ -56,7 +56,7 @@ static void usage(FILE *f)
             "usage: dfdaemon [options]\n"
             "      --home DIR            work home: piece store, control socket\n"
             "                            (default $HOME/.dfly)\n"
-            "      --node H:P[,H:P...]   supernodes (default 127.0.0.1:8002)\n"
+            "      --node H:P[,H:P...]   supernodes (default " DEFAULT_NODE ")\n"
             "      --config FILE         YAML file with the keys of the long flags;\n"
             "                            flags override it\n"
             "      --listen HOST:PORT    HTTP port (default " DEFAULT_LISTEN ")\n"
@@ -95,54 +95,6 @@ static int parse_port(const char *s, uint16_t *out)
     return 0;
 }
 
-static int parse_nodes(const char *text, opts_t *o)
-{
-    const char *p = text;
-    size_t n = 0;
-
-    for (size_t i = 0; o->nodes[i]; i++) {
-        free(o->nodes[i]);
-        o->nodes[i] = NULL;
-    }
-    while (*p) {
-        size_t len = strcspn(p, ",");
-        char item[300], host[256];
-        uint16_t port;
-
-        if (len == 0 || len >= sizeof(item) - 8 || n >= LIST_MAX)
-            return -EINVAL;
-        memcpy(item, p, len);
-        item[len] = '\0';
-        if (df_parse_hostport(item, host, sizeof(host), &port) < 0) {
-            if (strchr(item, ':') || item[0] == '[')
-                return -EINVAL;
-            memcpy(item + len, ":" DEFAULT_NODE_PORT, sizeof(":" DEFAULT_NODE_PORT));
-            if (df_parse_hostport(item, host, sizeof(host), &port) < 0)
-                return -EINVAL;
-        }
-        if (port == 0)
-            return -EINVAL;
-        if (!(o->nodes[n++] = strdup(item)))
-            return -ENOMEM;
-        p += len;
-        if (*p == ',')
-            p++;
-    }
-    return n ? 0 : -EINVAL;
-}
-
-static int parse_level(const char *s, df_log_level_t *out)
-{
-    static const char *names[] = {"error", "warn", "info", "debug"};
-    for (int i = 0; i < 4; i++) {
-        if (strcasecmp(s, names[i]) == 0) {
-            *out = (df_log_level_t)i;
-            return 0;
-        }
-    }
-    return -EINVAL;
-}
-
 /* Applies one setting by its long-flag name.  0, -EINVAL (bad value, message
  * printed), -ENOENT (unknown key) or -ENOMEM. */
 static int set_option(opts_t *o, const char *key, const char *value, const char *where)
@@ -154,7 +106,12 @@ static int set_option(opts_t *o, const char *key, const char *value, const char 
     if (strcmp(key, "home") == 0) {
         rc = *value ? replace_str(&o->home, value) : -EINVAL;
     } else if (strcmp(key, "node") == 0) {
-        rc = parse_nodes(value, o);
+        char **nodes = NULL;
+        rc = df_parse_node_list(value, &nodes);
+        if (rc > 0) {
+            df_node_list_free(o->nodes);
+            o->nodes = nodes;
+        }
     } else if (strcmp(key, "listen") == 0) {
         rc = df_parse_hostport(value, o->listen_host, sizeof(o->listen_host), &o->listen_port);
     } else if (strcmp(key, "upload-port") == 0) {
@@ -169,7 +126,7 @@ static int set_option(opts_t *o, const char *key, const char *value, const char 
     } else if (strcmp(key, "cache-limit") == 0) {
         rc = df_parse_size(value, &o->cache_limit);
     } else if (strcmp(key, "log-level") == 0) {
-        rc = parse_level(value, &o->level);
+        rc = df_parse_log_level(value, &o->level);
     } else {
         fprintf(stderr, "dfdaemon: %sunknown setting \"%s\"\n", where, key);
         return -ENOENT;
@@ -209,8 +166,7 @@ static const struct option long_opts[] = {
 static void opts_free(opts_t *o)
 {
     free(o->home);
-    for (size_t i = 0; o->nodes[i]; i++)
-        free(o->nodes[i]);
+    df_node_list_free(o->nodes);
     free(o->config);
     free(o->upload_host);
     free(o->advertise_ip);
@@ -268,41 +224,17 @@ static int parse_args(int argc, char **argv, opts_t *o)
             return rc == -ENOMEM ? 1 : usage_error();
     }
     if (!o->home) {
-        const char *h = getenv("HOME");
         char buf[PATH_MAX];
-        if (!h || !*h)
-            h = "/root";
-        if (snprintf(buf, sizeof(buf), "%s/.dfly", h) >= (int)sizeof(buf)) {
+        if (df_default_home(buf, sizeof(buf)) < 0) {
             fprintf(stderr, "dfdaemon: $HOME is too long\n");
             return 2;
         }
         if (replace_str(&o->home, buf) < 0)
             return 1;
     }
-    if (!o->nodes[0] && parse_nodes("127.0.0.1:" DEFAULT_NODE_PORT, o) < 0)
+    if (!o->nodes && df_parse_node_list(DEFAULT_NODE, &o->nodes) < 0)
         return 1;
     return -1;
-}
-
-static int mkdirs(const char *path, mode_t mode)
-{
-    char tmp[PATH_MAX];
-    size_t len = strlen(path);
-
-    if (len >= sizeof(tmp))
-        return -ENAMETOOLONG;
-    memcpy(tmp, path, len + 1);
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = '\0';
-        if (mkdir(tmp, mode) < 0 && errno != EEXIST)
-            return -errno;
-        *p = '/';
-    }
-    if (mkdir(tmp, mode) < 0 && errno != EEXIST)
-        return -errno;
-    return 0;
 }
 
 /* ------------------------------------------------------------------ HTTP */
@@ -314,8 +246,8 @@ static void on_http(struct evhttp_request *req, void *arg)
     struct evkeyvalq *hdrs = evhttp_request_get_output_headers(req);
     enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
     size_t plen = strcspn(uri, "?");
+    df_peer_t *peer = arg;
 
-    (void)arg;
     if (plen == 8 && strncmp(uri, "/healthz", 8) == 0) {
         if (cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD)
             goto not_allowed;
@@ -325,18 +257,21 @@ static void on_http(struct evhttp_request *req, void *arg)
         return;
     }
     if (plen == 8 && strncmp(uri, "/metrics", 8) == 0) {
+        char *text = NULL;
+        size_t len = 0;
+        int rc;
+
         if (cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD)
             goto not_allowed;
-        /* The public API exposes no peer counters yet; only liveness. */
-        evhttp_add_header(hdrs, "Content-Type", "text/plain; version=0.0.4");
-        evbuffer_add_printf(body,
-                            "# HELP dfly_dfdaemon_up Whether the dfdaemon is running.\n"
-                            "# TYPE dfly_dfdaemon_up gauge\n"
-                            "dfly_dfdaemon_up 1\n"
-                            "# HELP dfly_dfdaemon_info Build information.\n"
-                            "# TYPE dfly_dfdaemon_info gauge\n"
-                            "dfly_dfdaemon_info{version=\"%s\"} 1\n",
-                            df_version());
+        rc = df_peer_metrics_render(peer, &text, &len);
+        if (rc < 0) {
+            fprintf(stderr, "dfdaemon: /metrics: %s\n", df_strerror(rc));
+            evhttp_send_error(req, 500, "Internal Server Error");
+            return;
+        }
+        evhttp_add_header(hdrs, "Content-Type", DF_PEER_METRICS_CONTENT_TYPE);
+        evbuffer_add(body, text, len);
+        free(text);
         evhttp_send_reply(req, 200, "OK", body);
         return;
     }
@@ -387,7 +322,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "dfdaemon: --home path too long\n");
         goto out;
     }
-    rc = mkdirs(o.home, 0700);
+    rc = df_mkdir_p(o.home, 0700);
     if (rc < 0) {
         fprintf(stderr, "dfdaemon: cannot create %s: %s\n", o.home, df_strerror(rc));
         goto out;
@@ -432,7 +367,7 @@ int main(int argc, char **argv)
     evhttp_set_allowed_methods(http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST | EVHTTP_REQ_PUT |
                                          EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS);
     evhttp_set_timeout(http, 60);
-    evhttp_set_gencb(http, on_http, NULL);
+    evhttp_set_gencb(http, on_http, peer);
     bound = evhttp_bind_socket_with_handle(http, o.listen_host, o.listen_port);
     if (!bound) {
         fprintf(stderr, "dfdaemon: cannot listen on %s:%u: %s\n", o.listen_host, (unsigned)o.listen_port,

@@ -50,9 +50,8 @@
 
 #include <event2/event.h>
 
-#define LIST_MAX 64           /* --header / --filter / --node entries */
+#define LIST_MAX 64           /* --header / --filter entries */
 #define DEFAULT_NODE "127.0.0.1:8002"
-#define DEFAULT_NODE_PORT "8002"
 
 typedef struct {
     const char *url;
@@ -63,7 +62,7 @@ typedef struct {
     char *filter_buf;         /* --filter split in place */
     const char *headers[LIST_MAX + 1];
     size_t nheaders;
-    char *nodes[LIST_MAX + 1];
+    char **nodes;             /* df_parse_node_list() */
     bool nodes_given;
     uint64_t local_limit;
     uint64_t total_limit;
@@ -135,56 +134,6 @@ static int usage_error(const char *fmt, ...)
 
 /* ------------------------------------------------------------ validation */
 
-static bool is_hex(const char *s, size_t n)
-{
-    if (strlen(s) != n)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')))
-            return false;
-    }
-    return true;
-}
-
-/* "alg:HEX" with the hex length of alg; stored lower-case into out. */
-static int parse_digest(const char *text, char *out, size_t cap)
-{
-    static const struct {
-        const char *alg;
-        size_t hexlen;
-    } algs[] = {{"sha256", 64}, {"sha512", 128}, {"md5", 32}};
-    const char *colon = strchr(text, ':');
-
-    if (!colon)
-        return -EINVAL;
-    for (size_t i = 0; i < sizeof(algs) / sizeof(algs[0]); i++) {
-        size_t alen = strlen(algs[i].alg);
-        if ((size_t)(colon - text) == alen && strncasecmp(text, algs[i].alg, alen) == 0 &&
-            is_hex(colon + 1, algs[i].hexlen)) {
-            int n = snprintf(out, cap, "%s:%s", algs[i].alg, colon + 1);
-            if (n < 0 || (size_t)n >= cap)
-                return -EINVAL;
-            for (char *p = out; *p; p++)
-                if (*p >= 'A' && *p <= 'F')
-                    *p = (char)(*p - 'A' + 'a');
-            return 0;
-        }
-    }
-    return -EINVAL;
-}
-
-static bool header_ok(const char *h)
-{
-    const char *colon = strchr(h, ':');
-    if (!colon || colon == h || strpbrk(h, "\r\n"))
-        return false;
-    for (const char *p = h; p < colon; p++)
-        if (*p <= ' ' || *p >= 127)
-            return false;
-    return true;
-}
-
 /* The URL must be http(s)://host...; *path_out points at its path (or ""). */
 static int check_url(const char *url, const char **path_out)
 {
@@ -239,78 +188,6 @@ static int make_absolute(char *path, size_t cap)
     return 0;
 }
 
-/* "a:1,b" -> nodes[]; a bare host gets the default port. */
-static int parse_nodes(const char *text, opts_t *o)
-{
-    size_t n = 0;
-    const char *p = text;
-
-    for (size_t i = 0; o->nodes[i]; i++) {
-        free(o->nodes[i]);
-        o->nodes[i] = NULL;
-    }
-    while (*p) {
-        size_t len = strcspn(p, ",");
-        char item[300], host[256];
-        uint16_t port;
-
-        if (len == 0 || len >= sizeof(item) - 8 || n >= LIST_MAX)
-            return -EINVAL;
-        memcpy(item, p, len);
-        item[len] = '\0';
-        if (df_parse_hostport(item, host, sizeof(host), &port) < 0) {
-            if (strchr(item, ':') || item[0] == '[')
-                return -EINVAL;
-            memcpy(item + len, ":" DEFAULT_NODE_PORT, sizeof(":" DEFAULT_NODE_PORT));
-            if (df_parse_hostport(item, host, sizeof(host), &port) < 0)
-                return -EINVAL;
-        }
-        if (port == 0)
-            return -EINVAL;
-        o->nodes[n] = strdup(item);
-        if (!o->nodes[n])
-            return -ENOMEM;
-        n++;
-        p += len;
-        if (*p == ',')
-            p++;
-    }
-    return n ? 0 : -EINVAL;
-}
-
-static int parse_level(const char *s, df_log_level_t *out)
-{
-    static const char *names[] = {"error", "warn", "info", "debug"};
-    for (int i = 0; i < 4; i++) {
-        if (strcasecmp(s, names[i]) == 0) {
-            *out = (df_log_level_t)i;
-            return 0;
-        }
-    }
-    return -EINVAL;
-}
-
-static int mkdirs(const char *path, mode_t mode)
-{
-    char tmp[PATH_MAX];
-    size_t len = strlen(path);
-
-    if (len >= sizeof(tmp))
-        return -ENAMETOOLONG;
-    memcpy(tmp, path, len + 1);
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = '\0';
-        if (mkdir(tmp, mode) < 0 && errno != EEXIST)
-            return -errno;
-        *p = '/';
-    }
-    if (mkdir(tmp, mode) < 0 && errno != EEXIST)
-        return -errno;
-    return 0;
-}
-
 enum {
     OPT_DIGEST = 256,
     OPT_HEADER,
@@ -351,8 +228,7 @@ static const struct option long_opts[] = {
 
 static void opts_free(opts_t *o)
 {
-    for (size_t i = 0; o->nodes[i]; i++)
-        free(o->nodes[i]);
+    df_node_list_free(o->nodes);
     free(o->filter_buf);
 }
 
@@ -374,7 +250,9 @@ static int parse_args(int argc, char **argv, opts_t *o)
         case 'u': o->url = optarg; break;
         case 'o': output = optarg; break;
         case 'n':
-            rc = parse_nodes(optarg, o);
+            df_node_list_free(o->nodes);
+            o->nodes = NULL;
+            rc = df_parse_node_list(optarg, &o->nodes);
             if (rc == -ENOMEM)
                 return usage_error("out of memory");
             if (rc < 0)
@@ -407,7 +285,7 @@ static int parse_args(int argc, char **argv, opts_t *o)
             break;
         }
         case OPT_HEADER:
-            if (!header_ok(optarg))
+            if (!df_header_line_ok(optarg))
                 return usage_error("bad --header \"%s\" (want 'Name: value')", optarg);
             if (o->nheaders >= LIST_MAX)
                 return usage_error("too many --header (at most %d)", LIST_MAX);
@@ -445,7 +323,7 @@ static int parse_args(int argc, char **argv, opts_t *o)
             break;
         case OPT_JSON: o->json = true; break;
         case OPT_LOGLEVEL:
-            if (parse_level(optarg, &o->level) < 0)
+            if (df_parse_log_level(optarg, &o->level) < 0)
                 return usage_error("bad --log-level \"%s\" (error, warn, info, debug)", optarg);
             break;
         case OPT_VERSION: printf("dfget %s\n", df_version()); return 0;
@@ -462,15 +340,13 @@ static int parse_args(int argc, char **argv, opts_t *o)
         return usage_error("bad URL \"%s\" (want http://host/... or https://host/...)", o->url);
 
     if (md5) {
-        if (!is_hex(md5, 32))
+        if (snprintf(md5buf, sizeof(md5buf), "md5:%s", md5) >= (int)sizeof(md5buf) ||
+            df_digest_normalize(md5buf, o->digest, sizeof(o->digest)) < 0)
             return usage_error("bad --md5 \"%s\" (want 32 hex digits)", md5);
-        snprintf(md5buf, sizeof(md5buf), "md5:%s", md5);
-        if (parse_digest(md5buf, o->digest, sizeof(o->digest)) < 0)
-            return usage_error("bad --md5 \"%s\"", md5);
     }
     if (digest) {
         char d[sizeof(o->digest)];
-        if (parse_digest(digest, d, sizeof(d)) < 0)
+        if (df_digest_normalize(digest, d, sizeof(d)) < 0)
             return usage_error("bad --digest \"%s\" (want sha256:HEX, sha512:HEX or md5:HEX)", digest);
         if (md5 && strcmp(d, o->digest) != 0)
             return usage_error("--md5 and --digest disagree");
@@ -501,16 +377,11 @@ static int parse_args(int argc, char **argv, opts_t *o)
             return usage_error("output directory \"%s\" does not exist", dir);
     }
 
-    if (!o->home[0]) {
-        const char *h = getenv("HOME");
-        if (!h || !*h)
-            h = "/root";
-        if (snprintf(o->home, sizeof(o->home), "%s/.dfly", h) >= (int)sizeof(o->home))
-            return usage_error("$HOME is too long");
-    }
+    if (!o->home[0] && df_default_home(o->home, sizeof(o->home)) < 0)
+        return usage_error("$HOME is too long");
     if (make_absolute(o->home, sizeof(o->home)) < 0)
         return usage_error("--home path too long");
-    if (!o->nodes[0] && parse_nodes(DEFAULT_NODE, o) < 0)
+    if (!o->nodes && df_parse_node_list(DEFAULT_NODE, &o->nodes) < 0)
         return usage_error("out of memory");
     return -1;
 }
@@ -906,7 +777,7 @@ int main(int argc, char **argv)
     bar.on = o.showbar && isatty(STDERR_FILENO);
     bar.t0 = now_s();
 
-    rc = mkdirs(o.home, 0700);
+    rc = df_mkdir_p(o.home, 0700);
     if (rc < 0) {
         fail_result(&res, rc, "cannot create the home directory");
         goto done;

@@ -42,17 +42,6 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     event_base_loopbreak(arg);
 }
 
-static int parse_level(const char *s, df_log_level_t *out)
-{
-    static const char *names[] = {"error", "warn", "info", "debug"};
-    for (int i = 0; i < 4; i++)
-        if (strcmp(s, names[i]) == 0) {
-            *out = (df_log_level_t)i;
-            return 0;
-        }
-    return -1;
-}
-
 static int parse_slots(const char *s, uint32_t *out)
 {
     char *end;
@@ -147,7 +136,7 @@ int main(int argc, char **argv)
         case OPT_SEED_SLOTS: bad = parse_slots(optarg, &cfg.seed_upload_slots) < 0; break;
         case OPT_BATCH: bad = parse_slots(optarg, &cfg.batch_pieces) < 0; break;
         case OPT_LOG_LEVEL:
-            bad = parse_level(optarg, &level) < 0;
+            bad = df_parse_log_level(optarg, &level) < 0;
             level_set = true;
             break;
         case OPT_CONFIG:

@@ -267,6 +267,77 @@ def test_metrics_format(env):
     T.check(any(t == "counter" for t in types.values()), "no counter at all")
 
 
+def metric_values(text):
+    """{'name{labels}': value} of every sample line."""
+    out = {}
+    for line in text.split("\n"):
+        if line and not line.startswith("#"):
+            key, _, val = line.rpartition(" ")
+            out[key] = float(val)
+    return out
+
+
+def dfdaemon_metrics(d):
+    st, h, data = T.http_request(d.port, "GET", "/metrics")
+    T.check(st == 200, f"dfdaemon GET /metrics -> {st}")
+    T.check(h.get("content-type", "").startswith("text/plain"),
+            f"dfdaemon /metrics Content-Type {h.get('content-type')!r}, want text/plain")
+    text = data.decode("utf-8")
+    types = validate_prometheus(text)
+    return types, metric_values(text)
+
+
+@T.timeout(200)
+def test_dfdaemon_metrics(env):
+    """A dfdaemon's /metrics counts what its downloads report: bytes by source
+    equal to the dfget JSON, downloads by result, pieces, uploads, store."""
+    o = env.origin()
+    info = o.add_file("dm.bin", 9 * T.MiB + 3)
+    sn = env.supernode()
+    d1 = env.dfdaemon(sn.addr)
+    d2 = env.dfdaemon(sn.addr)
+    types, m = dfdaemon_metrics(d1)  # valid before any traffic too
+    T.check(m.get("dfly_dfdaemon_up") == 1, f"dfly_dfdaemon_up: {m}")
+    T.check(types.get("dfly_dfdaemon_download_bytes") == "counter" or
+            types.get("dfly_dfdaemon_download_bytes_total") == "counter",
+            f"download bytes is not a counter: {types}")
+    T.check(m.get('dfly_dfdaemon_download_bytes_total{source="peer"}') == 0, f"fresh daemon: {m}")
+
+    r1 = env.dfget(o.url("dm.bin"), env.path("dm1.bin"), home=d1.home, timeout=90)
+    r1.expect_ok(info)
+    r2 = env.dfget(o.url("dm.bin"), env.path("dm2.bin"), home=d2.home, timeout=90)
+    r2.expect_ok(info)
+    env.dfget(o.url("dm.bin", "missing"), env.path("dmx.bin"), home=d2.home,
+              timeout=60).expect_fail()
+
+    for d, r, failed in ((d1, r1, 0), (d2, r2, 1)):
+        _, m = dfdaemon_metrics(d)
+        T.log(f"dfget {r.describe()}; dfdaemon: " + ", ".join(
+            f"{k}={v:g}" for k, v in m.items() if "bytes" in k or "total" in k))
+        for src, key in (("peer", "bytes_from_peers"), ("supernode", "bytes_from_supernode"),
+                         ("origin", "bytes_from_origin")):
+            got = m.get(f'dfly_dfdaemon_download_bytes_total{{source="{src}"}}')
+            T.check(got == r.json[key], f"source={src}: /metrics says {got}, dfget said "
+                    f"{r.json[key]} ({r.describe()})")
+        T.check(m.get('dfly_dfdaemon_downloads_total{result="ok"}') == 1, f"ok downloads: {m}")
+        T.check(m.get('dfly_dfdaemon_downloads_total{result="failed"}') == failed,
+                f"failed downloads: {m}")
+        T.check(m.get("dfly_dfdaemon_downloads_active") == 0, f"active downloads: {m}")
+        T.check(m.get("dfly_dfdaemon_back_source_total") == (1 if r.json["back_source"] else 0),
+                f"back_source: {m}")
+        T.check(m.get("dfly_dfdaemon_pieces_verified_total", 0) > 0, f"pieces verified: {m}")
+        T.check(m.get("dfly_dfdaemon_digest_failures_total") == 0, f"digest failures: {m}")
+        T.check(m.get("dfly_dfdaemon_store_tasks") == 1, f"store tasks: {m}")
+        T.check(m.get("dfly_dfdaemon_store_bytes") == info.size, f"store bytes: {m}")
+    # Every byte d2 took from a peer came from d1, the only other peer.
+    _, m1 = dfdaemon_metrics(d1)
+    T.check(m1.get("dfly_dfdaemon_upload_bytes_total", 0) >= r2.json["bytes_from_peers"],
+            f"d1 uploaded {m1.get('dfly_dfdaemon_upload_bytes_total')}, d2 got "
+            f"{r2.json['bytes_from_peers']} from peers")
+    T.check(m1.get("dfly_dfdaemon_upload_requests_total", 0) >= (1 if r2.json["bytes_from_peers"] else 0),
+            f"upload requests: {m1}")
+
+
 if __name__ == "__main__":
     T.main([test_api_rejects_bad_requests, test_api_oversized_and_slow_bodies,
-            test_supernode_upload_server, test_dfdaemon_upload_server, test_metrics_format])
+            test_supernode_upload_server, test_dfdaemon_upload_server, test_metrics_format, test_dfdaemon_metrics])

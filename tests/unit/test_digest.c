@@ -9,6 +9,7 @@
 #include "piece/digest.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 
 #define SHA256_ABC "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
@@ -122,6 +123,27 @@ static void test_parse(void **state)
     assert_string_equal(df_digest_alg_name(DF_DIGEST_MD5), "md5");
 }
 
+static void test_normalize(void **state)
+{
+    char out[DF_DIGEST_TEXT_MAX], tiny[8];
+    char up[80];
+
+    (void)state;
+    snprintf(up, sizeof(up), "MD5:%s", "D41D8CD98F00B204E9800998ECF8427E");
+    assert_int_equal(df_digest_normalize(up, out, sizeof(out)), 0);
+    assert_string_equal(out, "md5:d41d8cd98f00b204e9800998ecf8427e");
+    assert_int_equal(df_digest_normalize("sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+                                         out, sizeof(out)), 0);
+    assert_string_equal(out, "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    assert_int_equal(df_digest_normalize("md5:d41d8cd98f00b204e9800998ecf8427e", tiny, sizeof(tiny)),
+                     -ENAMETOOLONG);
+    assert_int_equal(df_digest_normalize("md5:d41d8cd98f00b204e9800998ecf8427", out, sizeof(out)), -EINVAL);
+    assert_int_equal(df_digest_normalize("sha1:da39a3ee5e6b4b0d3255bfef95601890afd80709", out, sizeof(out)),
+                     -EINVAL);
+    assert_int_equal(df_digest_normalize("md5:", out, sizeof(out)), -EINVAL);
+    assert_int_equal(df_digest_normalize(NULL, out, sizeof(out)), -EINVAL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -129,6 +151,7 @@ int main(void)
         cmocka_unit_test(test_incremental_and_reuse),
         cmocka_unit_test(test_sha256_oneshot),
         cmocka_unit_test(test_parse),
+        cmocka_unit_test(test_normalize),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
