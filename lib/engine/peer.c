@@ -167,14 +167,10 @@ int df_peer_new(struct event_base *base, const df_peer_config_t *cfg, df_peer_t 
     peer->cfg.home_dir = peer->home_dir;
     peer->cfg.nodes = (const char **)peer->nodes;
     peer->cfg.advertise_ip = NULL;
-    peer->cfg.upload_host = NULL;
-    if (!cfg->upload_host)
-        peer->cfg.upload_host = "0.0.0.0";
-    else if (strcmp(cfg->upload_host, "0.0.0.0") == 0 || strcmp(cfg->upload_host, "127.0.0.1") == 0 ||
-             strcmp(cfg->upload_host, "::") == 0)
-        peer->cfg.upload_host = cfg->upload_host; /* string literals: safe to keep */
-    else
-        peer->cfg.upload_host = "0.0.0.0";
+    peer->upload_host = strdup(cfg->upload_host && cfg->upload_host[0] ? cfg->upload_host : "0.0.0.0");
+    if (!peer->upload_host)
+        goto fail;
+    peer->cfg.upload_host = peer->upload_host;
     if (gethostname(peer->hostname, sizeof(peer->hostname)) < 0)
         df_strlcpy(peer->hostname, "localhost", sizeof(peer->hostname));
 
@@ -266,6 +262,7 @@ void df_peer_free(df_peer_t *peer)
         free(peer->nodes[i]);
     free(peer->nodes);
     free(peer->home_dir);
+    free(peer->upload_host);
     free(peer);
 }
 

@@ -21,6 +21,7 @@ struct df_peer {
     struct event_base *base;
     df_peer_config_t cfg;       /* strings below are owned copies */
     char *home_dir;
+    char *upload_host;
     char **nodes;               /* NULL-terminated */
     df_http_t *http;
     df_store_t *store;

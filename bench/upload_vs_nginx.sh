@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# The peer upload server against nginx, serving the same file's pieces to
+# many concurrent clients on loopback: wrk requests 4 MiB ranges (cycling
+# over the file's pieces) from nginx and from a dfdaemon's upload server
+# that holds the same file.  Prints requests/s and MiB/s of each and the
+# ratios (dfdaemon / nginx; 1.0 = as fast as nginx).
+#
+#   bench/upload_vs_nginx.sh [BUILD_DIR] [SIZE_MIB] [CONNECTIONS] [SECONDS]
+#
+# Needs wrk (Debian package wrk).  Loopback only, ephemeral ports; stops
+# everything it started by PID.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN=${1:-$ROOT/build}
+SIZE_MIB=${2:-256}
+CONNS=${3:-64}
+SECS=${4:-10}
+command -v wrk >/dev/null || { echo "wrk is missing (apt-get install wrk)"; exit 2; }
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/dfly-bench.XXXXXX")
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    [ -f "$WORK/nginx/nginx.pid" ] && kill "$(cat "$WORK/nginx/nginx.pid")" 2>/dev/null || true
+    sleep 0.3
+    rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+wait_http() { for _ in $(seq 1 100); do curl -sf "$1" >/dev/null && return 0; sleep 0.1; done; echo "no answer from $1"; exit 1; }
+
+mkdir -p "$WORK/nginx/www" "$WORK/out"
+chmod 755 "$WORK" "$WORK/nginx" "$WORK/nginx/www"
+head -c $((SIZE_MIB * 1024 * 1024)) /dev/urandom > "$WORK/nginx/www/file"
+NPORT=$(free_port); SPORT=$(free_port); DPORT=$(free_port); UPORT=$(free_port)
+cat > "$WORK/nginx/nginx.conf" <<CONF
+daemon on; pid $WORK/nginx/nginx.pid; error_log $WORK/nginx/error.log;
+worker_processes 1;
+events { worker_connections 4096; }
+http { access_log off; sendfile on; keepalive_requests 1000000;
+  server { listen 127.0.0.1:$NPORT; root $WORK/nginx/www; } }
+CONF
+nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf"
+URL=http://127.0.0.1:$NPORT/file
+"$BIN/supernode" --listen 127.0.0.1:$SPORT --data-dir "$WORK/sn" --advertise-ip 127.0.0.1 --log-level warn &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$SPORT/healthz"
+"$BIN/dfdaemon" --home "$WORK/d" --node 127.0.0.1:$SPORT --listen 127.0.0.1:$DPORT \
+    --upload-host 127.0.0.1 --upload-port $UPORT --log-level warn &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$DPORT/healthz"
+TASK=$("$BIN/dfget" -u "$URL" -o "$WORK/out/f" --home "$WORK/d" --json 2>/dev/null |
+       python3 -c 'import json,sys; print(json.load(sys.stdin)["task_id"])')
+cmp -s "$WORK/out/f" "$WORK/nginx/www/file" || { echo "download differs"; exit 1; }
+
+cat > "$WORK/ranges.lua" <<LUA
+local n = 0
+local pieces = $SIZE_MIB / 4
+request = function()
+  local s = (n % pieces) * 4194304
+  n = n + 1
+  return wrk.format("GET", nil, {["Range"] = "bytes=" .. s .. "-" .. (s + 4194303)})
+end
+LUA
+run() { # URL -> "req/s MiB/s"
+    wrk -t 2 -c "$CONNS" -d "${SECS}s" -s "$WORK/ranges.lua" "$1" > "$WORK/wrk.out" 2>&1
+    python3 - "$WORK/wrk.out" <<'PY'
+import re, sys
+t = open(sys.argv[1]).read()
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1))
+m = re.search(r"Transfer/sec:\s+([\d.]+)(\w+)", t)
+mult = {"B": 1 / 1048576, "KB": 1 / 1024, "MB": 1, "GB": 1024}[m.group(2)]
+bad = re.search(r"Non-2xx or 3xx responses: (\d+)", t)
+if bad:
+    sys.exit("non-2xx answers: " + bad.group(1))
+print(f"{rps:.1f} {float(m.group(1)) * mult:.1f}")
+PY
+}
+N=$(run "$URL"); D=$(run "http://127.0.0.1:$UPORT/peer/file/$TASK")
+read -r NR NM <<<"$N"; read -r DR DM <<<"$D"
+awk -v nr="$NR" -v nm="$NM" -v dr="$DR" -v dm="$DM" -v c="$CONNS" -v s="$SECS" 'BEGIN {
+  printf "%d connections, %d s, 4 MiB ranges: nginx %.1f req/s %.0f MiB/s; dfdaemon %.1f req/s %.0f MiB/s; ratio req/s %.2f, MiB/s %.2f\n",
+         c, s, nr, nm, dr, dm, dr / nr, dm / nm }'
