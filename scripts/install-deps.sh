@@ -6,7 +6,7 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
 BUILD_PKGS=(build-essential cmake pkg-config clang libevent-dev libcurl4-openssl-dev libssl-dev
-            libmsgpack-dev libyaml-dev libjansson-dev libcmocka-dev)
+            libmsgpack-dev zlib1g-dev libyaml-dev libjansson-dev libcmocka-dev)
 TEST_PKGS=(curl python3 iproute2 procps)
 
 installed() {
