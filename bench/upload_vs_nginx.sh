@@ -5,7 +5,10 @@
 # that holds the same file.  Prints requests/s and MiB/s of each and the
 # ratios (dfdaemon / nginx; 1.0 = as fast as nginx).
 #
-#   bench/upload_vs_nginx.sh [BUILD_DIR] [SIZE_MIB] [CONNECTIONS] [SECONDS]
+#   bench/upload_vs_nginx.sh [BUILD_DIR] [SIZE_MIB] [CONNECTIONS] [SECONDS] [ROUNDS]
+#
+# The two servers are measured alternately ROUNDS times (default 3) and the
+# medians compared, so a noisy neighbour hits both alike.
 #
 # Needs wrk (Debian package wrk).  Loopback only, ephemeral ports; stops
 # everything it started by PID.
@@ -15,6 +18,7 @@ BIN=${1:-$ROOT/build}
 SIZE_MIB=${2:-256}
 CONNS=${3:-64}
 SECS=${4:-10}
+ROUNDS=${5:-3}
 command -v wrk >/dev/null || { echo "wrk is missing (apt-get install wrk)"; exit 2; }
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/dfly-bench.XXXXXX")
 PIDS=()
@@ -75,8 +79,15 @@ if bad:
 print(f"{rps:.1f} {float(m.group(1)) * mult:.1f}")
 PY
 }
-N=$(run "$URL"); D=$(run "http://127.0.0.1:$UPORT/peer/file/$TASK")
-read -r NR NM <<<"$N"; read -r DR DM <<<"$D"
-awk -v nr="$NR" -v nm="$NM" -v dr="$DR" -v dm="$DM" -v c="$CONNS" -v s="$SECS" 'BEGIN {
-  printf "%d connections, %d s, 4 MiB ranges: nginx %.1f req/s %.0f MiB/s; dfdaemon %.1f req/s %.0f MiB/s; ratio req/s %.2f, MiB/s %.2f\n",
-         c, s, nr, nm, dr, dm, dr / nr, dm / nm }'
+median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+: > "$WORK/n.t"; : > "$WORK/d.t"
+for i in $(seq 1 "$ROUNDS"); do
+    N=$(run "$URL"); D=$(run "http://127.0.0.1:$UPORT/peer/file/$TASK")
+    echo "$N" >> "$WORK/n.t"; echo "$D" >> "$WORK/d.t"
+    echo "round $i: nginx $N, dfdaemon $D (req/s MiB/s)"
+done
+NR=$(cut -d' ' -f1 "$WORK/n.t" | median); NM=$(cut -d' ' -f2 "$WORK/n.t" | median)
+DR=$(cut -d' ' -f1 "$WORK/d.t" | median); DM=$(cut -d' ' -f2 "$WORK/d.t" | median)
+awk -v nr="$NR" -v nm="$NM" -v dr="$DR" -v dm="$DM" -v c="$CONNS" -v s="$SECS" -v k="$ROUNDS" 'BEGIN {
+  printf "%d connections, %d x %d s, 4 MiB ranges, medians: nginx %.1f req/s %.0f MiB/s; dfdaemon %.1f req/s %.0f MiB/s; ratio req/s %.2f, MiB/s %.2f\n",
+         c, k, s, nr, nm, dr, dm, dr / nr, dm / nm }'

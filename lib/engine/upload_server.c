@@ -45,10 +45,12 @@
 #include <unistd.h>
 
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 
+#define SENDFILE_CHUNK (2u * 1024u * 1024u)
 #define PREFIX "/peer/file/"
 #define PREFIX_LEN (sizeof(PREFIX) - 1)
 /* Largest slice a paced reply asks the bucket for at once. */
@@ -339,6 +341,11 @@ static void send_body(df_upload_server_t *srv, struct evhttp_request *req, df_st
     srv->stats.active++;
     evhttp_connection_set_closecb(r->evcon, on_close, r);
     evhttp_request_set_on_complete_cb(req, on_complete, r);
+    /* bufferevents write at most 16 KiB per call by default: one sendfile
+     * per 16 KiB, each paying the page-cache lookup again.  Let the kernel
+     * take up to SENDFILE_CHUNK at a time (nginx's sendfile_max_chunk). */
+    if (r->evcon)
+        bufferevent_set_max_single_write(evhttp_connection_get_bufferevent(r->evcon), SENDFILE_CHUNK);
 
     if (!paced) {
         srv->stats.bytes_served += len;
