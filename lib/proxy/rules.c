@@ -30,6 +30,58 @@ struct df_proxy_rules {
 
 static const char *const methods[] = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"};
 
+/* glibc compiles repetitions by copying the repeated node, so stacked or
+ * nested quantifiers ("a+++", "((a{200}){200}){200}") make regcomp use
+ * exponential memory.  Rules come from the operator, not the network, but
+ * a typo must not take the daemon down: refuse stacked quantifiers (they
+ * are undefined in POSIX EREs anyway), more than 16 quantifiers, more than
+ * 2 bounds and bounds above 255. */
+static bool regex_too_costly(const char *re)
+{
+    unsigned quantifiers = 0, bounds = 0;
+    bool prev_q = false;
+
+    for (const char *p = re; *p; p++) {
+        bool q = false;
+
+        if (*p == '\\') {
+            if (p[1])
+                p++;
+        } else if (*p == '[') {
+            p++;
+            if (*p == '^')
+                p++;
+            if (*p == ']')
+                p++;
+            while (*p && *p != ']')
+                p++;
+            if (!*p)
+                return false; /* unbalanced: regcomp refuses it */
+        } else if (*p == '*' || *p == '+' || *p == '?') {
+            q = true;
+        } else if (*p == '{') {
+            unsigned long v = 0;
+            q = true;
+            bounds++;
+            for (p++; *p && *p != '}'; p++) {
+                if (*p >= '0' && *p <= '9') {
+                    v = v * 10 + (unsigned long)(*p - '0');
+                    if (v > 255)
+                        return true;
+                } else {
+                    v = 0;
+                }
+            }
+            if (!*p)
+                return false;
+        }
+        if (q && (prev_q || ++quantifiers > 16 || bounds > 2))
+            return true;
+        prev_q = q;
+    }
+    return false;
+}
+
 /* Splits one spec; fills r except the regex, whose text is returned. */
 static int split_spec(const char *spec, rule_t *r, const char **re_out)
 {
@@ -70,7 +122,7 @@ static int split_spec(const char *spec, rule_t *r, const char **re_out)
         return -EINVAL;
     while (*p == ' ' || *p == '\t')
         p++;
-    if (!*p)
+    if (!*p || regex_too_costly(p))
         return -EINVAL;
     *re_out = p;
     return 0;
@@ -103,7 +155,9 @@ int df_proxy_rules_new(const char *const *specs, df_proxy_rules_t **out, char *e
         r = &rules->rules[rules->n];
         if (split_spec(specs[i], r, &re) < 0) {
             if (err && errcap)
-                snprintf(err, errcap, "rule \"%.200s\": want \"p2p GET REGEX\" or \"direct METHOD|* REGEX\"",
+                snprintf(err, errcap,
+                         "rule \"%.200s\": want \"p2p GET REGEX\" or \"direct METHOD|* REGEX\" (at most 16 "
+                         "quantifiers, not stacked, 2 bounds up to 255)",
                          specs[i]);
             rc = -EINVAL;
             goto out;

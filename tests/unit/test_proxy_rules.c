@@ -42,6 +42,8 @@ static void test_custom_rules(void **state)
     const char *bad2[] = {"copy GET ^/", NULL};
     const char *bad3[] = {"p2p GET", NULL};
     const char *bad4[] = {"p2p GET ([", NULL};
+    const char *bad5[] = {"p2p GET ^a+++$", NULL};
+    const char *bad6[] = {"p2p GET ((a{200}){200}){200}", NULL};
     df_proxy_rules_t *r = NULL;
     char err[256];
 
@@ -55,6 +57,8 @@ static void test_custom_rules(void **state)
     assert_int_equal(df_proxy_rules_new(bad2, &r, err, sizeof(err)), -EINVAL);
     assert_int_equal(df_proxy_rules_new(bad3, &r, err, sizeof(err)), -EINVAL);
     assert_int_equal(df_proxy_rules_new(bad4, &r, err, sizeof(err)), -EINVAL);
+    assert_int_equal(df_proxy_rules_new(bad5, &r, err, sizeof(err)), -EINVAL);
+    assert_int_equal(df_proxy_rules_new(bad6, &r, err, sizeof(err)), -EINVAL);
 }
 
 static void test_blob_digest(void **state)
