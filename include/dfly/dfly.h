@@ -290,6 +290,68 @@ int df_peer_download(df_peer_t *peer, const df_download_req_t *req, df_download_
  * reason, digest. */
 char *df_download_result_json(const df_download_result_t *res);
 
+/* --------------------------------------------------------- registry mirror */
+
+/* dfdaemon's registry mirror: an HTTP front door (Docker Registry HTTP API
+ * v2) whose blob downloads go through the peer's P2P downloads and whose
+ * other requests are proxied straight to the upstream registry.  It serves
+ * the requests of an evhttp the caller owns (dfdaemon's --listen port). */
+typedef struct df_proxy df_proxy_t;
+struct evhttp;
+struct evhttp_request;
+
+#define DF_PROXY_DEFAULT_REGISTRY "https://registry-1.docker.io"
+
+typedef struct {
+    const char *registry;        /* upstream "http[s]://host[:port]" (no path); default
+                                  * DF_PROXY_DEFAULT_REGISTRY */
+    const char *registry_ca;     /* extra CA bundle for the registry's TLS; NULL = system */
+    bool registry_insecure;      /* do not verify the registry's TLS certificate */
+    const char *const *rules;    /* "p2p GET REGEX" / "direct METHOD|* REGEX", first match
+                                  * wins, no match = direct; NULL-terminated; NULL = the
+                                  * default "p2p GET ^/v2/.+/blobs/sha256:[0-9a-f]{64}$" */
+} df_proxy_config_t;
+
+void df_proxy_config_init(df_proxy_config_t *cfg);
+
+/* Makes a mirror running blob downloads on peer (not owned; it must outlive
+ * the proxy, and df_peer_free() must come after df_proxy_free()).  cfg is
+ * copied.  0, -EINVAL / DF_ECONFIG (bad registry URL or rule, message in
+ * err, errcap bytes) or -ENOMEM. */
+int df_proxy_new(struct event_base *base, df_peer_t *peer, const df_proxy_config_t *cfg, df_proxy_t **out,
+                 char *err, size_t errcap);
+
+/* Prepares http (before any socket is bound) for registry clients: a TLS
+ * ClientHello on this plain-HTTP port is answered by closing the
+ * connection at once (Docker, skopeo and podman try TLS first and fall back
+ * to plain HTTP only when the TLS attempt fails), and request bodies are
+ * capped at 1 MiB (the mirror serves pulls).  Replaces http's bufferevent
+ * callback. */
+void df_proxy_attach(df_proxy_t *proxy, struct evhttp *http);
+
+/* Serves one request of the attached evhttp (the caller keeps its own
+ * paths, e.g. /metrics, and hands everything else here).  The proxy then
+ * owns the reply. */
+void df_proxy_handle(df_proxy_t *proxy, struct evhttp_request *req);
+
+/* What the mirror did since df_proxy_new(). */
+typedef struct {
+    uint64_t requests;           /* requests handled */
+    uint64_t p2p;                /* blob requests served from a P2P download */
+    uint64_t direct;             /* requests proxied to the registry (including fallbacks) */
+    uint64_t fallbacks;          /* P2P downloads that failed before the first byte: proxied */
+    uint64_t denied;             /* blob requests the registry refused for the client (the
+                                  * access check) */
+    uint64_t aborted;            /* replies cut after their first byte (P2P failure) */
+    uint64_t p2p_bytes;          /* body bytes sent from P2P downloads */
+    uint64_t direct_bytes;       /* body bytes relayed from the registry */
+} df_proxy_stats_t;
+
+void df_proxy_stats(const df_proxy_t *proxy, df_proxy_stats_t *out);
+
+/* Stops every reply in flight (their connections are closed) and frees. */
+void df_proxy_free(df_proxy_t *proxy);
+
 /* ------------------------------------------------------- dfdaemon control */
 
 /* dfdaemon's local control socket: a Unix stream socket (mode 0600) at

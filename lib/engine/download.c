@@ -494,7 +494,11 @@ static void verify_and_export(df_download_t *dl)
     df_stored_task_set_digest(dl->task, &got);
 export:
     if (!dl->output) {
-        finish(dl, 0, NULL); /* a streaming caller: the bytes stay in the store */
+        /* A streaming caller reads the bytes through the progress fd: make
+         * sure it got one, also when the whole task was already in the
+         * store and no piece arrived to report. */
+        note_progress(dl);
+        finish(dl, 0, NULL); /* the bytes stay in the store */
         return;
     }
     rc = df_stored_task_export(dl->task, dl->output, dl->durable);

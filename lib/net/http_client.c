@@ -572,6 +572,37 @@ const char *df_http_header(const df_http_req_t *req, const char *name)
     return r->value;
 }
 
+int df_http_header_foreach(const df_http_req_t *req, df_http_header_cb cb, void *arg)
+{
+    const char *p, *end;
+
+    if (!req->headers.data)
+        return 0;
+    p = req->headers.data;
+    end = p + req->headers.len;
+    while (p < end) {
+        const char *eol = memchr(p, '\n', (size_t)(end - p));
+        const char *lend = eol ? eol : end;
+        const char *colon = memchr(p, ':', (size_t)(lend - p));
+
+        /* Skip the status line (no colon before a space), folded lines and
+         * anything without a name. */
+        if (colon && colon > p && *p != ' ' && *p != '\t' && !memchr(p, ' ', (size_t)(colon - p))) {
+            const char *v = colon + 1, *ve = lend;
+            int rc;
+            while (v < ve && (*v == ' ' || *v == '\t'))
+                v++;
+            while (ve > v && (ve[-1] == '\r' || ve[-1] == ' ' || ve[-1] == '\t'))
+                ve--;
+            rc = cb(p, (size_t)(colon - p), v, (size_t)(ve - v), arg);
+            if (rc < 0)
+                return rc;
+        }
+        p = eol ? eol + 1 : end;
+    }
+    return 0;
+}
+
 const char *df_http_effective_url(const df_http_req_t *req)
 {
     char *url = NULL;

@@ -76,6 +76,13 @@ void df_http_resume(df_http_req_t *req);
 /* A response header's value (case-insensitive name, last occurrence), or
  * NULL.  Valid from on_headers until on_done returns. */
 const char *df_http_header(const df_http_req_t *req, const char *name);
+/* Calls cb(name, nlen, value, vlen, arg) for every header of the final
+ * response, in the order received (names and values are not NUL-terminated;
+ * values without surrounding blanks; obs-fold continuation lines are
+ * skipped).  Valid from on_headers until on_done returns.  A negative
+ * return from cb stops the walk and is returned; else 0. */
+typedef int (*df_http_header_cb)(const char *name, size_t nlen, const char *value, size_t vlen, void *arg);
+int df_http_header_foreach(const df_http_req_t *req, df_http_header_cb cb, void *arg);
 /* The final URL after redirects; valid until on_done returns. */
 const char *df_http_effective_url(const df_http_req_t *req);
 /* The local IP address of the request's connection (to learn our address

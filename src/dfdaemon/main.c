@@ -1,10 +1,11 @@
 /*
  * dfdaemon: the long-lived peer of a host.  It holds one df_peer (piece store,
  * upload server, host-wide rate limit), serves dfget's downloads over the
- * control socket <home>/dfdaemon.sock, and listens on an HTTP port (for now
- * GET /healthz and GET /metrics, the peer's statistics as rendered by
- * df_peer_metrics_render(); the registry-mirror / proxy surface comes later
- * on the same listener).
+ * control socket <home>/dfdaemon.sock, and listens on an HTTP port: GET
+ * /healthz, GET /metrics (the peer's statistics as rendered by
+ * df_peer_metrics_render(), then the mirror's), and everything else is the
+ * registry mirror (df_proxy_*): blobs through P2P, the rest relayed to the
+ * registry.
  *
  * Configuration: an optional YAML file (--config) whose keys are the long
  * flags below, then the command line.  Both go through set_option(), so a
@@ -48,7 +49,15 @@ typedef struct {
     uint64_t total_limit;
     uint64_t cache_limit;
     df_log_level_t level;
+    char *registry;
+    char *registry_ca;
+    bool registry_insecure;
+    char **rules;           /* NULL-terminated, or NULL for the default */
+    size_t nrules;
+    bool rules_from_flags;  /* --rule replaces the file's rules, not adds to them */
 } opts_t;
+
+#define RULES_MAX 64
 
 static void usage(FILE *f)
 {
@@ -65,6 +74,14 @@ static void usage(FILE *f)
             "      --advertise-ip IP     address other peers use to reach this one\n"
             "      --totallimit RATE     host-wide download rate limit (e.g. 100M)\n"
             "      --cache-limit SIZE    piece store budget (e.g. 10G)\n"
+            "      --registry URL        upstream registry of the mirror\n"
+            "                            (default " DF_PROXY_DEFAULT_REGISTRY ")\n"
+            "      --registry-ca FILE    CA bundle for the registry's TLS certificate\n"
+            "      --registry-insecure   do not verify the registry's TLS certificate\n"
+            "      --rule \"ACTION METHOD REGEX\"\n"
+            "                            mirror rule, repeatable, first match wins:\n"
+            "                            p2p GET REGEX or direct METHOD|* REGEX on the\n"
+            "                            path; default \"p2p GET ^/v2/.+/blobs/sha256:[0-9a-f]{64}$\"\n"
             "      --log-level L         error, warn, info (default) or debug\n"
             "      --version             print the version and exit\n"
             "  -h, --help                this help\n");
@@ -78,6 +95,45 @@ static int replace_str(char **slot, const char *value)
     free(*slot);
     *slot = s;
     return 0;
+}
+
+static int parse_bool(const char *s, bool *out)
+{
+    if (strcasecmp(s, "true") == 0 || strcasecmp(s, "yes") == 0 || strcmp(s, "1") == 0)
+        *out = true;
+    else if (strcasecmp(s, "false") == 0 || strcasecmp(s, "no") == 0 || strcmp(s, "0") == 0)
+        *out = false;
+    else
+        return -EINVAL;
+    return 0;
+}
+
+static int add_rule(opts_t *o, const char *value)
+{
+    char **n;
+
+    /* A YAML sequence reaches us joined with ',', which a regex may
+     * contain: rules in a file are a mapping (rules.NAME: SPEC). */
+    if (strstr(value, ",p2p ") || strstr(value, ",direct ") || o->nrules >= RULES_MAX)
+        return -EINVAL;
+    n = realloc(o->rules, (o->nrules + 2) * sizeof(*n));
+    if (!n)
+        return -ENOMEM;
+    o->rules = n;
+    o->rules[o->nrules] = strdup(value);
+    if (!o->rules[o->nrules])
+        return -ENOMEM;
+    o->rules[++o->nrules] = NULL;
+    return 0;
+}
+
+static void free_rules(opts_t *o)
+{
+    for (size_t i = 0; i < o->nrules; i++)
+        free(o->rules[i]);
+    free(o->rules);
+    o->rules = NULL;
+    o->nrules = 0;
 }
 
 static int parse_port(const char *s, uint16_t *out)
@@ -127,6 +183,18 @@ static int set_option(opts_t *o, const char *key, const char *value, const char 
         rc = df_parse_size(value, &o->cache_limit);
     } else if (strcmp(key, "log-level") == 0) {
         rc = df_parse_log_level(value, &o->level);
+    } else if (strcmp(key, "registry") == 0) {
+        rc = *value ? replace_str(&o->registry, value) : -EINVAL;
+    } else if (strcmp(key, "registry-ca") == 0) {
+        rc = *value ? replace_str(&o->registry_ca, value) : -EINVAL;
+    } else if (strcmp(key, "registry-insecure") == 0) {
+        rc = parse_bool(value, &o->registry_insecure);
+    } else if (strcmp(key, "rule") == 0 || strncmp(key, "rules.", 6) == 0) {
+        if (*where == '\0' && !o->rules_from_flags) {
+            free_rules(o);
+            o->rules_from_flags = true;
+        }
+        rc = add_rule(o, value);
     } else {
         fprintf(stderr, "dfdaemon: %sunknown setting \"%s\"\n", where, key);
         return -ENOENT;
@@ -158,6 +226,10 @@ static const struct option long_opts[] = {
     {"totallimit", required_argument, NULL, 0},
     {"cache-limit", required_argument, NULL, 0},
     {"log-level", required_argument, NULL, 0},
+    {"registry", required_argument, NULL, 0},
+    {"registry-ca", required_argument, NULL, 0},
+    {"registry-insecure", no_argument, NULL, 0},
+    {"rule", required_argument, NULL, 0},
     {"version", no_argument, NULL, 'V'},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
@@ -170,6 +242,9 @@ static void opts_free(opts_t *o)
     free(o->config);
     free(o->upload_host);
     free(o->advertise_ip);
+    free(o->registry);
+    free(o->registry_ca);
+    free_rules(o);
 }
 
 static int usage_error(void)
@@ -219,7 +294,7 @@ static int parse_args(int argc, char **argv, opts_t *o)
     while ((c = getopt_long(argc, argv, ":h", long_opts, &idx)) != -1) {
         if (c != 0 || strcmp(long_opts[idx].name, "config") == 0)
             continue;
-        rc = set_option(o, long_opts[idx].name, optarg, "");
+        rc = set_option(o, long_opts[idx].name, optarg ? optarg : "true", "");
         if (rc < 0)
             return rc == -ENOMEM ? 1 : usage_error();
     }
@@ -239,6 +314,40 @@ static int parse_args(int argc, char **argv, opts_t *o)
 
 /* ------------------------------------------------------------------ HTTP */
 
+typedef struct {
+    df_peer_t *peer;
+    df_proxy_t *proxy;
+} http_ctx_t;
+
+/* The mirror's counters, appended to the peer's metrics. */
+static int render_proxy_metrics(df_proxy_t *proxy, struct evbuffer *out)
+{
+    df_proxy_stats_t s;
+    const struct {
+        const char *name, *help;
+        uint64_t v;
+    } m[] = {
+        {"mirror_requests_total", "Requests the registry mirror handled.", 0},
+        {"mirror_p2p_total", "Blob requests served from a P2P download.", 0},
+        {"mirror_direct_total", "Requests relayed to the registry (fallbacks included).", 0},
+        {"mirror_fallbacks_total", "P2P downloads that failed before the first byte and were relayed.", 0},
+        {"mirror_denied_total", "Blob requests the registry refused for the client's credentials.", 0},
+        {"mirror_aborted_total", "Replies cut after their first byte because the P2P download failed.", 0},
+        {"mirror_p2p_bytes_total", "Body bytes sent from P2P downloads.", 0},
+        {"mirror_direct_bytes_total", "Body bytes relayed from the registry.", 0},
+    };
+    uint64_t v[8];
+
+    df_proxy_stats(proxy, &s);
+    v[0] = s.requests, v[1] = s.p2p, v[2] = s.direct, v[3] = s.fallbacks;
+    v[4] = s.denied, v[5] = s.aborted, v[6] = s.p2p_bytes, v[7] = s.direct_bytes;
+    for (size_t i = 0; i < sizeof(m) / sizeof(m[0]); i++)
+        if (evbuffer_add_printf(out, "# HELP dfly_dfdaemon_%s %s\n# TYPE dfly_dfdaemon_%s counter\ndfly_dfdaemon_%s %llu\n",
+                                m[i].name, m[i].help, m[i].name, m[i].name, (unsigned long long)v[i]) < 0)
+            return -ENOMEM;
+    return 0;
+}
+
 static void on_http(struct evhttp_request *req, void *arg)
 {
     const char *uri = evhttp_request_get_uri(req);
@@ -246,7 +355,8 @@ static void on_http(struct evhttp_request *req, void *arg)
     struct evkeyvalq *hdrs = evhttp_request_get_output_headers(req);
     enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
     size_t plen = strcspn(uri, "?");
-    df_peer_t *peer = arg;
+    http_ctx_t *ctx = arg;
+    df_peer_t *peer = ctx->peer;
 
     if (plen == 8 && strncmp(uri, "/healthz", 8) == 0) {
         if (cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD)
@@ -272,12 +382,15 @@ static void on_http(struct evhttp_request *req, void *arg)
         evhttp_add_header(hdrs, "Content-Type", DF_PEER_METRICS_CONTENT_TYPE);
         evbuffer_add(body, text, len);
         free(text);
+        if (render_proxy_metrics(ctx->proxy, body) < 0) {
+            evbuffer_drain(body, evbuffer_get_length(body));
+            evhttp_send_error(req, 500, "Internal Server Error");
+            return;
+        }
         evhttp_send_reply(req, 200, "OK", body);
         return;
     }
-    evhttp_add_header(hdrs, "Content-Type", "text/plain");
-    evbuffer_add_printf(body, "not found\n");
-    evhttp_send_reply(req, 404, "Not Found", body);
+    df_proxy_handle(ctx->proxy, req);
     return;
 not_allowed:
     evhttp_add_header(hdrs, "Allow", "GET, HEAD");
@@ -306,6 +419,10 @@ int main(int argc, char **argv)
     struct evhttp_bound_socket *bound;
     df_peer_t *peer = NULL;
     df_daemon_t *daemon = NULL;
+    df_proxy_t *proxy = NULL;
+    df_proxy_config_t xc;
+    http_ctx_t ctx;
+    char err[512];
     df_peer_config_t pc;
     char sock[PATH_MAX + 16];
     int rc, status = 1;
@@ -356,18 +473,33 @@ int main(int argc, char **argv)
         fprintf(stderr, "dfdaemon: cannot serve %s: %s\n", sock, df_strerror(rc));
         goto out;
     }
+    df_proxy_config_init(&xc);
+    if (o.registry)
+        xc.registry = o.registry;
+    xc.registry_ca = o.registry_ca;
+    xc.registry_insecure = o.registry_insecure;
+    xc.rules = (const char *const *)o.rules;
+    rc = df_proxy_new(base, peer, &xc, &proxy, err, sizeof(err));
+    if (rc < 0) {
+        fprintf(stderr, "dfdaemon: registry mirror: %s\n", err[0] ? err : df_strerror(rc));
+        status = rc == DF_ECONFIG ? 2 : 1;
+        goto out;
+    }
     http = evhttp_new(base);
     if (!http) {
         fprintf(stderr, "dfdaemon: cannot create the HTTP server\n");
         goto out;
     }
-    /* Small caps: nothing on this listener needs a request body yet. */
+    /* Header cap as for every listener of ours; the mirror sets the body
+     * cap (it serves pulls) and closes TLS attempts on this plain port. */
     evhttp_set_max_headers_size(http, 16 * 1024);
-    evhttp_set_max_body_size(http, 64 * 1024);
     evhttp_set_allowed_methods(http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST | EVHTTP_REQ_PUT |
-                                         EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS);
+                                         EVHTTP_REQ_PATCH | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS);
     evhttp_set_timeout(http, 60);
-    evhttp_set_gencb(http, on_http, peer);
+    df_proxy_attach(proxy, http);
+    ctx.peer = peer;
+    ctx.proxy = proxy;
+    evhttp_set_gencb(http, on_http, &ctx);
     bound = evhttp_bind_socket_with_handle(http, o.listen_host, o.listen_port);
     if (!bound) {
         fprintf(stderr, "dfdaemon: cannot listen on %s:%u: %s\n", o.listen_host, (unsigned)o.listen_port,
@@ -381,8 +513,9 @@ int main(int argc, char **argv)
         if (getsockname(evhttp_bound_socket_get_fd(bound), (struct sockaddr *)&ss, &sl) == 0)
             port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
                                                   : ((struct sockaddr_in *)&ss)->sin_port);
-        fprintf(stderr, "dfdaemon: ready: http %s:%u, control %s, upload port %u\n", o.listen_host, port,
-                sock, (unsigned)df_peer_upload_port(peer));
+        fprintf(stderr, "dfdaemon: ready: http %s:%u, control %s, upload port %u, registry %s\n",
+                o.listen_host, port, sock, (unsigned)df_peer_upload_port(peer),
+                o.registry ? o.registry : DF_PROXY_DEFAULT_REGISTRY);
     }
     sigint = evsignal_new(base, SIGINT, on_signal, base);
     sigterm = evsignal_new(base, SIGTERM, on_signal, base);
@@ -405,7 +538,9 @@ int main(int argc, char **argv)
 out:
     if (http)
         evhttp_free(http);
-    /* Peer before daemon: see df_daemon_free. */
+    /* Mirror before peer (its downloads' callbacks point into it), peer
+     * before daemon: see df_daemon_free. */
+    df_proxy_free(proxy);
     df_peer_free(peer);
     df_daemon_free(daemon);
     if (sigint)

@@ -1,0 +1,134 @@
+/*
+ * Internals of the registry mirror shared by its files:
+ *
+ *   proxy.c      df_proxy_*: setup, request intake, exchange lifetime
+ *   rules.c      classification (rules.h)
+ *   upstream.c   which registry a request goes to, and its URL
+ *   headers.c    header filtering both ways (hop-by-hop headers dropped)
+ *   tls_sniff.c  closes connections that start with a TLS ClientHello
+ *   direct.c     relaying a request to the registry and its answer back
+ *   blob.c       the P2P path: access check, download, streaming reply
+ *
+ * One exchange (xch_t) per client request.  Its lifetime is counted: one
+ * reference for the client side (dropped when the reply completed or the
+ * connection went away) and one while a P2P download runs (dropped in the
+ * download's done callback: the engine has no cancel, so the exchange must
+ * outlive the client until then).  Work that reacts to callbacks (more bytes
+ * verified, the socket drained) runs from the exchange's own "pump" event,
+ * never inside curl's or evhttp's callbacks.
+ */
+#ifndef DF_PROXY_PROXY_INTERNAL_H
+#define DF_PROXY_PROXY_INTERNAL_H
+#ifndef DF_INTERNAL
+#error "private to libdfly"
+#endif
+
+#include "core/core.h"
+#include "net/http_client.h"
+#include "proxy/rules.h"
+
+#include <event2/event.h>
+#include <event2/http.h>
+
+/* Reply bytes queued in one client connection before we stop reading from
+ * the source (the P2P file or the registry): the per-connection bound. */
+#define DF_PROXY_CONN_BUFFER (1u << 20)
+/* One pread from a P2P download's file. */
+#define DF_PROXY_READ_CHUNK (256u * 1024u)
+/* Request bodies (the mirror is for pulls; pushes of small blobs pass). */
+#define DF_PROXY_MAX_BODY (1u << 20)
+/* Upstream base URL "scheme://authority". */
+#define DF_PROXY_URL_MAX 512
+
+typedef struct xch xch_t;
+
+struct df_proxy {
+    struct event_base *base;
+    df_peer_t *peer;
+    df_http_t *http;            /* our own client for direct requests and access checks */
+    df_proxy_rules_t *rules;
+    char registry[DF_PROXY_URL_MAX]; /* default upstream, no trailing '/' */
+    char registry_authority[256];    /* its host[:port], lower case, to match ?ns= */
+    char *registry_ca;
+    bool registry_insecure;
+    xch_t *xchs;                /* live exchanges */
+    df_proxy_stats_t stats;
+};
+
+typedef enum {
+    XS_CHECK,                   /* P2P: HEAD to the registry with the client's credentials */
+    XS_P2P,                     /* P2P: download running, streaming as it grows */
+    XS_DIRECT,                  /* relaying to/from the registry */
+    XS_DONE                     /* reply finished or abandoned */
+} xch_state_t;
+
+struct xch {
+    df_proxy_t *px;
+    xch_t *prev, *next;
+    int refs;
+    xch_state_t state;
+    struct evhttp_request *req; /* NULL once the client side is over */
+    struct evhttp_connection *evcon;
+    struct event *pump;
+    bool head;                  /* the client's method is HEAD */
+    bool replying;              /* reply line and headers sent */
+    bool writing;               /* a chunk was queued; its written callback is due */
+
+    /* upstream */
+    char *url;                  /* the registry URL of this request */
+    char **hdrs;                /* request header lines for the registry, NULL-terminated */
+    bool insecure;
+    const char *ca_file;        /* px->registry_ca or NULL */
+    df_http_req_t *up;          /* direct relay or access check in flight */
+    bool up_paused;             /* the relay is paused for backpressure */
+
+    /* P2P */
+    char digest[80];            /* "sha256:<hex>" from the path, or "" */
+    char auth[8192];            /* "Authorization: ..." line or "" */
+    bool dl_running;
+    int dl_status;              /* valid once !dl_running */
+    uint64_t length;            /* 0 while unknown */
+    uint64_t contiguous;        /* verified readable prefix */
+    int fd;                     /* dup of the download's data fd, or -1 */
+    uint64_t pos, end;          /* next byte to send, end of the reply's range */
+    const char *range;          /* the client's Range header (owned by req) */
+    char range_buf[128];
+};
+
+/* proxy.c */
+void df__proxy_xch_unref(xch_t *x);
+void df__proxy_kick(xch_t *x);          /* run the pump soon */
+/* The client's connection's queued output in bytes (0 without one). */
+size_t df__proxy_queued(const xch_t *x);
+/* Ends the client side by closing the connection (after a partial reply). */
+void df__proxy_abort(xch_t *x);
+/* A short text error reply. */
+void df__proxy_send_error(xch_t *x, int code, const char *text);
+
+/* upstream.c: chooses the registry for a request target ("/v2/...?..."),
+ * sets x->url, x->insecure, x->ca_file.  -EINVAL (bad target or ns),
+ * -ENOMEM. */
+int df__proxy_upstream_url(df_proxy_t *px, xch_t *x, const char *target);
+
+/* headers.c */
+/* The client's headers to pass to the registry (NULL-terminated "K: V"
+ * lines, malloc'ed), without hop-by-hop ones and without those named in
+ * skip (NULL-terminated names, may be NULL).  NULL on ENOMEM. */
+char **df__proxy_request_headers(struct evhttp_request *req, const char *const *skip);
+void df__proxy_free_lines(char **lines);
+/* Copies the registry's response headers into the reply, without hop-by-hop
+ * ones and Transfer-Encoding. */
+int df__proxy_copy_response_headers(df_http_req_t *up, struct evkeyvalq *out);
+
+/* tls_sniff.c */
+struct bufferevent *df__proxy_tls_sniff_bevcb(struct event_base *base, void *arg);
+
+/* direct.c: relays x's request to x->url.  0 or -errno (nothing started). */
+int df__proxy_direct_start(xch_t *x);
+void df__proxy_direct_pump(xch_t *x);
+
+/* blob.c: the P2P path for x (x->url set). */
+void df__proxy_blob_start(xch_t *x);
+void df__proxy_blob_pump(xch_t *x);
+
+#endif

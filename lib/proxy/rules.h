@@ -1,0 +1,66 @@
+/*
+ * Request classification for the registry mirror: an ordered list of rules
+ * "ACTION METHOD REGEX"; the first rule whose method and regex match the
+ * request path (without query) decides whether the request goes through P2P
+ * or straight to the registry.  No match means direct.  Also the small
+ * parsers of what a registry request carries: the blob digest in a path and
+ * containerd's ?ns=<host> query parameter.  Pure functions, no I/O; fuzzed by
+ * tests/fuzz/fuzz_proxy_rules.c.
+ */
+#ifndef DF_PROXY_RULES_H
+#define DF_PROXY_RULES_H
+#ifndef DF_INTERNAL
+#error "private to libdfly"
+#endif
+
+#include <stdbool.h>
+#include <stddef.h>
+
+/* The default rule list: blob GETs through P2P, everything else direct. */
+#define DF_PROXY_DEFAULT_RULE "p2p GET ^/v2/.+/blobs/sha256:[0-9a-f]{64}$"
+
+#define DF_PROXY_RULES_MAX 64
+#define DF_PROXY_RULE_TEXT_MAX 1024
+/* Longest path a rule is matched against; longer paths are direct. */
+#define DF_PROXY_PATH_MAX 4096
+
+typedef enum { DF_PROXY_DIRECT = 0, DF_PROXY_P2P } df_proxy_action_t;
+
+typedef struct df_proxy_rules df_proxy_rules_t;
+
+/* Compiles specs (NULL-terminated; NULL or empty = the default list).  Each
+ * spec is "ACTION METHOD REGEX": ACTION "p2p" or "direct", METHOD one of
+ * GET HEAD POST PUT PATCH DELETE OPTIONS or "*", then one or more spaces and
+ * a POSIX extended regex (the rest of the spec, spaces included).  p2p is
+ * allowed with GET only (the P2P path serves downloads).  On error err
+ * (errcap bytes) names the bad spec.  0, -EINVAL, DF_ETOOBIG or -ENOMEM.
+ * *out is owned by the caller (df_proxy_rules_free). */
+int df_proxy_rules_new(const char *const *specs, df_proxy_rules_t **out, char *err, size_t errcap);
+void df_proxy_rules_free(df_proxy_rules_t *rules);
+
+/* The action for method (as sent, e.g. "GET") and path (no query; need not
+ * be NUL-terminated: pathlen bytes).  Paths longer than DF_PROXY_PATH_MAX
+ * or containing a NUL byte are direct. */
+df_proxy_action_t df_proxy_rules_match(const df_proxy_rules_t *rules, const char *method, const char *path,
+                                       size_t pathlen);
+
+/* When path ends in "/blobs/sha256:<64 lower-case hex>", writes
+ * "sha256:<hex>" into out (cap >= 72) and returns true. */
+bool df_proxy_blob_digest(const char *path, size_t pathlen, char *out, size_t cap);
+
+/* True for "host", "host:port", "[v6]" or "[v6]:port" (letters, digits,
+ * '.', '-'; port 1..65535): what may follow "https://" in a URL without
+ * changing its meaning (no '@', '/', '?', '#', blanks). */
+bool df_proxy_valid_host(const char *h);
+
+/* Looks for the query parameter ns in query (the part after '?', qlen
+ * bytes, not NUL-terminated).  Returns 0 and writes the percent-decoded
+ * value into host (hostcap bytes) when it is a valid "host", "host:port",
+ * "[v6]" or "[v6]:port" (letters, digits, '.', '-'; port 1..65535), and the
+ * query without the ns parameter into rest (restcap bytes, "" when nothing
+ * is left).  -ENOENT when there is no ns parameter (rest then holds the
+ * whole query), -EINVAL when its value is not a valid host, -ENAMETOOLONG
+ * when a buffer is too small. */
+int df_proxy_parse_ns(const char *query, size_t qlen, char *host, size_t hostcap, char *rest, size_t restcap);
+
+#endif

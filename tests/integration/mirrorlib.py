@@ -1,0 +1,201 @@
+"""Helpers for the registry-mirror tests: a real Docker Distribution registry
+(`docker-registry serve`) on a random loopback port with storage and config in
+the test's temp dir, OCI image layouts written by hand (tar layers, sha256,
+config, manifest, index) and pushed with skopeo, and skopeo pulls."""
+
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+
+import dflytest as T
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+
+
+def need(*progs):
+    for p in progs:
+        if not shutil.which(p):
+            raise T.MissingBinary(f"{p} not found (run scripts/install-deps.sh)")
+
+
+class Registry:
+    """docker-registry serve CONFIG; access log (combined format) on stdout."""
+
+    USER, PASSWORD = "dfly", "s3cret-pw"
+
+    def __init__(self, env, auth=False):
+        need("docker-registry")
+        self.env, self.auth = env, auth
+        self.port = T.free_port()
+        self.dir = env.mkdir(f"registry-{self.port}")
+        self.proc = None
+
+    @property
+    def addr(self):
+        return f"{T.LOCALHOST}:{self.port}"
+
+    @property
+    def url(self):
+        return f"http://{self.addr}"
+
+    def start(self, timeout=20.0):
+        auth = ""
+        if self.auth:
+            need("htpasswd")
+            pw = os.path.join(self.dir, "htpasswd")
+            rc, _, err = self.env.run(["htpasswd", "-Bbc", pw, self.USER, self.PASSWORD])
+            T.check(rc == 0, f"htpasswd failed: {err}")
+            auth = f"auth:\n  htpasswd:\n    realm: dfly-test\n    path: {pw}\n"
+        conf = os.path.join(self.dir, "config.yml")
+        with open(conf, "w") as f:
+            f.write(f"""version: 0.1
+log:
+  level: info
+  formatter: text
+  accesslog:
+    disabled: false
+storage:
+  filesystem:
+    rootdirectory: {self.dir}/data
+  delete:
+    enabled: true
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: {self.addr}
+{auth}""")
+        self.proc = self.env.procs.start("registry", ["docker-registry", "serve", conf])
+
+        def ready():
+            try:
+                return T.http_request(self.port, "GET", "/v2/", timeout=1.0)[0] in (200, 401)
+            except OSError:
+                return False
+        T.wait_for(ready, timeout, what=f"registry on {self.addr}", proc=self.proc)
+        return self
+
+    def basic(self):
+        import base64
+        return "Basic " + base64.b64encode(f"{self.USER}:{self.PASSWORD}".encode()).decode()
+
+    def access(self):
+        """[(method, path, status)] from the access log (stdout)."""
+        out = []
+        for m in re.finditer(r'"([A-Z]+) (\S+) HTTP/[0-9.]+" (\d{3})', self.proc.stdout()):
+            out.append((m.group(1), m.group(2).split("?", 1)[0], int(m.group(3))))
+        return out
+
+    def count(self, method, path_suffix, status=None):
+        return sum(1 for m, p, s in self.access()
+                   if m == method and p.endswith(path_suffix) and (status is None or s == status))
+
+
+def _blob(layout, data):
+    h = hashlib.sha256(data).hexdigest()
+    with open(os.path.join(layout, "blobs", "sha256", h), "wb") as f:
+        f.write(data)
+    return {"digest": "sha256:" + h, "size": len(data)}
+
+
+def _tar(files):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
+        for name, data in files:
+            ti = tarfile.TarInfo(name)
+            ti.size, ti.mtime, ti.mode = len(data), 1700000000, 0o644
+            t.addfile(ti, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def make_oci_image(layout, big_size, tag="1"):
+    """An OCI image layout with one layer of big_size random bytes and two
+    small layers.  Returns {"layers": [digest...], "big": digest, "sizes": {..}}."""
+    os.makedirs(os.path.join(layout, "blobs", "sha256"), exist_ok=True)
+    layers = [
+        _tar([("etc/dfly-hello.txt", b"hello from the dfly mirror test\n")]),
+        _tar([("data/big.bin", os.urandom(big_size))]),
+        _tar([("etc/dfly-small.txt", os.urandom(3000))]),
+    ]
+    descs = [dict(_blob(layout, l), mediaType=OCI_LAYER) for l in layers]
+    config = json.dumps({
+        "architecture": "amd64", "os": "linux", "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [d["digest"] for d in descs]},
+    }, sort_keys=True).encode()
+    cdesc = dict(_blob(layout, config), mediaType=OCI_CONFIG)
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                           "config": cdesc, "layers": descs}, sort_keys=True).encode()
+    mdesc = dict(_blob(layout, manifest), mediaType=OCI_MANIFEST,
+                 annotations={"org.opencontainers.image.ref.name": tag})
+    with open(os.path.join(layout, "index.json"), "w") as f:
+        json.dump({"schemaVersion": 2, "manifests": [mdesc]}, f)
+    with open(os.path.join(layout, "oci-layout"), "w") as f:
+        json.dump({"imageLayoutVersion": "1.0.0"}, f)
+    return {"layers": [d["digest"] for d in descs], "big": descs[1]["digest"],
+            "sizes": {d["digest"]: d["size"] for d in descs}, "config": cdesc["digest"]}
+
+
+def skopeo(env, args, timeout=180.0):
+    need("skopeo")
+    e = dict(os.environ)
+    e["HOME"] = env.mkdir("skopeo-home")
+    p = env.procs.start("skopeo", ["skopeo", "--insecure-policy"] + list(args), env=e)
+    rc = p.wait(timeout)
+    if rc is None:
+        p.signal(9)
+        p.wait(5.0)
+    return rc, p
+
+
+def push(env, reg, layout, ref="test/img:1"):
+    """Pushes the layout and returns the image as the registry has it (skopeo
+    compresses uncompressed layers on the way): {"layers", "big", "sizes",
+    "config"} with the registry's digests."""
+    args = ["copy", "--dest-tls-verify=false"]
+    if reg.auth:
+        args += ["--dest-creds", f"{reg.USER}:{reg.PASSWORD}"]
+    rc, p = skopeo(env, args + [f"oci:{layout}:1", f"docker://{reg.addr}/{ref}"])
+    T.check(rc == 0, f"skopeo push failed rc={rc}:\n{p.tail()}")
+    name, tag = ref.rsplit(":", 1)
+    hdrs = {"Accept": OCI_MANIFEST}
+    if reg.auth:
+        hdrs["Authorization"] = reg.basic()
+    st, _, body = T.http_request(reg.port, "GET", f"/v2/{name}/manifests/{tag}", headers=hdrs)
+    T.check(st == 200, f"manifest from the registry -> {st}")
+    man = json.loads(body)
+    layers = [l["digest"] for l in man["layers"]]
+    sizes = {l["digest"]: l["size"] for l in man["layers"]}
+    big = max(man["layers"], key=lambda l: l["size"])["digest"]
+    return {"layers": layers, "big": big, "sizes": sizes, "config": man["config"]["digest"]}
+
+
+def start_pull(env, mirror_port, out, creds=None, ref="test/img:1"):
+    args = ["copy", "--src-tls-verify=false"]
+    if creds:
+        args += ["--src-creds", creds]
+    need("skopeo")
+    e = dict(os.environ)
+    e["HOME"] = env.mkdir("skopeo-home")
+    return env.procs.start("skopeo", ["skopeo", "--insecure-policy"] + args +
+                           [f"docker://{T.LOCALHOST}:{mirror_port}/{ref}", f"dir:{out}"], env=e)
+
+
+def check_pulled(out, image):
+    for d in image["layers"] + [image["config"]]:
+        path = os.path.join(out, d.split(":", 1)[1])
+        T.check(os.path.isfile(path), f"pulled image lacks blob {d} in {out}")
+        got = "sha256:" + T.file_hash(path)
+        T.check(got == d, f"blob {d} pulled with digest {got}")
+
+
+def metric(text, series):
+    """The value of one series, e.g. 'x_total{source="peer"}' (exact text)."""
+    m = re.search(rf"(?m)^{re.escape(series)} ([0-9.e+]+)$", text)
+    return int(float(m.group(1))) if m else None

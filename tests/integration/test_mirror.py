@@ -1,0 +1,169 @@
+#!/usr/bin/env python3
+"""Registry mirror: dfdaemon's --listen port in front of a real Docker
+Distribution registry, pulled from with skopeo.  Blobs go through P2P (the
+registry serves the big layer about once for three pulls), everything else is
+relayed; credentials are checked by the registry for every client; Range
+requests on blobs are answered 206; TLS on the plain port is closed at once."""
+
+import os
+import socket
+import time
+
+import dflytest as T
+import mirrorlib as M
+
+BIG = 50 * T.MiB
+
+
+def setup(env, auth=False, daemons=3):
+    reg = M.Registry(env, auth=auth).start()
+    layout = env.mkdir("oci")
+    M.make_oci_image(layout, BIG)
+    image = M.push(env, reg, layout)
+    sn = env.supernode()
+    ds = [env.dfdaemon(sn.addr, extra=["--registry", reg.url]) for _ in range(daemons)]
+    return reg, image, sn, ds
+
+
+def daemon_metrics(d):
+    st, _, body = T.http_request(d.port, "GET", "/metrics")
+    T.check(st == 200, f"dfdaemon /metrics -> {st}")
+    return body.decode()
+
+
+@T.timeout(300)
+def test_mirror_skopeo_pull_p2p(env):
+    """Three dfdaemons pull the same image at once with skopeo: every blob
+    digest checks, the registry served the big layer once, and the daemons'
+    bytes came from the supernode and each other, not the registry."""
+    reg, image, sn, ds = setup(env)
+    big = image["big"]
+    t0 = time.monotonic()
+    pulls = [M.start_pull(env, d.port, env.path(f"pull{i}")) for i, d in enumerate(ds)]
+    for i, p in enumerate(pulls):
+        rc = p.wait(240.0)
+        T.check(rc == 0, f"skopeo pull through dfdaemon {i} failed rc={rc}:\n{p.tail()}")
+    dt = time.monotonic() - t0
+    for i in range(len(ds)):
+        M.check_pulled(env.path(f"pull{i}"), image)
+    gets = reg.count("GET", "/blobs/" + big)
+    heads = reg.count("HEAD", "/blobs/" + big)
+    peers = sn_bytes = origin = 0
+    for d in ds:
+        m = daemon_metrics(d)
+        peers += M.metric(m, 'dfly_dfdaemon_download_bytes_total{source="peer"}') or 0
+        sn_bytes += M.metric(m, 'dfly_dfdaemon_download_bytes_total{source="supernode"}') or 0
+        origin += M.metric(m, 'dfly_dfdaemon_download_bytes_total{source="origin"}') or 0
+        T.check(M.metric(m, "dfly_dfdaemon_mirror_p2p_total") >= 3, f"mirror counters:\n{m}")
+        T.check(M.metric(m, "dfly_dfdaemon_mirror_fallbacks_total") == 0, f"fallbacks:\n{m}")
+    T.log(f"3 concurrent skopeo pulls in {dt:.1f}s; registry: {gets} GET / {heads} HEAD of the "
+          f"{BIG >> 20} MiB layer; daemons got {peers} B from peers, {sn_bytes} B from the "
+          f"supernode, {origin} B from the registry")
+    T.check(gets == 1, f"the registry served the big layer {gets} times (want 1): {reg.access()}")
+    T.check(heads >= 3, f"expected an access check (HEAD) per pull, saw {heads}")
+    T.check(origin == 0, f"daemons fetched {origin} bytes from the registry themselves")
+    T.check(peers + sn_bytes >= 3 * BIG, f"P2P bytes {peers}+{sn_bytes} < 3 x {BIG}")
+
+    # A second round through the first daemon is served from its store: the
+    # registry sees one more access check, no more blob GET.
+    p = M.start_pull(env, ds[0].port, env.path("again"))
+    T.check(p.wait(120.0) == 0, f"second pull failed:\n{p.tail()}")
+    M.check_pulled(env.path("again"), image)
+    T.check(reg.count("GET", "/blobs/" + big) == 1, "the cached layer was fetched again")
+
+
+@T.timeout(300)
+def test_mirror_auth(env):
+    """Registry with basic auth (htpasswd -B): a pull with credentials works
+    through P2P; without them, or with wrong ones, the registry's 401 (with
+    its challenge) reaches the client, also once the layer is cached."""
+    reg, image, sn, ds = setup(env, auth=True, daemons=1)
+    d = ds[0]
+    big = image["big"]
+    path = f"/v2/test/img/blobs/{big}"
+    st, h, _ = T.http_request(d.port, "GET", path)
+    T.check(st == 401 and "www-authenticate" in h, f"uncached blob without creds -> {st} {h}")
+    p = M.start_pull(env, d.port, env.path("pull"), creds=f"{reg.USER}:{reg.PASSWORD}")
+    T.check(p.wait(240.0) == 0, f"pull with credentials failed:\n{p.tail()}")
+    M.check_pulled(env.path("pull"), image)
+    T.check(reg.count("GET", "/blobs/" + big, 200) == 1, f"registry: {reg.access()}")
+    for hdrs in ({}, {"Authorization": "Basic ZGZseTp3cm9uZw=="}):
+        st, h, body = T.http_request(d.port, "GET", path, headers=hdrs, timeout=30.0)
+        T.check(st == 401, f"cached blob with {hdrs or 'no creds'} -> {st}")
+        T.check(h.get("www-authenticate", "").startswith("Basic realm="), f"challenge lost: {h}")
+        T.check(len(body) < 4096, "a refused client got a body that looks like the blob")
+    p = M.start_pull(env, d.port, env.path("nocreds"))
+    T.check(p.wait(60.0) not in (0, None), "a pull without credentials succeeded")
+    st, h, body = T.http_request(d.port, "GET", path, headers={"Authorization": reg.basic()},
+                                 timeout=60.0)
+    T.check(st == 200 and len(body) == image["sizes"][big], f"with creds -> {st}, {len(body)} B")
+    T.check(h.get("docker-content-digest") == big, f"digest header: {h}")
+
+
+@T.timeout(240)
+def test_mirror_range_and_ns(env):
+    """Range: bytes=N- on a blob -> 206 with the right bytes, on a blob not
+    yet cached (served from the stream) and once cached; ?ns= selects the
+    registry per request and is not passed on."""
+    reg, image, sn, ds = setup(env, daemons=1)
+    d = ds[0]
+    big = image["big"]
+    whole = env.path("whole.bin")
+    st, _, body = T.http_request(reg.port, "GET", f"/v2/test/img/blobs/{big}", timeout=60.0)
+    T.check(st == 200, f"blob straight from the registry -> {st}")
+    with open(whole, "wb") as f:
+        f.write(body)
+    size = image["sizes"][big]
+    for start in (size // 3, size - 10, 0):
+        st, h, body = T.http_request(d.port, "GET", f"/v2/test/img/blobs/{big}",
+                                     headers={"Range": f"bytes={start}-"}, timeout=60.0)
+        T.check(st == 206, f"Range bytes={start}- -> {st}")
+        T.check(h.get("content-range") == f"bytes {start}-{size - 1}/{size}", f"headers: {h}")
+        T.check(body == T.read_range(whole, start, size - 1), f"wrong bytes for bytes={start}-")
+    st, h, _ = T.http_request(d.port, "GET", f"/v2/test/img/blobs/{big}",
+                              headers={"Range": f"bytes={size}-"})
+    T.check(st == 416, f"unsatisfiable range -> {st}")
+    # one GET above by the test itself, one by the supernode's seed
+    T.check(reg.count("GET", "/blobs/" + big) == 2, f"registry: {reg.access()}")
+
+    st, _, body = T.http_request(d.port, "GET", f"/v2/test/img/manifests/1?ns={reg.addr}",
+                                 headers={"Accept": M.OCI_MANIFEST})
+    T.check(st == 200 and big.encode() in body, f"manifest with ns={reg.addr} -> {st}")
+    T.check(all("ns=" not in p for _, p, _ in reg.access()), "ns reached the registry")
+    st, _, _ = T.http_request(d.port, "GET", "/v2/test/img/manifests/1?ns=127.0.0.1:1", timeout=30.0)
+    T.check(st == 502, f"manifest with ns of a dead registry -> {st}")
+    st, _, _ = T.http_request(d.port, "GET", "/v2/test/img/manifests/1?ns=evil@host/x")
+    T.check(st == 400, f"bad ns -> {st}")
+
+
+@T.timeout(120)
+def test_mirror_tls_and_malformed(env):
+    """A TLS ClientHello on the plain port is closed at once; malformed and
+    oversized requests get 4xx; the daemon keeps serving."""
+    sn = env.supernode()
+    d = env.dfdaemon(sn.addr, extra=["--registry", "http://127.0.0.1:9"])
+    hello = bytes.fromhex("16030100a5010000a10303") + os.urandom(32) + b"\x00\x00\x02\x13\x01\x01\x00" \
+        + bytes(120)
+    for _ in range(3):
+        t0 = time.monotonic()
+        with socket.create_connection((T.LOCALHOST, d.port), timeout=5.0) as s:
+            s.sendall(hello)
+            try:
+                data = s.recv(100)
+            except ConnectionResetError:
+                data = b""
+        dt = time.monotonic() - t0
+        T.check(data == b"" and dt < 2.0, f"TLS hello: got {data!r} after {dt:.1f}s")
+    st, _ = T.raw_request(d.port, b"GARBAGE\r\n\r\n")
+    T.check(st is not None and 400 <= st < 500, f"garbage request line -> {st}")
+    st, _ = T.raw_request(d.port, b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 40000 + b"\r\n\r\n")
+    T.check(st is None or 400 <= st < 500, f"oversized headers -> {st}")
+    st, _, _ = T.http_request(d.port, "GET", "/healthz")
+    T.check(st == 200, f"healthz after abuse -> {st}")
+    st, _, _ = T.http_request(d.port, "GET", "/v2/", timeout=30.0)
+    T.check(st == 502, f"dead registry -> {st}")
+
+
+if __name__ == "__main__":
+    T.main([test_mirror_skopeo_pull_p2p, test_mirror_auth, test_mirror_range_and_ns,
+            test_mirror_tls_and_malformed])

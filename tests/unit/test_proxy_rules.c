@@ -1,0 +1,110 @@
+/*
+ * Unit tests for the registry mirror's classification and request parsers
+ * (lib/proxy/rules.c).
+ */
+#include "core/core.h"
+#include "proxy/rules.h"
+
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#define BLOB "/v2/library/busybox/blobs/sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+
+static df_proxy_action_t match(df_proxy_rules_t *r, const char *method, const char *path)
+{
+    return df_proxy_rules_match(r, method, path, strlen(path));
+}
+
+static void test_default_rules(void **state)
+{
+    df_proxy_rules_t *r = NULL;
+
+    (void)state;
+    assert_int_equal(df_proxy_rules_new(NULL, &r, NULL, 0), 0);
+    assert_int_equal(match(r, "GET", BLOB), DF_PROXY_P2P);
+    assert_int_equal(match(r, "HEAD", BLOB), DF_PROXY_DIRECT);
+    assert_int_equal(match(r, "GET", "/v2/"), DF_PROXY_DIRECT);
+    assert_int_equal(match(r, "GET", "/v2/library/busybox/manifests/latest"), DF_PROXY_DIRECT);
+    assert_int_equal(match(r, "GET", BLOB "0"), DF_PROXY_DIRECT);
+    assert_int_equal(match(r, "GET", "/v2/x/blobs/sha256:ABCDEF"), DF_PROXY_DIRECT);
+    df_proxy_rules_free(r);
+}
+
+static void test_custom_rules(void **state)
+{
+    const char *specs[] = {"direct GET ^/v2/private/", "p2p GET ^/v2/.+/blobs/", "direct * .", NULL};
+    const char *bad1[] = {"p2p HEAD ^/", NULL};
+    const char *bad2[] = {"copy GET ^/", NULL};
+    const char *bad3[] = {"p2p GET", NULL};
+    const char *bad4[] = {"p2p GET ([", NULL};
+    const char *bad5[] = {"p2p GET ^a+++$", NULL};
+    const char *bad6[] = {"p2p GET ((a{200}){200}){200}", NULL};
+    df_proxy_rules_t *r = NULL;
+    char err[256];
+
+    (void)state;
+    assert_int_equal(df_proxy_rules_new(specs, &r, err, sizeof(err)), 0);
+    assert_int_equal(match(r, "GET", "/v2/private/blobs/sha256:00"), DF_PROXY_DIRECT);
+    assert_int_equal(match(r, "GET", "/v2/public/blobs/sha256:00"), DF_PROXY_P2P);
+    df_proxy_rules_free(r);
+    assert_int_equal(df_proxy_rules_new(bad1, &r, err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "p2p HEAD"));
+    assert_int_equal(df_proxy_rules_new(bad2, &r, err, sizeof(err)), -EINVAL);
+    assert_int_equal(df_proxy_rules_new(bad3, &r, err, sizeof(err)), -EINVAL);
+    assert_int_equal(df_proxy_rules_new(bad4, &r, err, sizeof(err)), -EINVAL);
+    assert_int_equal(df_proxy_rules_new(bad5, &r, err, sizeof(err)), -EINVAL);
+    assert_int_equal(df_proxy_rules_new(bad6, &r, err, sizeof(err)), -EINVAL);
+}
+
+static void test_blob_digest(void **state)
+{
+    char d[80];
+
+    (void)state;
+    assert_true(df_proxy_blob_digest(BLOB, strlen(BLOB), d, sizeof(d)));
+    assert_string_equal(d, "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef");
+    assert_false(df_proxy_blob_digest("/v2/x/manifests/sha256:00", 25, d, sizeof(d)));
+    assert_false(df_proxy_blob_digest(BLOB, strlen(BLOB) - 1, d, sizeof(d)));
+}
+
+static void test_ns(void **state)
+{
+    char host[64], rest[64];
+    const char *q;
+
+    (void)state;
+    q = "ns=docker.io";
+    assert_int_equal(df_proxy_parse_ns(q, strlen(q), host, sizeof(host), rest, sizeof(rest)), 0);
+    assert_string_equal(host, "docker.io");
+    assert_string_equal(rest, "");
+    q = "a=1&ns=reg.example.com%3A5000&b=2";
+    assert_int_equal(df_proxy_parse_ns(q, strlen(q), host, sizeof(host), rest, sizeof(rest)), 0);
+    assert_string_equal(host, "reg.example.com:5000");
+    assert_string_equal(rest, "a=1&b=2");
+    q = "ns=[::1]:5000";
+    assert_int_equal(df_proxy_parse_ns(q, strlen(q), host, sizeof(host), rest, sizeof(rest)), 0);
+    q = "a=1";
+    assert_int_equal(df_proxy_parse_ns(q, strlen(q), host, sizeof(host), rest, sizeof(rest)), -ENOENT);
+    assert_string_equal(rest, "a=1");
+    for (size_t i = 0; i < 6; i++) {
+        const char *bad[] = {"ns=evil@host", "ns=a/b", "ns=", "ns=a:0", "ns=a:99999", "ns=a%2"};
+        q = bad[i];
+        assert_int_equal(df_proxy_parse_ns(q, strlen(q), host, sizeof(host), rest, sizeof(rest)), -EINVAL);
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_default_rules),
+        cmocka_unit_test(test_custom_rules),
+        cmocka_unit_test(test_blob_digest),
+        cmocka_unit_test(test_ns),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
