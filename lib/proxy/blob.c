@@ -105,6 +105,8 @@ static void start_download(xch_t *x)
     r.digest = x->digest[0] ? x->digest : NULL;
     r.headers = hdrs;
     r.call_system = "dfdaemon-mirror";
+    r.insecure = x->insecure; /* the upstream's TLS settings for back-source */
+    r.ca_file = x->ca_file;
     x->state = XS_P2P;
     x->dl_running = true;
     x->refs++;

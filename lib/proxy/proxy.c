@@ -94,6 +94,27 @@ int df_proxy_new(struct event_base *base, df_peer_t *peer, const df_proxy_config
             goto fail;
         }
     }
+    for (size_t i = 0; cfg->hosts && cfg->hosts[i]; i++)
+        px->nhosts++;
+    if (px->nhosts > DF_PROXY_HOSTS_MAX) {
+        if (err && errcap)
+            snprintf(err, errcap, "more than %d registry hosts", DF_PROXY_HOSTS_MAX);
+        rc = DF_ECONFIG;
+        goto fail;
+    }
+    if (px->nhosts) {
+        px->hosts = calloc(px->nhosts, sizeof(*px->hosts));
+        if (!px->hosts) {
+            rc = -ENOMEM;
+            goto fail;
+        }
+    }
+    for (size_t i = 0; i < px->nhosts; i++) {
+        if (df_proxy_host_parse(cfg->hosts[i], &px->hosts[i], err, errcap) < 0) {
+            rc = DF_ECONFIG;
+            goto fail;
+        }
+    }
     rc = df_proxy_rules_new(cfg->rules, &px->rules, err, errcap);
     if (rc < 0) {
         rc = rc == -ENOMEM ? rc : DF_ECONFIG;
@@ -332,5 +353,6 @@ void df_proxy_free(df_proxy_t *px)
     df_proxy_rules_free(px->rules);
     df_http_free(px->http);
     free(px->registry_ca);
+    free(px->hosts);
     free(px);
 }

@@ -51,6 +51,8 @@ struct df_proxy {
     char registry_authority[256];    /* its host[:port], lower case, to match ?ns= */
     char *registry_ca;
     bool registry_insecure;
+    df_proxy_host_t *hosts;     /* per-host upstream settings for ?ns= (config "hosts") */
+    size_t nhosts;
     xch_t *xchs;                /* live exchanges */
     df_proxy_stats_t stats;
 };
@@ -78,7 +80,7 @@ struct xch {
     char *url;                  /* the registry URL of this request */
     char **hdrs;                /* request header lines for the registry, NULL-terminated */
     bool insecure;
-    const char *ca_file;        /* px->registry_ca or NULL */
+    const char *ca_file;        /* px->registry_ca, a host entry's, or NULL */
     df_http_req_t *up;          /* direct relay or access check in flight */
     bool up_paused;             /* the relay is paused for backpressure */
 

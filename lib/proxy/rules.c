@@ -341,3 +341,61 @@ int df_proxy_parse_ns(const char *query, size_t qlen, char *host, size_t hostcap
     }
     return found ? 0 : -ENOENT;
 }
+
+/* Per-host upstream settings: a config string split on spaces by hand (no
+ * strtok: it is not reentrant and writes into the string). */
+int df_proxy_host_parse(const char *spec, df_proxy_host_t *out, char *err, size_t errcap)
+{
+    const char *p = spec;
+    bool scheme_set = false;
+    size_t ntok = 0;
+
+    memset(out, 0, sizeof(*out));
+    while (*p) {
+        const char *tok;
+        size_t n;
+
+        while (*p == ' ')
+            p++;
+        if (!*p)
+            break;
+        tok = p;
+        n = strcspn(p, " ");
+        p += n;
+        if (ntok++ == 0) {
+            if (n >= sizeof(out->authority))
+                goto bad;
+            memcpy(out->authority, tok, n);
+            out->authority[n] = '\0';
+            if (!df_proxy_valid_host(out->authority))
+                goto bad;
+            for (char *c = out->authority; *c; c++)
+                if (*c >= 'A' && *c <= 'Z')
+                    *c = (char)(*c - 'A' + 'a');
+        } else if ((n == 4 && strncmp(tok, "http", 4) == 0) || (n == 5 && strncmp(tok, "https", 5) == 0)) {
+            if (scheme_set)
+                goto bad;
+            scheme_set = true;
+            out->http = n == 4;
+        } else if (n == 8 && strncmp(tok, "insecure", 8) == 0) {
+            if (out->insecure)
+                goto bad;
+            out->insecure = true;
+        } else if (n > 3 && strncmp(tok, "ca=", 3) == 0) {
+            if (out->ca_file[0] || n - 3 >= sizeof(out->ca_file))
+                goto bad;
+            memcpy(out->ca_file, tok + 3, n - 3);
+            out->ca_file[n - 3] = '\0';
+        } else {
+            goto bad;
+        }
+    }
+    if (ntok == 0)
+        goto bad;
+    return 0;
+bad:
+    if (err && errcap)
+        snprintf(err, errcap, "registry host \"%.200s\": want \"HOST[:PORT] [http|https] [insecure] [ca=FILE]\"",
+                 spec);
+    return -EINVAL;
+}

@@ -11,6 +11,19 @@
 #define DF_PROXY_RULES_H
 #ifndef DF_INTERNAL
 #error "private to libdfly"
+/* One registry a ?ns= may name, with how to reach it. */
+typedef struct {
+    char authority[256];        /* "host[:port]", lower case */
+    bool http;                  /* plain HTTP instead of https */
+    bool insecure;              /* do not verify its certificate */
+    char ca_file[1024];         /* extra CA bundle, "" = system CAs */
+} df_proxy_host_t;
+
+/* Parses "HOST[:PORT] [http|https] [insecure] [ca=FILE]" (options separated
+ * by one or more spaces, each at most once; FILE without spaces, at most
+ * 1023 bytes).  0, or -EINVAL with err (errcap bytes) naming the problem. */
+int df_proxy_host_parse(const char *spec, df_proxy_host_t *out, char *err, size_t errcap);
+
 #endif
 
 #include <stdbool.h>
@@ -62,5 +75,18 @@ bool df_proxy_valid_host(const char *h);
  * whole query), -EINVAL when its value is not a valid host, -ENAMETOOLONG
  * when a buffer is too small. */
 int df_proxy_parse_ns(const char *query, size_t qlen, char *host, size_t hostcap, char *rest, size_t restcap);
+
+/* One registry a ?ns= may name, with how to reach it. */
+typedef struct {
+    char authority[256];        /* "host[:port]", lower case */
+    bool http;                  /* plain HTTP instead of https */
+    bool insecure;              /* do not verify its certificate */
+    char ca_file[1024];         /* extra CA bundle, "" = system CAs */
+} df_proxy_host_t;
+
+/* Parses "HOST[:PORT] [http|https] [insecure] [ca=FILE]" (options separated
+ * by one or more spaces, each at most once; FILE without spaces, at most
+ * 1023 bytes).  0, or -EINVAL with err (errcap bytes) naming the problem. */
+int df_proxy_host_parse(const char *spec, df_proxy_host_t *out, char *err, size_t errcap);
 
 #endif

@@ -55,6 +55,9 @@ typedef struct {
     char **rules;           /* NULL-terminated, or NULL for the default */
     size_t nrules;
     bool rules_from_flags;  /* --rule replaces the file's rules, not adds to them */
+    char **hosts;           /* --registry-host specs, NULL-terminated, or NULL */
+    size_t nhosts;
+    bool hosts_from_flags;  /* likewise for --registry-host */
 } opts_t;
 
 #define RULES_MAX 64
@@ -78,6 +81,8 @@ static void usage(FILE *f)
             "                            (default " DF_PROXY_DEFAULT_REGISTRY ")\n"
             "      --registry-ca FILE    CA bundle for the registry's TLS certificate\n"
             "      --registry-insecure   do not verify the registry's TLS certificate\n"
+            "      --registry-host \"HOST[:PORT] [http|https] [insecure] [ca=FILE]\"\n"
+            "                            how to reach a registry named by ?ns= (repeatable)\n"
             "      --rule \"ACTION METHOD REGEX\"\n"
             "                            mirror rule, repeatable, first match wins:\n"
             "                            p2p GET REGEX or direct METHOD|* REGEX on the\n"
@@ -125,6 +130,32 @@ static int add_rule(opts_t *o, const char *value)
         return -ENOMEM;
     o->rules[++o->nrules] = NULL;
     return 0;
+}
+
+static int add_host(opts_t *o, const char *value)
+{
+    char **n;
+
+    if (o->nhosts >= DF_PROXY_HOSTS_MAX)
+        return -EINVAL;
+    n = realloc(o->hosts, (o->nhosts + 2) * sizeof(*n));
+    if (!n)
+        return -ENOMEM;
+    o->hosts = n;
+    o->hosts[o->nhosts] = strdup(value);
+    if (!o->hosts[o->nhosts])
+        return -ENOMEM;
+    o->hosts[++o->nhosts] = NULL;
+    return 0;
+}
+
+static void free_hosts(opts_t *o)
+{
+    for (size_t i = 0; i < o->nhosts; i++)
+        free(o->hosts[i]);
+    free(o->hosts);
+    o->hosts = NULL;
+    o->nhosts = 0;
 }
 
 static void free_rules(opts_t *o)
@@ -195,6 +226,12 @@ static int set_option(opts_t *o, const char *key, const char *value, const char 
             o->rules_from_flags = true;
         }
         rc = add_rule(o, value);
+    } else if (strcmp(key, "registry-host") == 0 || strncmp(key, "registry-hosts.", 15) == 0) {
+        if (*where == '\0' && !o->hosts_from_flags) {
+            free_hosts(o);
+            o->hosts_from_flags = true;
+        }
+        rc = add_host(o, value);
     } else {
         fprintf(stderr, "dfdaemon: %sunknown setting \"%s\"\n", where, key);
         return -ENOENT;
@@ -230,6 +267,7 @@ static const struct option long_opts[] = {
     {"registry-ca", required_argument, NULL, 0},
     {"registry-insecure", no_argument, NULL, 0},
     {"rule", required_argument, NULL, 0},
+    {"registry-host", required_argument, NULL, 0},
     {"version", no_argument, NULL, 'V'},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
@@ -245,6 +283,7 @@ static void opts_free(opts_t *o)
     free(o->registry);
     free(o->registry_ca);
     free_rules(o);
+    free_hosts(o);
 }
 
 static int usage_error(void)
@@ -479,6 +518,7 @@ int main(int argc, char **argv)
     xc.registry_ca = o.registry_ca;
     xc.registry_insecure = o.registry_insecure;
     xc.rules = (const char *const *)o.rules;
+    xc.hosts = (const char *const *)o.hosts;
     rc = df_proxy_new(base, peer, &xc, &proxy, err, sizeof(err));
     if (rc < 0) {
         fprintf(stderr, "dfdaemon: registry mirror: %s\n", err[0] ? err : df_strerror(rc));

@@ -164,6 +164,44 @@ def test_mirror_tls_and_malformed(env):
     T.check(st == 502, f"dead registry -> {st}")
 
 
+@T.timeout(240)
+def test_mirror_tls_registry_hosts(env):
+    """A registry over TLS with a private CA, named by ?ns= and listed with
+    --registry-host "HOST:PORT ca=FILE": manifests are relayed and blobs
+    served (the CA reaches the access check and the download's own origin
+    requests); a daemon without the entry refuses the unknown certificate
+    (502), one with "insecure" does not check it."""
+    ca = M.TestCA(env)
+    reg = M.Registry(env, tls=ca).start()
+    layout = env.mkdir("oci")
+    M.make_oci_image(layout, 2 * T.MiB)
+    image = M.push(env, reg, layout)
+    sn = env.supernode()
+    good = env.dfdaemon(sn.addr, extra=["--registry", "http://127.0.0.1:9",
+                                        "--registry-host", f"{reg.addr} ca={ca.ca}"])
+    lax = env.dfdaemon(sn.addr, extra=["--registry", "http://127.0.0.1:9",
+                                       "--registry-host", f"{reg.addr} https insecure"])
+    plain = env.dfdaemon(sn.addr, extra=["--registry", "http://127.0.0.1:9"])
+    man = f"/v2/test/img/manifests/1?ns={reg.addr}"
+    for d in (good, lax):
+        st, _, body = T.http_request(d.port, "GET", man, headers={"Accept": M.OCI_MANIFEST}, timeout=30.0)
+        T.check(st == 200 and image["big"].encode() in body, f"manifest through a TLS host entry -> {st}")
+    st, _, _ = T.http_request(plain.port, "GET", man, timeout=30.0)
+    T.check(st == 502, f"unknown CA without a host entry -> {st}")
+    big = image["big"]
+    for d in (good, lax):
+        st, h, body = T.http_request(d.port, "GET", f"/v2/test/img/blobs/{big}?ns={reg.addr}", timeout=60.0)
+        T.check(st == 200 and len(body) == image["sizes"][big], f"blob over TLS -> {st}, {len(body)} B")
+        T.check("sha256:" + __import__("hashlib").sha256(body).hexdigest() == big, "blob bytes differ")
+        m = daemon_metrics(d)
+        T.check(M.metric(m, "dfly_dfdaemon_mirror_p2p_total") == 1, f"blob not served by the P2P path:\n{m}")
+        # the supernode's seed used the CA (or insecure) it was sent: no back-source
+        T.check((M.metric(m, 'dfly_dfdaemon_download_bytes_total{source="origin"}') or 0) == 0,
+                f"the daemon fetched the blob from the registry itself:\n{m}")
+    bad = env.run([T.find_binary("dfdaemon"), "--registry-host", "127.0.0.1:1 ca", "--home", env.new_home()])
+    T.check(bad[0] == 2 and "registry host" in bad[2], f"bad --registry-host -> {bad}")
+
+
 if __name__ == "__main__":
     T.main([test_mirror_skopeo_pull_p2p, test_mirror_auth, test_mirror_range_and_ns,
-            test_mirror_tls_and_malformed])
+            test_mirror_tls_and_malformed, test_mirror_tls_registry_hosts])

@@ -98,6 +98,32 @@ static void test_ns(void **state)
     }
 }
 
+static void test_host_spec(void **state)
+{
+    df_proxy_host_t h;
+    char err[256];
+
+    (void)state;
+    assert_int_equal(df_proxy_host_parse("Reg.Example:5000", &h, err, sizeof(err)), 0);
+    assert_string_equal(h.authority, "reg.example:5000");
+    assert_false(h.http);
+    assert_false(h.insecure);
+    assert_string_equal(h.ca_file, "");
+    assert_int_equal(df_proxy_host_parse("  10.0.0.1  http insecure  ca=/etc/ca.pem ", &h, err, sizeof(err)), 0);
+    assert_string_equal(h.authority, "10.0.0.1");
+    assert_true(h.http);
+    assert_true(h.insecure);
+    assert_string_equal(h.ca_file, "/etc/ca.pem");
+    assert_int_equal(df_proxy_host_parse("[::1]:443 https", &h, err, sizeof(err)), 0);
+    assert_int_equal(df_proxy_host_parse("", &h, err, sizeof(err)), -EINVAL);
+    assert_int_equal(df_proxy_host_parse("h ca=", &h, err, sizeof(err)), -EINVAL);
+    assert_int_equal(df_proxy_host_parse("h http https", &h, err, sizeof(err)), -EINVAL);
+    assert_int_equal(df_proxy_host_parse("h insecure insecure", &h, err, sizeof(err)), -EINVAL);
+    assert_int_equal(df_proxy_host_parse("user@h", &h, err, sizeof(err)), -EINVAL);
+    assert_int_equal(df_proxy_host_parse("h verify", &h, err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "registry host"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -105,6 +131,7 @@ int main(void)
         cmocka_unit_test(test_custom_rules),
         cmocka_unit_test(test_blob_digest),
         cmocka_unit_test(test_ns),
+        cmocka_unit_test(test_host_spec),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
