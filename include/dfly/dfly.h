@@ -357,6 +357,9 @@ typedef struct {
     uint64_t aborted;            /* replies cut after their first byte (P2P failure) */
     uint64_t p2p_bytes;          /* body bytes sent from P2P downloads */
     uint64_t direct_bytes;       /* body bytes relayed from the registry */
+    uint64_t shared;             /* blob requests that joined a P2P download already running
+                                  * for the same blob on this daemon (also counted in p2p when
+                                  * served) */
 } df_proxy_stats_t;
 
 void df_proxy_stats(const df_proxy_t *proxy, df_proxy_stats_t *out);

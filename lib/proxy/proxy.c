@@ -156,10 +156,9 @@ static void xch_free(xch_t *x)
     if (x->next)
         x->next->prev = x->prev;
     df_http_cancel(x->up);
+    df__proxy_blob_detach(x);
     if (x->pump)
         event_free(x->pump);
-    if (x->fd >= 0)
-        close(x->fd);
     free(x->url);
     df__proxy_free_lines(x->hdrs);
     free(x);
@@ -180,8 +179,7 @@ static void client_gone(xch_t *x)
         df_http_cancel(x->up);
         x->up = NULL;
     }
-    if (x->state != XS_P2P)
-        x->state = XS_DONE;
+    x->state = XS_DONE;
     df__proxy_xch_unref(x);
 }
 
@@ -300,7 +298,6 @@ void df_proxy_handle(df_proxy_t *px, struct evhttp_request *req)
     }
     x->px = px;
     x->refs = 1;
-    x->fd = -1;
     x->req = req;
     x->evcon = evhttp_request_get_connection(req);
     x->head = evhttp_request_get_command(req) == EVHTTP_REQ_HEAD;
@@ -348,8 +345,9 @@ void df_proxy_free(df_proxy_t *px)
             evhttp_request_set_on_complete_cb(x->req, NULL, NULL);
             evhttp_connection_free(evcon);
         }
-        xch_free(x); /* whatever its references: the peer cancels downloads without callbacks */
+        xch_free(x);
     }
+    df__proxy_flights_free(px);
     df_proxy_rules_free(px->rules);
     df_http_free(px->http);
     free(px->registry_ca);

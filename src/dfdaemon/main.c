@@ -374,12 +374,13 @@ static int render_proxy_metrics(df_proxy_t *proxy, struct evbuffer *out)
         {"mirror_aborted_total", "Replies cut after their first byte because the P2P download failed.", 0},
         {"mirror_p2p_bytes_total", "Body bytes sent from P2P downloads.", 0},
         {"mirror_direct_bytes_total", "Body bytes relayed from the registry.", 0},
+        {"mirror_shared_total", "Blob requests that joined a P2P download already running for the same blob.", 0},
     };
-    uint64_t v[8];
+    uint64_t v[9];
 
     df_proxy_stats(proxy, &s);
     v[0] = s.requests, v[1] = s.p2p, v[2] = s.direct, v[3] = s.fallbacks;
-    v[4] = s.denied, v[5] = s.aborted, v[6] = s.p2p_bytes, v[7] = s.direct_bytes;
+    v[4] = s.denied, v[5] = s.aborted, v[6] = s.p2p_bytes, v[7] = s.direct_bytes, v[8] = s.shared;
     for (size_t i = 0; i < sizeof(m) / sizeof(m[0]); i++)
         if (evbuffer_add_printf(out, "# HELP dfly_dfdaemon_%s %s\n# TYPE dfly_dfdaemon_%s counter\ndfly_dfdaemon_%s %llu\n",
                                 m[i].name, m[i].help, m[i].name, m[i].name, (unsigned long long)v[i]) < 0)

@@ -165,6 +165,47 @@ def test_mirror_tls_and_malformed(env):
 
 
 @T.timeout(240)
+def test_mirror_shared_download(env):
+    """Five clients ask one dfdaemon for the same uncached blob at once (one
+    with a Range): each passes its own access check, then all ride one P2P
+    download -- one engine download, four joins -- and each gets its bytes."""
+    import hashlib
+    import threading
+    reg, image, sn, ds = setup(env, daemons=1)
+    d = ds[0]
+    big = image["big"]
+    size = image["sizes"][big]
+    path = f"/v2/test/img/blobs/{big}?ns={reg.addr}"
+    results = [None] * 5
+
+    def get(i):
+        hdrs = {"Range": f"bytes={size // 2}-"} if i == 4 else {}
+        try:
+            st, _, body = T.http_request(d.port, "GET", path, headers=hdrs, timeout=120.0)
+            results[i] = (st, hashlib.sha256(body).hexdigest(), len(body))
+        except OSError as e:
+            results[i] = (None, str(e), 0)
+    threads = [threading.Thread(target=get, args=(i,)) for i in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(150.0)
+    for i in range(4):
+        T.check(results[i] is not None and results[i][0] == 200 and "sha256:" + results[i][1] == big,
+                f"client {i}: {results[i]}")
+    T.check(results[4] is not None and results[4][0] == 206 and results[4][2] == size - size // 2,
+            f"range client: {results[4]}")
+    m = daemon_metrics(d)
+    shared = M.metric(m, "dfly_dfdaemon_mirror_shared_total")
+    dls = M.metric(m, 'dfly_dfdaemon_downloads_total{result="ok"}')
+    T.log(f"5 concurrent requests for one {size >> 20} MiB blob: {dls} download(s), {shared} joined")
+    T.check(shared == 4 and dls == 1, f"want 1 download and 4 joins:\n{m}")
+    T.check(M.metric(m, "dfly_dfdaemon_mirror_p2p_total") == 5, f"mirror counters:\n{m}")
+    T.check(reg.count("HEAD", "/blobs/" + big) == 5, "one access check per client expected")
+    T.check(reg.count("GET", "/blobs/" + big) == 1, f"registry: {reg.access()}")
+
+
+@T.timeout(240)
 def test_mirror_tls_registry_hosts(env):
     """A registry over TLS with a private CA, named by ?ns= and listed with
     --registry-host "HOST:PORT ca=FILE": manifests are relayed and blobs
@@ -204,4 +245,4 @@ def test_mirror_tls_registry_hosts(env):
 
 if __name__ == "__main__":
     T.main([test_mirror_skopeo_pull_p2p, test_mirror_auth, test_mirror_range_and_ns,
-            test_mirror_tls_and_malformed, test_mirror_tls_registry_hosts])
+            test_mirror_tls_and_malformed, test_mirror_tls_registry_hosts, test_mirror_shared_download])
