@@ -319,6 +319,10 @@ typedef struct {
                                   * "HOST[:PORT] [http] [insecure] [ca=FILE]", NULL-terminated,
                                   * at most DF_PROXY_HOSTS_MAX; a ?ns= not listed here (nor the
                                   * --registry authority) means https with the system CAs */
+    bool http_proxy;             /* also serve as an HTTP proxy (HTTP_PROXY=...): absolute-form
+                                  * "http://host/..." requests go through the same rules to that
+                                  * host.  Off by default: it lets any client that reaches the
+                                  * port make requests to any host from this one */
     const char *const *rules;    /* "p2p GET REGEX" / "direct METHOD|* REGEX", first match
                                   * wins, no match = direct; NULL-terminated; NULL = the
                                   * default "p2p GET ^/v2/.+/blobs/sha256:[0-9a-f]{64}$" */
@@ -357,6 +361,7 @@ typedef struct {
     uint64_t aborted;            /* replies cut after their first byte (P2P failure) */
     uint64_t p2p_bytes;          /* body bytes sent from P2P downloads */
     uint64_t direct_bytes;       /* body bytes relayed from the registry */
+    uint64_t proxied;            /* absolute-form (HTTP proxy) requests, whatever their path */
     uint64_t shared;             /* blob requests that joined a P2P download already running
                                   * for the same blob on this daemon (also counted in p2p when
                                   * served) */

@@ -78,6 +78,7 @@ int df_proxy_new(struct event_base *base, df_peer_t *peer, const df_proxy_config
     px->base = base;
     px->peer = peer;
     px->registry_insecure = cfg->registry_insecure;
+    px->http_proxy = cfg->http_proxy;
     rc = parse_registry(cfg->registry ? cfg->registry : DF_PROXY_DEFAULT_REGISTRY, px->registry,
                         sizeof(px->registry), px->registry_authority, sizeof(px->registry_authority));
     if (rc < 0) {
@@ -277,6 +278,7 @@ void df_proxy_handle(df_proxy_t *px, struct evhttp_request *req)
 {
     const char *target = evhttp_request_get_uri(req);
     const char *method = method_name(evhttp_request_get_command(req));
+    char origin[8192];
     xch_t *x;
     size_t plen;
     int rc;
@@ -286,8 +288,8 @@ void df_proxy_handle(df_proxy_t *px, struct evhttp_request *req)
         evhttp_send_error(req, 405, NULL);
         return;
     }
-    if (!target || target[0] != '/') {
-        /* An absolute-form target is HTTP proxy use: not served yet. */
+    if (!target || (target[0] != '/' && !px->http_proxy)) {
+        /* An absolute-form target is HTTP proxy use: off unless configured. */
         evhttp_send_error(req, 400, NULL);
         return;
     }
@@ -311,7 +313,14 @@ void df_proxy_handle(df_proxy_t *px, struct evhttp_request *req)
         df__proxy_send_error(x, 503, "out of memory");
         goto hook;
     }
-    rc = df__proxy_upstream_url(px, x, target);
+    if (target[0] == '/') {
+        rc = df__proxy_upstream_url(px, x, target);
+    } else {
+        /* HTTP proxy: the client names the origin; the rules see its path. */
+        px->stats.proxied++;
+        rc = df__proxy_absolute_url(x, target, origin, sizeof(origin));
+        target = origin;
+    }
     if (rc < 0) {
         df__proxy_send_error(x, rc == -ENOMEM ? 503 : 400, "bad request target or ns parameter");
         goto hook;

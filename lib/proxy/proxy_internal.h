@@ -78,6 +78,7 @@ struct df_proxy {
     char registry_authority[256];    /* its host[:port], lower case, to match ?ns= */
     char *registry_ca;
     bool registry_insecure;
+    bool http_proxy;            /* absolute-form targets are served (HTTP proxy use) */
     df_proxy_host_t *hosts;     /* per-host upstream settings for ?ns= (config "hosts") */
     size_t nhosts;
     xch_t *xchs;                /* live exchanges */
@@ -137,6 +138,11 @@ void df__proxy_send_error(xch_t *x, int code, const char *text);
  * sets x->url, x->insecure, x->ca_file.  -EINVAL (bad target or ns),
  * -ENOMEM. */
 int df__proxy_upstream_url(df_proxy_t *px, xch_t *x, const char *target);
+/* The same for an HTTP proxy request's absolute-form target: x->url is the
+ * target as given (normalized), with the system's TLS defaults; origin
+ * (cap bytes) receives its origin-form part for classification.  -EINVAL,
+ * -ENOMEM. */
+int df__proxy_absolute_url(xch_t *x, const char *uri, char *origin, size_t cap);
 
 /* headers.c */
 /* The client's headers to pass to the registry (NULL-terminated "K: V"

@@ -399,3 +399,51 @@ bad:
                  spec);
     return -EINVAL;
 }
+
+int df_proxy_parse_absolute(const char *uri, size_t len, char *base, size_t basecap, char *target,
+                            size_t targetcap)
+{
+    char auth[256];
+    size_t i, alen, tlen;
+
+    if (len < 8 || strncasecmp(uri, "http://", 7) != 0)
+        return -EINVAL;
+    for (i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)uri[i];
+        /* Bytes that would split or smuggle a request line, and fragments
+         * (never sent on the wire). */
+        if (c <= 0x20 || c == 0x7f || c == '#')
+            return -EINVAL;
+    }
+    uri += 7;
+    len -= 7;
+    alen = 0;
+    while (alen < len && uri[alen] != '/' && uri[alen] != '?')
+        alen++;
+    if (alen == 0 || alen >= sizeof(auth))
+        return -EINVAL;
+    memcpy(auth, uri, alen);
+    auth[alen] = '\0';
+    if (!df_proxy_valid_host(auth)) /* also refuses '@' (userinfo) */
+        return -EINVAL;
+    for (char *p = auth; *p; p++)
+        if (*p >= 'A' && *p <= 'Z')
+            *p = (char)(*p - 'A' + 'a');
+    if (7 + alen + 1 > basecap)
+        return -ENAMETOOLONG;
+    memcpy(base, "http://", 7);
+    memcpy(base + 7, auth, alen + 1);
+    uri += alen;
+    len -= alen;
+    tlen = (len == 0 || uri[0] == '?') ? len + 1 : len;
+    if (tlen + 1 > targetcap)
+        return -ENAMETOOLONG;
+    if (len == 0 || uri[0] == '?') {
+        target[0] = '/';
+        memcpy(target + 1, uri, len);
+    } else {
+        memcpy(target, uri, len);
+    }
+    target[tlen] = '\0';
+    return 0;
+}

@@ -27,6 +27,26 @@ static const df_proxy_host_t *find_host(const df_proxy_t *px, const char *author
     return NULL;
 }
 
+int df__proxy_absolute_url(xch_t *x, const char *uri, char *origin, size_t cap)
+{
+    char base[DF_PROXY_URL_MAX];
+    size_t n;
+    char *url;
+
+    if (df_proxy_parse_absolute(uri, strlen(uri), base, sizeof(base), origin, cap) < 0)
+        return -EINVAL;
+    n = strlen(base) + strlen(origin) + 1;
+    url = malloc(n);
+    if (!url)
+        return -ENOMEM;
+    snprintf(url, n, "%s%s", base, origin);
+    x->insecure = false;
+    x->ca_file = NULL;
+    free(x->url);
+    x->url = url;
+    return 0;
+}
+
 int df__proxy_upstream_url(df_proxy_t *px, xch_t *x, const char *target)
 {
     char ns[256], rest[TARGET_MAX], base[DF_PROXY_URL_MAX];

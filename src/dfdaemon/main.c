@@ -52,6 +52,7 @@ typedef struct {
     char *registry;
     char *registry_ca;
     bool registry_insecure;
+    bool http_proxy;
     char **rules;           /* NULL-terminated, or NULL for the default */
     size_t nrules;
     bool rules_from_flags;  /* --rule replaces the file's rules, not adds to them */
@@ -81,6 +82,8 @@ static void usage(FILE *f)
             "                            (default " DF_PROXY_DEFAULT_REGISTRY ")\n"
             "      --registry-ca FILE    CA bundle for the registry's TLS certificate\n"
             "      --registry-insecure   do not verify the registry's TLS certificate\n"
+            "      --http-proxy          also act as an HTTP proxy (http:// targets,\n"
+            "                            same rules); off by default\n"
             "      --registry-host \"HOST[:PORT] [http|https] [insecure] [ca=FILE]\"\n"
             "                            how to reach a registry named by ?ns= (repeatable)\n"
             "      --rule \"ACTION METHOD REGEX\"\n"
@@ -220,6 +223,8 @@ static int set_option(opts_t *o, const char *key, const char *value, const char 
         rc = *value ? replace_str(&o->registry_ca, value) : -EINVAL;
     } else if (strcmp(key, "registry-insecure") == 0) {
         rc = parse_bool(value, &o->registry_insecure);
+    } else if (strcmp(key, "http-proxy") == 0) {
+        rc = parse_bool(value, &o->http_proxy);
     } else if (strcmp(key, "rule") == 0 || strncmp(key, "rules.", 6) == 0) {
         if (*where == '\0' && !o->rules_from_flags) {
             free_rules(o);
@@ -266,6 +271,7 @@ static const struct option long_opts[] = {
     {"registry", required_argument, NULL, 0},
     {"registry-ca", required_argument, NULL, 0},
     {"registry-insecure", no_argument, NULL, 0},
+    {"http-proxy", no_argument, NULL, 0},
     {"rule", required_argument, NULL, 0},
     {"registry-host", required_argument, NULL, 0},
     {"version", no_argument, NULL, 'V'},
@@ -375,12 +381,13 @@ static int render_proxy_metrics(df_proxy_t *proxy, struct evbuffer *out)
         {"mirror_p2p_bytes_total", "Body bytes sent from P2P downloads.", 0},
         {"mirror_direct_bytes_total", "Body bytes relayed from the registry.", 0},
         {"mirror_shared_total", "Blob requests that joined a P2P download already running for the same blob.", 0},
+        {"mirror_proxy_requests_total", "Requests received as an HTTP proxy (absolute-form target).", 0},
     };
-    uint64_t v[9];
+    uint64_t v[10];
 
     df_proxy_stats(proxy, &s);
     v[0] = s.requests, v[1] = s.p2p, v[2] = s.direct, v[3] = s.fallbacks;
-    v[4] = s.denied, v[5] = s.aborted, v[6] = s.p2p_bytes, v[7] = s.direct_bytes, v[8] = s.shared;
+    v[4] = s.denied, v[5] = s.aborted, v[6] = s.p2p_bytes, v[7] = s.direct_bytes, v[8] = s.shared, v[9] = s.proxied;
     for (size_t i = 0; i < sizeof(m) / sizeof(m[0]); i++)
         if (evbuffer_add_printf(out, "# HELP dfly_dfdaemon_%s %s\n# TYPE dfly_dfdaemon_%s counter\ndfly_dfdaemon_%s %llu\n",
                                 m[i].name, m[i].help, m[i].name, m[i].name, (unsigned long long)v[i]) < 0)
@@ -518,6 +525,7 @@ int main(int argc, char **argv)
         xc.registry = o.registry;
     xc.registry_ca = o.registry_ca;
     xc.registry_insecure = o.registry_insecure;
+    xc.http_proxy = o.http_proxy;
     xc.rules = (const char *const *)o.rules;
     xc.hosts = (const char *const *)o.hosts;
     rc = df_proxy_new(base, peer, &xc, &proxy, err, sizeof(err));

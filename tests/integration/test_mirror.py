@@ -206,6 +206,35 @@ def test_mirror_shared_download(env):
 
 
 @T.timeout(240)
+def test_mirror_http_proxy(env):
+    """dfdaemon --http-proxy as curl's HTTP proxy: a blob GET by absolute URI
+    goes through P2P (the registry is asked once, by the seed), a manifest
+    is relayed; without --http-proxy an absolute-form request is 400."""
+    M.need("curl")
+    reg, image, sn, ds = setup(env, daemons=1)
+    d = env.dfdaemon(sn.addr, extra=["--registry", "http://127.0.0.1:9", "--http-proxy"])
+    big = image["big"]
+    out = env.path("big.bin")
+    url = f"http://{reg.addr}/v2/test/img/blobs/{big}"
+    for i in range(2):
+        rc, _, err = env.run(["curl", "-sS", "-f", "--noproxy", "", "--proxy", f"http://{T.LOCALHOST}:{d.port}",
+                              "-o", out, url], timeout=120.0)
+        T.check(rc == 0, f"curl through the proxy failed: {err}")
+        T.check("sha256:" + T.file_hash(out) == big, "blob through the proxy has the wrong digest")
+    rc, man, err = env.run(["curl", "-sS", "-f", "--noproxy", "", "--proxy", f"http://{T.LOCALHOST}:{d.port}",
+                            "-H", f"Accept: {M.OCI_MANIFEST}", f"http://{reg.addr}/v2/test/img/manifests/1"])
+    T.check(rc == 0 and big in man, f"manifest through the proxy: rc={rc} {err}")
+    m = daemon_metrics(d)
+    T.log(f"HTTP proxy: {M.metric(m, 'dfly_dfdaemon_mirror_proxy_requests_total')} requests, "
+          f"{M.metric(m, 'dfly_dfdaemon_mirror_p2p_bytes_total')} B from P2P")
+    T.check(M.metric(m, "dfly_dfdaemon_mirror_p2p_total") == 2, f"blob not served by P2P:\n{m}")
+    T.check(M.metric(m, "dfly_dfdaemon_mirror_proxy_requests_total") == 3, f"proxy counter:\n{m}")
+    T.check(reg.count("GET", "/blobs/" + big) == 1, f"registry: {reg.access()}")
+    st, _ = T.raw_request(ds[0].port, f"GET {url} HTTP/1.1\r\nHost: {reg.addr}\r\n\r\n".encode())
+    T.check(st == 400, f"absolute-form request without --http-proxy -> {st}")
+
+
+@T.timeout(240)
 def test_mirror_tls_registry_hosts(env):
     """A registry over TLS with a private CA, named by ?ns= and listed with
     --registry-host "HOST:PORT ca=FILE": manifests are relayed and blobs
@@ -245,4 +274,5 @@ def test_mirror_tls_registry_hosts(env):
 
 if __name__ == "__main__":
     T.main([test_mirror_skopeo_pull_p2p, test_mirror_auth, test_mirror_range_and_ns,
-            test_mirror_tls_and_malformed, test_mirror_tls_registry_hosts, test_mirror_shared_download])
+            test_mirror_tls_and_malformed, test_mirror_tls_registry_hosts, test_mirror_shared_download,
+            test_mirror_http_proxy])

@@ -124,6 +124,33 @@ static void test_host_spec(void **state)
     assert_non_null(strstr(err, "registry host"));
 }
 
+static int absolute(const char *uri, char *base, char *target)
+{
+    return df_proxy_parse_absolute(uri, strlen(uri), base, 300, target, 1024);
+}
+
+static void test_absolute_uri(void **state)
+{
+    char base[300], target[1024];
+
+    (void)state;
+    assert_int_equal(absolute("HTTP://Reg.Example:5000/v2/x/blobs/sha256:00?a=1", base, target), 0);
+    assert_string_equal(base, "http://reg.example:5000");
+    assert_string_equal(target, "/v2/x/blobs/sha256:00?a=1");
+    assert_int_equal(absolute("http://h?q", base, target), 0);
+    assert_string_equal(target, "/?q");
+    assert_int_equal(absolute("http://[::1]", base, target), 0);
+    assert_string_equal(base, "http://[::1]");
+    assert_string_equal(target, "/");
+    assert_int_equal(absolute("https://h/x", base, target), -EINVAL);
+    assert_int_equal(absolute("http://u@h/x", base, target), -EINVAL);
+    assert_int_equal(absolute("http:///x", base, target), -EINVAL);
+    assert_int_equal(absolute("http://h/x y", base, target), -EINVAL);
+    assert_int_equal(absolute("http://h/x#f", base, target), -EINVAL);
+    assert_int_equal(df_proxy_parse_absolute("http://h/x\r\n", 11, base, 300, target, 1024), -EINVAL);
+    assert_int_equal(df_proxy_parse_absolute("http://h/abcdef", 15, base, 300, target, 4), -ENAMETOOLONG);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -132,6 +159,7 @@ int main(void)
         cmocka_unit_test(test_blob_digest),
         cmocka_unit_test(test_ns),
         cmocka_unit_test(test_host_spec),
+        cmocka_unit_test(test_absolute_uri),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
