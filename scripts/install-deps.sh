@@ -7,8 +7,9 @@ export DEBIAN_FRONTEND=noninteractive
 
 BUILD_PKGS=(build-essential cmake pkg-config clang libevent-dev libcurl4-openssl-dev libssl-dev
             libmsgpack-dev zlib1g-dev libyaml-dev libjansson-dev libcmocka-dev)
-# docker-registry, skopeo and apache2-utils (htpasswd -B): the registry-mirror tests.
-TEST_PKGS=(curl python3 iproute2 procps docker-registry skopeo apache2-utils)
+# docker-registry, skopeo, containerd (ctr), openssl and apache2-utils (htpasswd -B): the
+# registry-mirror tests (they run their own containerd; the packaged service is not needed).
+TEST_PKGS=(curl python3 iproute2 procps docker-registry skopeo containerd openssl apache2-utils)
 
 installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'

@@ -249,6 +249,13 @@ typedef struct {
     bool durable;                /* fsync the output before it appears (--fsync): it then
                                   * survives a power loss too; costs the disk's write-back */
     const char *call_system;     /* caller name for logs */
+    /* TLS to the origin, for this download's own origin requests (back-source,
+     * when the supernode cannot serve): skip certificate verification, or
+     * trust this extra CA bundle (a PEM file; NULL = the system CAs).  Not
+     * sent to the supernode, whose seed uses its own trust store, and not
+     * carried over the dfdaemon control socket (dfget has no such flags). */
+    bool insecure;
+    const char *ca_file;
 } df_download_req_t;
 
 /* The outcome of one download.  Strings are owned by the result. */
@@ -301,12 +308,21 @@ struct evhttp;
 struct evhttp_request;
 
 #define DF_PROXY_DEFAULT_REGISTRY "https://registry-1.docker.io"
+#define DF_PROXY_HOSTS_MAX 64
 
 typedef struct {
     const char *registry;        /* upstream "http[s]://host[:port]" (no path); default
                                   * DF_PROXY_DEFAULT_REGISTRY */
     const char *registry_ca;     /* extra CA bundle for the registry's TLS; NULL = system */
     bool registry_insecure;      /* do not verify the registry's TLS certificate */
+    const char *const *hosts;    /* registries a ?ns= may name, with their own scheme and TLS:
+                                  * "HOST[:PORT] [http] [insecure] [ca=FILE]", NULL-terminated,
+                                  * at most DF_PROXY_HOSTS_MAX; a ?ns= not listed here (nor the
+                                  * --registry authority) means https with the system CAs */
+    bool http_proxy;             /* also serve as an HTTP proxy (HTTP_PROXY=...): absolute-form
+                                  * "http://host/..." requests go through the same rules to that
+                                  * host.  Off by default: it lets any client that reaches the
+                                  * port make requests to any host from this one */
     const char *const *rules;    /* "p2p GET REGEX" / "direct METHOD|* REGEX", first match
                                   * wins, no match = direct; NULL-terminated; NULL = the
                                   * default "p2p GET ^/v2/.+/blobs/sha256:[0-9a-f]{64}$" */
@@ -345,6 +361,10 @@ typedef struct {
     uint64_t aborted;            /* replies cut after their first byte (P2P failure) */
     uint64_t p2p_bytes;          /* body bytes sent from P2P downloads */
     uint64_t direct_bytes;       /* body bytes relayed from the registry */
+    uint64_t proxied;            /* absolute-form (HTTP proxy) requests, whatever their path */
+    uint64_t shared;             /* blob requests that joined a P2P download already running
+                                  * for the same blob on this daemon (also counted in p2p when
+                                  * served) */
 } df_proxy_stats_t;
 
 void df_proxy_stats(const df_proxy_t *proxy, df_proxy_stats_t *out);

@@ -72,6 +72,10 @@ struct df_download {
     df_pattern_t pattern;
     bool notbs;
     bool durable;
+    bool insecure;               /* TLS options of our own origin requests, also sent */
+    char *ca_file;               /* to the supernode for its seed (ca_pem: the file's */
+    char *ca_pem;                /* contents, read once at the start) */
+    size_t ca_pem_len;
     df_download_progress_cb progress_cb;
     df_download_done_cb done_cb;
     void *arg;
@@ -325,6 +329,8 @@ static void download_free(df_download_t *dl)
     free(dl->digest_text);
     free_strv(dl->filter);
     free_strv(dl->headers);
+    free(dl->ca_file);
+    free(dl->ca_pem);
     free(dl->inflight);
     free(dl->results);
     for (size_t i = 0; i < dl->nbad; i++)
@@ -991,6 +997,8 @@ static void start_origin(df_download_t *dl, const char *why)
     dl->origin_pos = (uint64_t)first * dl->piece_size;
     opts.url = dl->url;
     opts.headers = (const char *const *)dl->headers;
+    opts.insecure = dl->insecure;
+    opts.ca_file = dl->ca_file;
     opts.follow_redirects = true;
     opts.stall_timeout_ms = 30000;
     if (dl->origin_pos > 0) {
@@ -1128,6 +1136,8 @@ static void start_source(df_download_t *dl, const char *why)
     dl->origin_pos = 0;
     opts.url = dl->url;
     opts.headers = (const char *const *)dl->headers;
+    opts.insecure = dl->insecure;
+    opts.ca_file = dl->ca_file;
     opts.follow_redirects = true;
     opts.stall_timeout_ms = 30000;
     rc = df_http_start(dl->peer->http, &opts, &cbs, dl, &dl->origin_req);
@@ -1238,6 +1248,9 @@ static void do_register(df_download_t *dl)
     rr.peer_ip = peer->advertise_ip;
     rr.peer_port = dl->pattern == DF_PATTERN_CDN ? 0 : peer->upload_port;
     rr.hostname = peer->hostname;
+    rr.insecure = dl->insecure;
+    rr.root_ca = dl->ca_pem;
+    rr.root_ca_len = dl->ca_pem_len;
     rc = df_tracker_register(peer->tracker, &rr, register_cb, dl);
     if (rc < 0) {
         start_source(dl, "cannot reach the supernode");
@@ -1290,8 +1303,16 @@ int df_peer_download(df_peer_t *peer, const df_download_req_t *req, df_download_
     dl->call_system = req->call_system ? strdup(req->call_system) : NULL;
     dl->filter = dup_strv(req->filter);
     dl->headers = dup_strv(req->headers);
-    if (!dl->url || (req->output && !dl->output) || !dl->filter || !dl->headers)
+    dl->insecure = req->insecure;
+    dl->ca_file = req->ca_file ? strdup(req->ca_file) : NULL;
+    if (!dl->url || (req->output && !dl->output) || !dl->filter || !dl->headers ||
+        (req->ca_file && !dl->ca_file))
         goto fail;
+    if (req->ca_file) {
+        rc = df_read_file(req->ca_file, DF_TRACKER_ROOT_CA_MAX, &dl->ca_pem, &dl->ca_pem_len);
+        if (rc < 0)
+            goto fail;
+    }
     if (req->digest) {
         rc = df_digest_parse(req->digest, &dl->user_digest);
         if (rc < 0)

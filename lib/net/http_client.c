@@ -470,8 +470,13 @@ int df_http_start(df_http_t *http, const df_http_opts_t *opts, const df_http_cbs
         curl_easy_setopt(req->easy, CURLOPT_SSL_VERIFYPEER, 0L);
         curl_easy_setopt(req->easy, CURLOPT_SSL_VERIFYHOST, 0L);
     }
-    if (opts->ca_file)
+    if (opts->ca_pem && opts->ca_pem_len) {
+        struct curl_blob blob = {.data = (void *)opts->ca_pem, .len = opts->ca_pem_len,
+                                 .flags = CURL_BLOB_COPY};
+        curl_easy_setopt(req->easy, CURLOPT_CAINFO_BLOB, &blob);
+    } else if (opts->ca_file) {
         curl_easy_setopt(req->easy, CURLOPT_CAINFO, opts->ca_file);
+    }
     if (opts->has_range && opts->range_len > 0) {
         snprintf(range, sizeof(range), "%llu-%llu", (unsigned long long)opts->range_off,
                  (unsigned long long)(opts->range_off + opts->range_len - 1));

@@ -45,7 +45,10 @@ typedef struct {
     bool follow_redirects;     /* default false; at most 5 hops when true */
     size_t max_body;           /* buffered mode (no on_data): body cap, default 1 MiB */
     bool insecure;             /* skip TLS verification */
-    const char *ca_file;       /* extra CA bundle */
+    const char *ca_file;       /* CA bundle (PEM file) used instead of the system's */
+    const void *ca_pem;        /* the same from memory (ca_pem_len bytes; copied); wins
+                                * over ca_file */
+    size_t ca_pem_len;
 } df_http_opts_t;
 
 typedef struct {

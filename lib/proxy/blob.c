@@ -17,6 +17,11 @@
  *           a dup of the download's fd, at most DF_PROXY_CONN_BUFFER queued
  *           per connection.
  *
+ * Sharing: a request for a blob whose download is already running on this
+ * daemon (same digest) attaches to that flight after its own access check,
+ * and reads the same verified prefix from its own position; so N clients
+ * pulling one layer at once cost one download (proxy_internal.h).
+ *
  * Integrity: the last byte of the blob is held back until the download
  * ended verified, so a client never receives a complete wrong blob: a
  * download that fails after the reply started has its connection closed
@@ -34,6 +39,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -50,10 +56,7 @@ static void on_written(struct evhttp_connection *evcon, void *arg)
 
 static void go_direct(xch_t *x, bool fallback)
 {
-    if (x->fd >= 0) {
-        close(x->fd);
-        x->fd = -1;
-    }
+    df__proxy_blob_detach(x);
     if (fallback)
         x->px->stats.fallbacks++;
     if (df__proxy_direct_start(x) < 0) {
@@ -62,59 +65,176 @@ static void go_direct(xch_t *x, bool fallback)
     }
 }
 
+/* ---- flights: one P2P download shared by the requests for the same blob */
+
+static void flight_unlist(flight_t *f)
+{
+    df_proxy_t *px = f->px;
+
+    if (!f->listed)
+        return;
+    if (f->prev)
+        f->prev->next = f->next;
+    else
+        px->flights = f->next;
+    if (f->next)
+        f->next->prev = f->prev;
+    f->prev = f->next = NULL;
+    f->listed = false;
+    px->nflights--;
+}
+
+static void flight_free(flight_t *f)
+{
+    flight_unlist(f);
+    if (f->fd >= 0)
+        close(f->fd);
+    free(f);
+}
+
+static void flight_unref(flight_t *f)
+{
+    if (--f->refs == 0)
+        flight_free(f);
+}
+
+void df__proxy_blob_detach(xch_t *x)
+{
+    flight_t *f = x->fl;
+
+    if (!f)
+        return;
+    if (x->fprev)
+        x->fprev->fnext = x->fnext;
+    else
+        f->waiters = x->fnext;
+    if (x->fnext)
+        x->fnext->fprev = x->fprev;
+    x->fprev = x->fnext = NULL;
+    x->fl = NULL;
+    flight_unref(f);
+}
+
+static void attach(xch_t *x, flight_t *f)
+{
+    x->fl = f;
+    f->refs++;
+    x->fnext = f->waiters;
+    x->fprev = NULL;
+    if (f->waiters)
+        f->waiters->fprev = x;
+    f->waiters = x;
+}
+
+void df__proxy_flights_free(df_proxy_t *px)
+{
+    while (px->flights) {
+        flight_t *f = px->flights;
+        /* Exchanges are gone by now (df_proxy_free frees them first). */
+        flight_free(f);
+    }
+}
+
+static void kick_all(flight_t *f)
+{
+    for (xch_t *x = f->waiters; x; x = x->fnext)
+        if (x->req)
+            df__proxy_kick(x);
+}
+
 static void dl_progress(const df_progress_t *p, void *arg)
 {
-    xch_t *x = arg;
+    flight_t *f = arg;
 
-    if (x->fd < 0 && p->fd >= 0)
-        x->fd = fcntl(p->fd, F_DUPFD_CLOEXEC, 0); /* -1 on failure: the reply waits, then falls back */
+    if (f->fd < 0 && p->fd >= 0)
+        f->fd = fcntl(p->fd, F_DUPFD_CLOEXEC, 0); /* -1 on failure: replies wait, then fall back */
     if (p->length)
-        x->length = p->length;
-    if (p->contiguous > x->contiguous)
-        x->contiguous = p->contiguous;
-    if (x->req)
-        df__proxy_kick(x);
+        f->length = p->length;
+    if (p->contiguous > f->contiguous)
+        f->contiguous = p->contiguous;
+    kick_all(f);
 }
 
 static void dl_done(const df_download_result_t *res, void *arg)
 {
-    xch_t *x = arg;
+    flight_t *f = arg;
 
-    x->dl_running = false;
-    x->dl_status = res->status;
+    f->running = false;
+    f->status = res->status;
     if (res->status == 0) {
-        x->length = res->length;
-        x->contiguous = res->length;
+        f->length = res->length;
+        f->contiguous = res->length;
     } else {
-        DF_LOG_W("mirror: P2P download of %s failed: %s", x->url,
+        DF_LOG_W("mirror: P2P download of %s failed: %s", f->key,
                  res->reason[0] ? res->reason : df_strerror(res->status));
     }
-    if (x->req)
-        df__proxy_kick(x);
-    df__proxy_xch_unref(x); /* the download's reference */
+    /* Finished: the next request for this blob starts afresh (from the
+     * store when it succeeded, or a new try when it failed). */
+    flight_unlist(f);
+    kick_all(f);
+    flight_unref(f); /* the download's reference */
+}
+
+static flight_t *find_flight(df_proxy_t *px, const char *key)
+{
+    for (flight_t *f = px->flights; f; f = f->next)
+        if (f->running && f->shareable && strcmp(f->key, key) == 0)
+            return f;
+    return NULL;
 }
 
 static void start_download(xch_t *x)
 {
     const char *hdrs[2] = {x->auth[0] ? x->auth : NULL, NULL};
+    const char *key = x->digest[0] ? x->digest : x->url;
+    df_proxy_t *px = x->px;
     df_download_req_t r = {0};
+    flight_t *f;
     int rc;
 
+    x->state = XS_P2P;
+    f = find_flight(px, key);
+    if (f) {
+        /* This client passed its own access check; the bytes are the same
+         * blob (the digest is verified), so it rides along. */
+        px->stats.shared++;
+        attach(x, f);
+        df__proxy_kick(x);
+        return;
+    }
+    f = calloc(1, sizeof(*f));
+    if (!f) {
+        go_direct(x, true);
+        return;
+    }
+    f->px = px;
+    f->fd = -1;
+    f->running = true;
+    f->refs = 1; /* the download's */
+    /* Every running flight is listed (df_proxy_free frees them); only
+     * those with a whole key, within the cap, are found by others. */
+    f->shareable = df_strlcpy(f->key, key, sizeof(f->key)) == 0 && px->nflights < DF_PROXY_FLIGHTS_MAX;
+    f->next = px->flights;
+    if (px->flights)
+        px->flights->prev = f;
+    px->flights = f;
+    f->listed = true;
+    px->nflights++;
     r.url = x->url;
     r.stream = true;
     r.digest = x->digest[0] ? x->digest : NULL;
     r.headers = hdrs;
     r.call_system = "dfdaemon-mirror";
-    x->state = XS_P2P;
-    x->dl_running = true;
-    x->refs++;
-    rc = df_peer_download(x->px->peer, &r, dl_progress, dl_done, x);
+    r.insecure = x->insecure; /* the upstream's TLS settings for back-source and the seed */
+    r.ca_file = x->ca_file;
+    rc = df_peer_download(px->peer, &r, dl_progress, dl_done, f);
     if (rc < 0) {
         DF_LOG_W("mirror: cannot start the P2P download of %s: %s", x->url, df_strerror(rc));
-        x->dl_running = false;
-        x->refs--;
+        flight_free(f);
         go_direct(x, true);
+        return;
     }
+    attach(x, f);
 }
 
 static void check_done(df_http_req_t *req, const df_http_result_t *res, void *arg)
@@ -174,15 +294,16 @@ void df__proxy_blob_start(xch_t *x)
 static void start_reply(xch_t *x, bool done_ok)
 {
     struct evkeyvalq *h = evhttp_request_get_output_headers(x->req);
-    uint64_t off = 0, len = x->length;
+    const flight_t *f = x->fl;
+    uint64_t off = 0, len = f->length;
     bool partial = false;
     char num[96];
     int rc;
 
-    if (x->range_buf[0] && x->length > 0) {
-        rc = df_range_parse(x->range_buf, x->length, &off, &len);
+    if (x->range_buf[0] && f->length > 0) {
+        rc = df_range_parse(x->range_buf, f->length, &off, &len);
         if (rc == -ERANGE) {
-            snprintf(num, sizeof(num), "bytes */%" PRIu64, x->length);
+            snprintf(num, sizeof(num), "bytes */%" PRIu64, f->length);
             evhttp_add_header(h, "Content-Range", num);
             x->state = XS_DONE;
             df__proxy_send_error(x, 416, "range not satisfiable");
@@ -191,10 +312,10 @@ static void start_reply(xch_t *x, bool done_ok)
         partial = rc == 0;
         if (!partial) {
             off = 0;
-            len = x->length;
+            len = f->length;
         }
     }
-    if (!done_ok && x->contiguous <= off)
+    if (!done_ok && f->contiguous <= off)
         return; /* nothing to send yet */
     snprintf(num, sizeof(num), "%" PRIu64, len);
     evhttp_add_header(h, "Content-Length", num);
@@ -208,7 +329,7 @@ static void start_reply(xch_t *x, bool done_ok)
         evhttp_add_header(h, "Etag", etag);
     }
     if (partial) {
-        snprintf(num, sizeof(num), "bytes %" PRIu64 "-%" PRIu64 "/%" PRIu64, off, off + len - 1, x->length);
+        snprintf(num, sizeof(num), "bytes %" PRIu64 "-%" PRIu64 "/%" PRIu64, off, off + len - 1, f->length);
         evhttp_add_header(h, "Content-Range", num);
     }
     x->pos = off;
@@ -220,32 +341,34 @@ static void start_reply(xch_t *x, bool done_ok)
 
 void df__proxy_blob_pump(xch_t *x)
 {
-    bool done_ok = !x->dl_running && x->dl_status == 0;
+    flight_t *f = x->fl;
+    bool done_ok;
     uint64_t limit;
 
-    if (x->state != XS_P2P || !x->req)
+    if (x->state != XS_P2P || !x->req || !f)
         return;
-    if (!x->dl_running && x->dl_status < 0) {
+    done_ok = !f->running && f->status == 0;
+    if (!f->running && f->status < 0) {
         if (x->replying)
             df__proxy_abort(x); /* never let a short or wrong body look complete */
         else
             go_direct(x, true);
         return;
     }
-    if (x->fd < 0 && !(done_ok && x->length == 0)) {
+    if (f->fd < 0 && !(done_ok && f->length == 0)) {
         if (done_ok && !x->replying)
             go_direct(x, true); /* verified, but we never got its file */
         return;
     }
     if (!x->replying) {
-        if (x->length == 0 && !done_ok)
+        if (f->length == 0 && !done_ok)
             return;
         start_reply(x, done_ok);
         if (!x->replying || x->state != XS_P2P || !x->req)
             return;
     }
     /* The blob's last byte waits for the verdict on the whole blob. */
-    limit = done_ok ? x->length : DF_MIN(x->contiguous, x->length - 1);
+    limit = done_ok ? f->length : DF_MIN(f->contiguous, f->length - 1);
     limit = DF_MIN(limit, x->end);
     while (x->pos < limit && df__proxy_queued(x) < DF_PROXY_CONN_BUFFER) {
         size_t n = (size_t)DF_MIN(limit - x->pos, (uint64_t)DF_PROXY_READ_CHUNK);
@@ -254,7 +377,7 @@ void df__proxy_blob_pump(xch_t *x)
         ssize_t got = -1;
 
         if (buf && evbuffer_reserve_space(buf, (ev_ssize_t)n, &v, 1) == 1) {
-            got = pread(x->fd, v.iov_base, n, (off_t)x->pos);
+            got = pread(f->fd, v.iov_base, n, (off_t)x->pos);
             if (got > 0) {
                 v.iov_len = (size_t)got;
                 evbuffer_commit_space(buf, &v, 1);

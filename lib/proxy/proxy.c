@@ -78,6 +78,7 @@ int df_proxy_new(struct event_base *base, df_peer_t *peer, const df_proxy_config
     px->base = base;
     px->peer = peer;
     px->registry_insecure = cfg->registry_insecure;
+    px->http_proxy = cfg->http_proxy;
     rc = parse_registry(cfg->registry ? cfg->registry : DF_PROXY_DEFAULT_REGISTRY, px->registry,
                         sizeof(px->registry), px->registry_authority, sizeof(px->registry_authority));
     if (rc < 0) {
@@ -91,6 +92,27 @@ int df_proxy_new(struct event_base *base, df_peer_t *peer, const df_proxy_config
         px->registry_ca = strdup(cfg->registry_ca);
         if (!px->registry_ca) {
             rc = -ENOMEM;
+            goto fail;
+        }
+    }
+    for (size_t i = 0; cfg->hosts && cfg->hosts[i]; i++)
+        px->nhosts++;
+    if (px->nhosts > DF_PROXY_HOSTS_MAX) {
+        if (err && errcap)
+            snprintf(err, errcap, "more than %d registry hosts", DF_PROXY_HOSTS_MAX);
+        rc = DF_ECONFIG;
+        goto fail;
+    }
+    if (px->nhosts) {
+        px->hosts = calloc(px->nhosts, sizeof(*px->hosts));
+        if (!px->hosts) {
+            rc = -ENOMEM;
+            goto fail;
+        }
+    }
+    for (size_t i = 0; i < px->nhosts; i++) {
+        if (df_proxy_host_parse(cfg->hosts[i], &px->hosts[i], err, errcap) < 0) {
+            rc = DF_ECONFIG;
             goto fail;
         }
     }
@@ -135,10 +157,9 @@ static void xch_free(xch_t *x)
     if (x->next)
         x->next->prev = x->prev;
     df_http_cancel(x->up);
+    df__proxy_blob_detach(x);
     if (x->pump)
         event_free(x->pump);
-    if (x->fd >= 0)
-        close(x->fd);
     free(x->url);
     df__proxy_free_lines(x->hdrs);
     free(x);
@@ -159,8 +180,7 @@ static void client_gone(xch_t *x)
         df_http_cancel(x->up);
         x->up = NULL;
     }
-    if (x->state != XS_P2P)
-        x->state = XS_DONE;
+    x->state = XS_DONE;
     df__proxy_xch_unref(x);
 }
 
@@ -258,6 +278,7 @@ void df_proxy_handle(df_proxy_t *px, struct evhttp_request *req)
 {
     const char *target = evhttp_request_get_uri(req);
     const char *method = method_name(evhttp_request_get_command(req));
+    char origin[8192];
     xch_t *x;
     size_t plen;
     int rc;
@@ -267,8 +288,8 @@ void df_proxy_handle(df_proxy_t *px, struct evhttp_request *req)
         evhttp_send_error(req, 405, NULL);
         return;
     }
-    if (!target || target[0] != '/') {
-        /* An absolute-form target is HTTP proxy use: not served yet. */
+    if (!target || (target[0] != '/' && !px->http_proxy)) {
+        /* An absolute-form target is HTTP proxy use: off unless configured. */
         evhttp_send_error(req, 400, NULL);
         return;
     }
@@ -279,7 +300,6 @@ void df_proxy_handle(df_proxy_t *px, struct evhttp_request *req)
     }
     x->px = px;
     x->refs = 1;
-    x->fd = -1;
     x->req = req;
     x->evcon = evhttp_request_get_connection(req);
     x->head = evhttp_request_get_command(req) == EVHTTP_REQ_HEAD;
@@ -293,7 +313,14 @@ void df_proxy_handle(df_proxy_t *px, struct evhttp_request *req)
         df__proxy_send_error(x, 503, "out of memory");
         goto hook;
     }
-    rc = df__proxy_upstream_url(px, x, target);
+    if (target[0] == '/') {
+        rc = df__proxy_upstream_url(px, x, target);
+    } else {
+        /* HTTP proxy: the client names the origin; the rules see its path. */
+        px->stats.proxied++;
+        rc = df__proxy_absolute_url(x, target, origin, sizeof(origin));
+        target = origin;
+    }
     if (rc < 0) {
         df__proxy_send_error(x, rc == -ENOMEM ? 503 : 400, "bad request target or ns parameter");
         goto hook;
@@ -327,10 +354,12 @@ void df_proxy_free(df_proxy_t *px)
             evhttp_request_set_on_complete_cb(x->req, NULL, NULL);
             evhttp_connection_free(evcon);
         }
-        xch_free(x); /* whatever its references: the peer cancels downloads without callbacks */
+        xch_free(x);
     }
+    df__proxy_flights_free(px);
     df_proxy_rules_free(px->rules);
     df_http_free(px->http);
     free(px->registry_ca);
+    free(px->hosts);
     free(px);
 }

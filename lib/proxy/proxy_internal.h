@@ -9,13 +9,17 @@
  *   direct.c     relaying a request to the registry and its answer back
  *   blob.c       the P2P path: access check, download, streaming reply
  *
- * One exchange (xch_t) per client request.  Its lifetime is counted: one
- * reference for the client side (dropped when the reply completed or the
- * connection went away) and one while a P2P download runs (dropped in the
- * download's done callback: the engine has no cancel, so the exchange must
- * outlive the client until then).  Work that reacts to callbacks (more bytes
- * verified, the socket drained) runs from the exchange's own "pump" event,
- * never inside curl's or evhttp's callbacks.
+ * One exchange (xch_t) per client request, alive while its client side is
+ * (the reply completes or the connection goes away).  A P2P download is a
+ * flight (flight_t), shared: concurrent requests for the same blob on this
+ * daemon attach to the one flight in progress instead of each starting a
+ * download.  A flight is counted: one reference while its download runs
+ * (dropped in the done callback: the engine has no cancel, so the flight
+ * outlives its clients until then) and one per attached exchange.  A flight
+ * leaves the table when its download ends; later requests start a new one,
+ * which the peer then serves from its store.  Work that reacts to callbacks
+ * (more bytes verified, the socket drained) runs from the exchange's own
+ * "pump" event, never inside curl's or evhttp's callbacks.
  */
 #ifndef DF_PROXY_PROXY_INTERNAL_H
 #define DF_PROXY_PROXY_INTERNAL_H
@@ -41,6 +45,29 @@
 #define DF_PROXY_URL_MAX 512
 
 typedef struct xch xch_t;
+typedef struct flight flight_t;
+
+/* Key of a flight: the blob digest, or the URL for a p2p rule without one. */
+#define DF_PROXY_FLIGHT_KEY_MAX 2048
+/* Shareable flights at once; beyond, a request gets a download nobody
+ * else joins (correct, just not shared). */
+#define DF_PROXY_FLIGHTS_MAX 1024
+
+/* One P2P download and what is known of it, read by its exchanges. */
+struct flight {
+    df_proxy_t *px;
+    flight_t *prev, *next;      /* in px->flights while listed */
+    bool listed;                /* in px->flights: exactly while the download runs */
+    bool shareable;             /* found by later requests for the same key */
+    int refs;
+    char key[DF_PROXY_FLIGHT_KEY_MAX];
+    bool running;
+    int status;                 /* valid once !running */
+    uint64_t length;            /* 0 while unknown */
+    uint64_t contiguous;        /* verified readable prefix */
+    int fd;                     /* dup of the download's data fd, or -1 */
+    xch_t *waiters;             /* attached exchanges (x->fnext) */
+};
 
 struct df_proxy {
     struct event_base *base;
@@ -51,7 +78,12 @@ struct df_proxy {
     char registry_authority[256];    /* its host[:port], lower case, to match ?ns= */
     char *registry_ca;
     bool registry_insecure;
+    bool http_proxy;            /* absolute-form targets are served (HTTP proxy use) */
+    df_proxy_host_t *hosts;     /* per-host upstream settings for ?ns= (config "hosts") */
+    size_t nhosts;
     xch_t *xchs;                /* live exchanges */
+    flight_t *flights;          /* P2P downloads in progress, by key */
+    size_t nflights;
     df_proxy_stats_t stats;
 };
 
@@ -78,18 +110,15 @@ struct xch {
     char *url;                  /* the registry URL of this request */
     char **hdrs;                /* request header lines for the registry, NULL-terminated */
     bool insecure;
-    const char *ca_file;        /* px->registry_ca or NULL */
+    const char *ca_file;        /* px->registry_ca, a host entry's, or NULL */
     df_http_req_t *up;          /* direct relay or access check in flight */
     bool up_paused;             /* the relay is paused for backpressure */
 
     /* P2P */
     char digest[80];            /* "sha256:<hex>" from the path, or "" */
     char auth[8192];            /* "Authorization: ..." line or "" */
-    bool dl_running;
-    int dl_status;              /* valid once !dl_running */
-    uint64_t length;            /* 0 while unknown */
-    uint64_t contiguous;        /* verified readable prefix */
-    int fd;                     /* dup of the download's data fd, or -1 */
+    flight_t *fl;               /* the download we read, referenced; NULL before/after */
+    xch_t *fprev, *fnext;       /* in fl->waiters */
     uint64_t pos, end;          /* next byte to send, end of the reply's range */
     const char *range;          /* the client's Range header (owned by req) */
     char range_buf[128];
@@ -109,6 +138,11 @@ void df__proxy_send_error(xch_t *x, int code, const char *text);
  * sets x->url, x->insecure, x->ca_file.  -EINVAL (bad target or ns),
  * -ENOMEM. */
 int df__proxy_upstream_url(df_proxy_t *px, xch_t *x, const char *target);
+/* The same for an HTTP proxy request's absolute-form target: x->url is the
+ * target as given (normalized), with the system's TLS defaults; origin
+ * (cap bytes) receives its origin-form part for classification.  -EINVAL,
+ * -ENOMEM. */
+int df__proxy_absolute_url(xch_t *x, const char *uri, char *origin, size_t cap);
 
 /* headers.c */
 /* The client's headers to pass to the registry (NULL-terminated "K: V"
@@ -130,5 +164,10 @@ void df__proxy_direct_pump(xch_t *x);
 /* blob.c: the P2P path for x (x->url set). */
 void df__proxy_blob_start(xch_t *x);
 void df__proxy_blob_pump(xch_t *x);
+/* Detaches x from its flight (if any), dropping its reference. */
+void df__proxy_blob_detach(xch_t *x);
+/* Frees every flight whatever its references (df_proxy_free: the peer is
+ * about to cancel the downloads without calling back). */
+void df__proxy_flights_free(df_proxy_t *px);
 
 #endif

@@ -341,3 +341,109 @@ int df_proxy_parse_ns(const char *query, size_t qlen, char *host, size_t hostcap
     }
     return found ? 0 : -ENOENT;
 }
+
+/* Per-host upstream settings: a config string split on spaces by hand (no
+ * strtok: it is not reentrant and writes into the string). */
+int df_proxy_host_parse(const char *spec, df_proxy_host_t *out, char *err, size_t errcap)
+{
+    const char *p = spec;
+    bool scheme_set = false;
+    size_t ntok = 0;
+
+    memset(out, 0, sizeof(*out));
+    while (*p) {
+        const char *tok;
+        size_t n;
+
+        while (*p == ' ')
+            p++;
+        if (!*p)
+            break;
+        tok = p;
+        n = strcspn(p, " ");
+        p += n;
+        if (ntok++ == 0) {
+            if (n >= sizeof(out->authority))
+                goto bad;
+            memcpy(out->authority, tok, n);
+            out->authority[n] = '\0';
+            if (!df_proxy_valid_host(out->authority))
+                goto bad;
+            for (char *c = out->authority; *c; c++)
+                if (*c >= 'A' && *c <= 'Z')
+                    *c = (char)(*c - 'A' + 'a');
+        } else if ((n == 4 && strncmp(tok, "http", 4) == 0) || (n == 5 && strncmp(tok, "https", 5) == 0)) {
+            if (scheme_set)
+                goto bad;
+            scheme_set = true;
+            out->http = n == 4;
+        } else if (n == 8 && strncmp(tok, "insecure", 8) == 0) {
+            if (out->insecure)
+                goto bad;
+            out->insecure = true;
+        } else if (n > 3 && strncmp(tok, "ca=", 3) == 0) {
+            if (out->ca_file[0] || n - 3 >= sizeof(out->ca_file))
+                goto bad;
+            memcpy(out->ca_file, tok + 3, n - 3);
+            out->ca_file[n - 3] = '\0';
+        } else {
+            goto bad;
+        }
+    }
+    if (ntok == 0)
+        goto bad;
+    return 0;
+bad:
+    if (err && errcap)
+        snprintf(err, errcap, "registry host \"%.200s\": want \"HOST[:PORT] [http|https] [insecure] [ca=FILE]\"",
+                 spec);
+    return -EINVAL;
+}
+
+int df_proxy_parse_absolute(const char *uri, size_t len, char *base, size_t basecap, char *target,
+                            size_t targetcap)
+{
+    char auth[256];
+    size_t i, alen, tlen;
+
+    if (len < 8 || strncasecmp(uri, "http://", 7) != 0)
+        return -EINVAL;
+    for (i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)uri[i];
+        /* Bytes that would split or smuggle a request line, and fragments
+         * (never sent on the wire). */
+        if (c <= 0x20 || c == 0x7f || c == '#')
+            return -EINVAL;
+    }
+    uri += 7;
+    len -= 7;
+    alen = 0;
+    while (alen < len && uri[alen] != '/' && uri[alen] != '?')
+        alen++;
+    if (alen == 0 || alen >= sizeof(auth))
+        return -EINVAL;
+    memcpy(auth, uri, alen);
+    auth[alen] = '\0';
+    if (!df_proxy_valid_host(auth)) /* also refuses '@' (userinfo) */
+        return -EINVAL;
+    for (char *p = auth; *p; p++)
+        if (*p >= 'A' && *p <= 'Z')
+            *p = (char)(*p - 'A' + 'a');
+    if (7 + alen + 1 > basecap)
+        return -ENAMETOOLONG;
+    memcpy(base, "http://", 7);
+    memcpy(base + 7, auth, alen + 1);
+    uri += alen;
+    len -= alen;
+    tlen = (len == 0 || uri[0] == '?') ? len + 1 : len;
+    if (tlen + 1 > targetcap)
+        return -ENAMETOOLONG;
+    if (len == 0 || uri[0] == '?') {
+        target[0] = '/';
+        memcpy(target + 1, uri, len);
+    } else {
+        memcpy(target, uri, len);
+    }
+    target[tlen] = '\0';
+    return 0;
+}

@@ -4,8 +4,9 @@
  * request path (without query) decides whether the request goes through P2P
  * or straight to the registry.  No match means direct.  Also the small
  * parsers of what a registry request carries: the blob digest in a path and
- * containerd's ?ns=<host> query parameter.  Pure functions, no I/O; fuzzed by
- * tests/fuzz/fuzz_proxy_rules.c.
+ * containerd's ?ns=<host> query parameter, the per-host upstream settings,
+ * an HTTP proxy request's absolute-form target.  Pure functions, no I/O;
+ * fuzzed by tests/fuzz/fuzz_proxy_rules.c and fuzz_proxy_uri.c.
  */
 #ifndef DF_PROXY_RULES_H
 #define DF_PROXY_RULES_H
@@ -62,5 +63,29 @@ bool df_proxy_valid_host(const char *h);
  * whole query), -EINVAL when its value is not a valid host, -ENAMETOOLONG
  * when a buffer is too small. */
 int df_proxy_parse_ns(const char *query, size_t qlen, char *host, size_t hostcap, char *rest, size_t restcap);
+
+/* An HTTP proxy request's absolute-form target (RFC 9112 3.2.2)
+ * "http://HOST[:PORT][/PATH][?QUERY]" (scheme in any case; no userinfo, no
+ * fragment, no spaces or control bytes; len bytes, need not be
+ * NUL-terminated).  Writes "http://host[:port]" (lower case) into base
+ * (basecap bytes) and the origin-form target ("/PATH?QUERY", "/" when the
+ * path is empty) into target (targetcap bytes).  0, -EINVAL, or
+ * -ENAMETOOLONG when a buffer is too small.  Only http: https goes through
+ * CONNECT. */
+int df_proxy_parse_absolute(const char *uri, size_t len, char *base, size_t basecap, char *target,
+                            size_t targetcap);
+
+/* One registry a ?ns= may name, with how to reach it. */
+typedef struct {
+    char authority[256];        /* "host[:port]", lower case */
+    bool http;                  /* plain HTTP instead of https */
+    bool insecure;              /* do not verify its certificate */
+    char ca_file[1024];         /* extra CA bundle, "" = system CAs */
+} df_proxy_host_t;
+
+/* Parses "HOST[:PORT] [http|https] [insecure] [ca=FILE]" (options separated
+ * by one or more spaces, each at most once; FILE without spaces, at most
+ * 1023 bytes).  0, or -EINVAL with err (errcap bytes) naming the problem. */
+int df_proxy_host_parse(const char *spec, df_proxy_host_t *out, char *err, size_t errcap);
 
 #endif

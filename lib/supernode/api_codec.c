@@ -16,6 +16,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <jansson.h>
+#include <openssl/evp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -197,6 +198,57 @@ static bool is_ip(const char *s)
 
 /* ------------------------------------------------------------- register */
 
+/* "insecure" (bool) and "rootCAs" (array of base64 strings, Go's []byte in
+ * JSON): the TLS settings the seed uses for this task's origin.  The decoded
+ * certificates are concatenated, capped at DF_SN_ROOT_CA_MAX in all. */
+static int decode_tls(json_t *root, df_sn_register_req_t *out, char *err, size_t errcap)
+{
+    json_t *ins = json_object_get(root, "insecure"), *cas = json_object_get(root, "rootCAs"), *e;
+    size_t i;
+
+    if (ins && !json_is_null(ins)) {
+        if (!json_is_boolean(ins)) {
+            set_err(err, errcap, "%s", "field \"insecure\" must be a boolean");
+            return DF_EPROTO;
+        }
+        out->insecure = json_is_true(ins);
+    }
+    if (!cas || json_is_null(cas))
+        return 0;
+    if (!json_is_array(cas) || json_array_size(cas) > 16) {
+        set_err(err, errcap, "%s", "field \"rootCAs\" must be an array of at most 16 base64 strings");
+        return DF_EPROTO;
+    }
+    json_array_foreach(cas, i, e)
+    {
+        const char *s = json_string_value(e);
+        size_t n = s ? json_string_length(e) : 0, pad = 0;
+        char *grown;
+        int got;
+
+        if (!s || n % 4 != 0 || n / 4 * 3 > DF_SN_ROOT_CA_MAX - out->root_ca_len) {
+            set_err(err, errcap, "%s", "field \"rootCAs\": bad base64 or more than 32 KiB");
+            return DF_EPROTO;
+        }
+        if (n == 0)
+            continue;
+        grown = realloc(out->root_ca, out->root_ca_len + n / 4 * 3 + 2);
+        if (!grown)
+            return -ENOMEM;
+        out->root_ca = grown;
+        got = EVP_DecodeBlock((unsigned char *)out->root_ca + out->root_ca_len, (const unsigned char *)s, (int)n);
+        if (got < 0) {
+            set_err(err, errcap, "%s", "field \"rootCAs\": bad base64");
+            return DF_EPROTO;
+        }
+        /* EVP_DecodeBlock counts the padding as zero bytes. */
+        pad = (s[n - 1] == '=') + (n > 1 && s[n - 2] == '=');
+        out->root_ca_len += (size_t)got - pad;
+        out->root_ca[out->root_ca_len++] = '\n'; /* certificates stay separate */
+    }
+    return 0;
+}
+
 void df_sn_register_req_clear(df_sn_register_req_t *r)
 {
     free(r->url);
@@ -206,6 +258,7 @@ void df_sn_register_req_clear(df_sn_register_req_t *r)
     free_string_array(r->headers, r->nheaders);
     free(r->peer_ip);
     free(r->peer_hostname);
+    free(r->root_ca);
     memset(r, 0, sizeof(*r));
 }
 
@@ -279,6 +332,9 @@ int df_sn_decode_register(const char *body, size_t len, df_sn_register_req_t *ou
             goto out;
         }
     }
+    rc = decode_tls(root, out, err, errcap);
+    if (rc < 0)
+        goto out;
     rc = get_string(root, "pattern", false, 16, &pattern, err, errcap);
     if (rc < 0)
         goto out;

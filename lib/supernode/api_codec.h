@@ -46,7 +46,12 @@ typedef struct {
     char *peer_ip;             /* numeric IPv4/IPv6 */
     uint16_t peer_port;        /* 0 = does not upload */
     char *peer_hostname;       /* never NULL after decode: absent or "" -> the ip */
+    bool insecure;             /* TLS to the origin: do not verify (Dragonfly's "insecure") */
+    char *root_ca;             /* "rootCAs" decoded and concatenated (PEM), or NULL */
+    size_t root_ca_len;        /* at most DF_SN_ROOT_CA_MAX */
 } df_sn_register_req_t;
+
+#define DF_SN_ROOT_CA_MAX (32u * 1024u)
 
 typedef struct {
     uint32_t piece;

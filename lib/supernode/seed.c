@@ -409,6 +409,9 @@ static int request(seed_t *sd)
             hdrs[n++] = t->headers[i];
     }
     o.url = t->url;
+    o.insecure = t->insecure;
+    o.ca_pem = t->root_ca;
+    o.ca_pem_len = t->root_ca_len;
     o.follow_redirects = true;
     o.connect_timeout_ms = (long)s->opts.origin_timeout_ms;
     o.stall_timeout_ms = (long)s->opts.origin_timeout_ms;

@@ -326,6 +326,12 @@ static void h_register(df_supernode_t *sn, struct evhttp_request *req)
                        rc == -ENOSPC ? "too many tasks" : df_strerror(rc));
             goto out;
         }
+        /* Like the headers, the first registrant's TLS settings are the
+         * seed's: the digest a registrant may give still checks the bytes. */
+        task->insecure = r.insecure;
+        task->root_ca = r.root_ca;
+        task->root_ca_len = r.root_ca_len;
+        r.root_ca = NULL;
         DF_LOG_I("task %.12s: new, url %s", id, task_url);
     }
     task->last_access_ms = now;

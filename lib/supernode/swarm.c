@@ -228,6 +228,7 @@ static void task_free(df_sn_task_t *t)
     for (size_t i = 0; i < t->nheaders; i++)
         free(t->headers[i]);
     free(t->headers);
+    free(t->root_ca);
     free(t->seed_have);
     free(t->piece_sha);
     for (uint32_t i = 0; i < t->nmembers; i++)

@@ -85,6 +85,9 @@ typedef struct df_sn_task {
     char *identifier;            /* or NULL */
     char **headers;              /* origin request headers of the first registrant */
     size_t nheaders;
+    bool insecure;               /* the first registrant's TLS settings for the origin */
+    char *root_ca;               /* PEM, or NULL */
+    size_t root_ca_len;
     df_pattern_t pattern;
 
     df_sn_task_state_t state;

@@ -31,7 +31,15 @@ typedef struct {
     const char *peer_ip;
     uint16_t peer_port;          /* 0 = does not upload */
     const char *hostname;
+    /* TLS to the origin for the seed's fetch (Dragonfly's insecure/rootCAs):
+     * skip verification, or trust these PEM certificates instead of the
+     * system CAs (root_ca_len bytes, at most DF_TRACKER_ROOT_CA_MAX). */
+    bool insecure;
+    const char *root_ca;
+    size_t root_ca_len;
 } df_register_req_t;
+
+#define DF_TRACKER_ROOT_CA_MAX (32u * 1024u)
 
 typedef struct {
     int status;                  /* 0, or the error (DF_EORIGIN: see origin_status) */

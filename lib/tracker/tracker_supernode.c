@@ -14,6 +14,7 @@
 #include "net/http_client.h"
 
 #include <jansson.h>
+#include <openssl/evp.h>
 
 #include <errno.h>
 #include <stdio.h>
@@ -317,6 +318,25 @@ static int sn_register(df_tracker_t *t, const df_register_req_t *req, df_registe
         json_object_set_new(body, "digest", json_string(req->digest));
     if (req->identifier)
         json_object_set_new(body, "identifier", json_string(req->identifier));
+    if (req->insecure)
+        json_object_set_new(body, "insecure", json_true());
+    if (req->root_ca && req->root_ca_len) {
+        /* Dragonfly sends rootCAs as a list of byte strings: base64 in JSON. */
+        size_t cap = 4 * ((req->root_ca_len + 2) / 3) + 1;
+        unsigned char *b64;
+        if (req->root_ca_len > DF_TRACKER_ROOT_CA_MAX) {
+            json_decref(body);
+            return -EFBIG;
+        }
+        b64 = malloc(cap);
+        if (!b64) {
+            json_decref(body);
+            return -ENOMEM;
+        }
+        EVP_EncodeBlock(b64, (const unsigned char *)req->root_ca, (int)req->root_ca_len);
+        json_object_set_new(body, "rootCAs", json_pack("[s]", (const char *)b64));
+        free(b64);
+    }
     return call_start((sn_tracker_t *)t, CALL_REGISTER, "/api/v1/register", body, (void *)cb, arg);
 }
 

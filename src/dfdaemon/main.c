@@ -52,9 +52,13 @@ typedef struct {
     char *registry;
     char *registry_ca;
     bool registry_insecure;
+    bool http_proxy;
     char **rules;           /* NULL-terminated, or NULL for the default */
     size_t nrules;
     bool rules_from_flags;  /* --rule replaces the file's rules, not adds to them */
+    char **hosts;           /* --registry-host specs, NULL-terminated, or NULL */
+    size_t nhosts;
+    bool hosts_from_flags;  /* likewise for --registry-host */
 } opts_t;
 
 #define RULES_MAX 64
@@ -78,6 +82,10 @@ static void usage(FILE *f)
             "                            (default " DF_PROXY_DEFAULT_REGISTRY ")\n"
             "      --registry-ca FILE    CA bundle for the registry's TLS certificate\n"
             "      --registry-insecure   do not verify the registry's TLS certificate\n"
+            "      --http-proxy          also act as an HTTP proxy (http:// targets,\n"
+            "                            same rules); off by default\n"
+            "      --registry-host \"HOST[:PORT] [http|https] [insecure] [ca=FILE]\"\n"
+            "                            how to reach a registry named by ?ns= (repeatable)\n"
             "      --rule \"ACTION METHOD REGEX\"\n"
             "                            mirror rule, repeatable, first match wins:\n"
             "                            p2p GET REGEX or direct METHOD|* REGEX on the\n"
@@ -125,6 +133,32 @@ static int add_rule(opts_t *o, const char *value)
         return -ENOMEM;
     o->rules[++o->nrules] = NULL;
     return 0;
+}
+
+static int add_host(opts_t *o, const char *value)
+{
+    char **n;
+
+    if (o->nhosts >= DF_PROXY_HOSTS_MAX)
+        return -EINVAL;
+    n = realloc(o->hosts, (o->nhosts + 2) * sizeof(*n));
+    if (!n)
+        return -ENOMEM;
+    o->hosts = n;
+    o->hosts[o->nhosts] = strdup(value);
+    if (!o->hosts[o->nhosts])
+        return -ENOMEM;
+    o->hosts[++o->nhosts] = NULL;
+    return 0;
+}
+
+static void free_hosts(opts_t *o)
+{
+    for (size_t i = 0; i < o->nhosts; i++)
+        free(o->hosts[i]);
+    free(o->hosts);
+    o->hosts = NULL;
+    o->nhosts = 0;
 }
 
 static void free_rules(opts_t *o)
@@ -189,12 +223,20 @@ static int set_option(opts_t *o, const char *key, const char *value, const char 
         rc = *value ? replace_str(&o->registry_ca, value) : -EINVAL;
     } else if (strcmp(key, "registry-insecure") == 0) {
         rc = parse_bool(value, &o->registry_insecure);
+    } else if (strcmp(key, "http-proxy") == 0) {
+        rc = parse_bool(value, &o->http_proxy);
     } else if (strcmp(key, "rule") == 0 || strncmp(key, "rules.", 6) == 0) {
         if (*where == '\0' && !o->rules_from_flags) {
             free_rules(o);
             o->rules_from_flags = true;
         }
         rc = add_rule(o, value);
+    } else if (strcmp(key, "registry-host") == 0 || strncmp(key, "registry-hosts.", 15) == 0) {
+        if (*where == '\0' && !o->hosts_from_flags) {
+            free_hosts(o);
+            o->hosts_from_flags = true;
+        }
+        rc = add_host(o, value);
     } else {
         fprintf(stderr, "dfdaemon: %sunknown setting \"%s\"\n", where, key);
         return -ENOENT;
@@ -229,7 +271,9 @@ static const struct option long_opts[] = {
     {"registry", required_argument, NULL, 0},
     {"registry-ca", required_argument, NULL, 0},
     {"registry-insecure", no_argument, NULL, 0},
+    {"http-proxy", no_argument, NULL, 0},
     {"rule", required_argument, NULL, 0},
+    {"registry-host", required_argument, NULL, 0},
     {"version", no_argument, NULL, 'V'},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
@@ -245,6 +289,7 @@ static void opts_free(opts_t *o)
     free(o->registry);
     free(o->registry_ca);
     free_rules(o);
+    free_hosts(o);
 }
 
 static int usage_error(void)
@@ -335,12 +380,14 @@ static int render_proxy_metrics(df_proxy_t *proxy, struct evbuffer *out)
         {"mirror_aborted_total", "Replies cut after their first byte because the P2P download failed.", 0},
         {"mirror_p2p_bytes_total", "Body bytes sent from P2P downloads.", 0},
         {"mirror_direct_bytes_total", "Body bytes relayed from the registry.", 0},
+        {"mirror_shared_total", "Blob requests that joined a P2P download already running for the same blob.", 0},
+        {"mirror_proxy_requests_total", "Requests received as an HTTP proxy (absolute-form target).", 0},
     };
-    uint64_t v[8];
+    uint64_t v[10];
 
     df_proxy_stats(proxy, &s);
     v[0] = s.requests, v[1] = s.p2p, v[2] = s.direct, v[3] = s.fallbacks;
-    v[4] = s.denied, v[5] = s.aborted, v[6] = s.p2p_bytes, v[7] = s.direct_bytes;
+    v[4] = s.denied, v[5] = s.aborted, v[6] = s.p2p_bytes, v[7] = s.direct_bytes, v[8] = s.shared, v[9] = s.proxied;
     for (size_t i = 0; i < sizeof(m) / sizeof(m[0]); i++)
         if (evbuffer_add_printf(out, "# HELP dfly_dfdaemon_%s %s\n# TYPE dfly_dfdaemon_%s counter\ndfly_dfdaemon_%s %llu\n",
                                 m[i].name, m[i].help, m[i].name, m[i].name, (unsigned long long)v[i]) < 0)
@@ -478,7 +525,9 @@ int main(int argc, char **argv)
         xc.registry = o.registry;
     xc.registry_ca = o.registry_ca;
     xc.registry_insecure = o.registry_insecure;
+    xc.http_proxy = o.http_proxy;
     xc.rules = (const char *const *)o.rules;
+    xc.hosts = (const char *const *)o.hosts;
     rc = df_proxy_new(base, peer, &xc, &proxy, err, sizeof(err));
     if (rc < 0) {
         fprintf(stderr, "dfdaemon: registry mirror: %s\n", err[0] ? err : df_strerror(rc));

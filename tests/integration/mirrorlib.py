@@ -30,9 +30,9 @@ class Registry:
 
     USER, PASSWORD = "dfly", "s3cret-pw"
 
-    def __init__(self, env, auth=False):
+    def __init__(self, env, auth=False, tls=None):
         need("docker-registry")
-        self.env, self.auth = env, auth
+        self.env, self.auth, self.tls = env, auth, tls
         self.port = T.free_port()
         self.dir = env.mkdir(f"registry-{self.port}")
         self.proc = None
@@ -43,7 +43,7 @@ class Registry:
 
     @property
     def url(self):
-        return f"http://{self.addr}"
+        return f"{'https' if self.tls else 'http'}://{self.addr}"
 
     def start(self, timeout=20.0):
         auth = ""
@@ -53,6 +53,9 @@ class Registry:
             rc, _, err = self.env.run(["htpasswd", "-Bbc", pw, self.USER, self.PASSWORD])
             T.check(rc == 0, f"htpasswd failed: {err}")
             auth = f"auth:\n  htpasswd:\n    realm: dfly-test\n    path: {pw}\n"
+        tls = ""
+        if self.tls:
+            tls = f"  tls:\n    certificate: {self.tls.cert}\n    key: {self.tls.key}\n"
         conf = os.path.join(self.dir, "config.yml")
         with open(conf, "w") as f:
             f.write(f"""version: 0.1
@@ -71,10 +74,12 @@ storage:
       enabled: false
 http:
   addr: {self.addr}
-{auth}""")
+{tls}{auth}""")
         self.proc = self.env.procs.start("registry", ["docker-registry", "serve", conf])
 
         def ready():
+            if self.tls:
+                return T.port_open(self.port)
             try:
                 return T.http_request(self.port, "GET", "/v2/", timeout=1.0)[0] in (200, 401)
             except OSError:
@@ -96,6 +101,42 @@ http:
     def count(self, method, path_suffix, status=None):
         return sum(1 for m, p, s in self.access()
                    if m == method and p.endswith(path_suffix) and (status is None or s == status))
+
+
+class TestCA:
+    """A throw-away CA (EC P-256, made with openssl) and a server certificate
+    it signed for 127.0.0.1 / localhost."""
+
+    def __init__(self, env, name="ca"):
+        need("openssl")
+        d = env.mkdir(name)
+        self.ca_key, self.ca = os.path.join(d, "ca.key"), os.path.join(d, "ca.pem")
+        self.key, self.cert = os.path.join(d, "server.key"), os.path.join(d, "server.pem")
+        csr, ext = os.path.join(d, "server.csr"), os.path.join(d, "ext.cnf")
+        with open(ext, "w") as f:
+            f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+                    "basicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n")
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        for argv in (["openssl", "req", "-x509"] + ec + ["-keyout", self.ca_key, "-out", self.ca, "-days", "2",
+                                                         "-subj", "/CN=dfly test CA"],
+                     ["openssl", "req"] + ec + ["-keyout", self.key, "-out", csr, "-subj", "/CN=127.0.0.1"],
+                     ["openssl", "x509", "-req", "-in", csr, "-CA", self.ca, "-CAkey", self.ca_key,
+                      "-CAcreateserial", "-out", self.cert, "-days", "2", "-extfile", ext]):
+            rc, _, err = env.run(argv)
+            T.check(rc == 0, f"{' '.join(argv)}: {err}")
+
+    def get(self, port, path, headers=None, timeout=30.0):
+        """GET over TLS verified with this CA: (status, body)."""
+        import http.client
+        import ssl
+        ctx = ssl.create_default_context(cafile=self.ca)
+        c = http.client.HTTPSConnection(T.LOCALHOST, port, context=ctx, timeout=timeout)
+        try:
+            c.request("GET", path, headers=headers or {})
+            r = c.getresponse()
+            return r.status, r.read()
+        finally:
+            c.close()
 
 
 def _blob(layout, data):
@@ -167,7 +208,10 @@ def push(env, reg, layout, ref="test/img:1"):
     hdrs = {"Accept": OCI_MANIFEST}
     if reg.auth:
         hdrs["Authorization"] = reg.basic()
-    st, _, body = T.http_request(reg.port, "GET", f"/v2/{name}/manifests/{tag}", headers=hdrs)
+    if reg.tls:
+        st, body = reg.tls.get(reg.port, f"/v2/{name}/manifests/{tag}", hdrs)
+    else:
+        st, _, body = T.http_request(reg.port, "GET", f"/v2/{name}/manifests/{tag}", headers=hdrs)
     T.check(st == 200, f"manifest from the registry -> {st}")
     man = json.loads(body)
     layers = [l["digest"] for l in man["layers"]]
@@ -199,3 +243,78 @@ def metric(text, series):
     """The value of one series, e.g. 'x_total{source="peer"}' (exact text)."""
     m = re.search(rf"(?m)^{re.escape(series)} ([0-9.e+]+)$", text)
     return int(float(m.group(1))) if m else None
+
+
+class Containerd:
+    """A private containerd (Debian's 1.6): its own root, state and sockets in
+    the test's temp dir, the CRI plugin disabled (no kubelet here), content
+    isolated per namespace (so two namespaces pull the same blobs twice, as
+    two hosts would), the native snapshotter for unpacking (works without
+    overlayfs).  Pulls with `ctr images pull --hosts-dir`."""
+
+    def __init__(self, env, name="containerd"):
+        need("containerd", "ctr")
+        self.env = env
+        self.dir = env.mkdir(name)
+        self.sock = os.path.join(self.dir, "containerd.sock")
+        self.proc = None
+
+    def start(self, timeout=30.0):
+        conf = os.path.join(self.dir, "config.toml")
+        with open(conf, "w") as f:
+            f.write(f"""version = 2
+root = "{self.dir}/root"
+state = "{self.dir}/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "{self.sock}"
+[ttrpc]
+  address = "{self.sock}.ttrpc"
+[debug]
+  address = "{self.sock}.debug"
+[plugins."io.containerd.metadata.v1.bolt"]
+  content_sharing_policy = "isolated"
+""")
+        self.proc = self.env.procs.start("containerd", ["containerd", "--config", conf])
+        T.wait_for(lambda: os.path.exists(self.sock) and self.ctr_ok(), timeout,
+                   what="containerd socket", proc=self.proc)
+        return self
+
+    def ctr_ok(self):
+        try:
+            return subprocess.run(["ctr", "--address", self.sock, "version"], capture_output=True,
+                                  timeout=5.0).returncode == 0
+        except subprocess.TimeoutExpired:
+            return False
+
+    def hosts_dir(self, registry_addr, mirror_port, name="hosts"):
+        """A hosts.toml for registry_addr whose first host is the dfdaemon
+        mirror (containerd then adds ?ns=<registry_addr> to its requests)."""
+        d = self.env.mkdir(name, registry_addr)
+        with open(os.path.join(d, "hosts.toml"), "w") as f:
+            f.write(f'server = "http://{registry_addr}"\n\n'
+                    f'[host."http://{T.LOCALHOST}:{mirror_port}"]\n'
+                    f'  capabilities = ["pull", "resolve"]\n')
+        return os.path.dirname(d)
+
+    def start_pull(self, namespace, ref, hosts_dir):
+        return self.env.procs.start("ctr", ["ctr", "--address", self.sock, "--namespace", namespace,
+                                            "images", "pull", "--hosts-dir", hosts_dir,
+                                            "--snapshotter", "native", ref])
+
+    def content(self, namespace):
+        """{digest: size} of the namespace's content store."""
+        out = subprocess.run(["ctr", "--address", self.sock, "--namespace", namespace, "content", "ls"],
+                             capture_output=True, timeout=30.0, text=True).stdout
+        res = {}
+        for line in out.splitlines()[1:]:
+            parts = line.split()
+            if len(parts) >= 2 and parts[0].startswith("sha256:"):
+                res[parts[0]] = parts[1]
+        return res
+
+    def blob(self, namespace, digest, path):
+        with open(path, "wb") as f:
+            rc = subprocess.run(["ctr", "--address", self.sock, "--namespace", namespace, "content", "get",
+                                 digest], stdout=f, timeout=60.0).returncode
+        T.check(rc == 0, f"ctr content get {digest} failed")

@@ -164,6 +164,115 @@ def test_mirror_tls_and_malformed(env):
     T.check(st == 502, f"dead registry -> {st}")
 
 
+@T.timeout(240)
+def test_mirror_shared_download(env):
+    """Five clients ask one dfdaemon for the same uncached blob at once (one
+    with a Range): each passes its own access check, then all ride one P2P
+    download -- one engine download, four joins -- and each gets its bytes."""
+    import hashlib
+    import threading
+    reg, image, sn, ds = setup(env, daemons=1)
+    d = ds[0]
+    big = image["big"]
+    size = image["sizes"][big]
+    path = f"/v2/test/img/blobs/{big}?ns={reg.addr}"
+    results = [None] * 5
+
+    def get(i):
+        hdrs = {"Range": f"bytes={size // 2}-"} if i == 4 else {}
+        try:
+            st, _, body = T.http_request(d.port, "GET", path, headers=hdrs, timeout=120.0)
+            results[i] = (st, hashlib.sha256(body).hexdigest(), len(body))
+        except OSError as e:
+            results[i] = (None, str(e), 0)
+    threads = [threading.Thread(target=get, args=(i,)) for i in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(150.0)
+    for i in range(4):
+        T.check(results[i] is not None and results[i][0] == 200 and "sha256:" + results[i][1] == big,
+                f"client {i}: {results[i]}")
+    T.check(results[4] is not None and results[4][0] == 206 and results[4][2] == size - size // 2,
+            f"range client: {results[4]}")
+    m = daemon_metrics(d)
+    shared = M.metric(m, "dfly_dfdaemon_mirror_shared_total")
+    dls = M.metric(m, 'dfly_dfdaemon_downloads_total{result="ok"}')
+    T.log(f"5 concurrent requests for one {size >> 20} MiB blob: {dls} download(s), {shared} joined")
+    T.check(shared == 4 and dls == 1, f"want 1 download and 4 joins:\n{m}")
+    T.check(M.metric(m, "dfly_dfdaemon_mirror_p2p_total") == 5, f"mirror counters:\n{m}")
+    T.check(reg.count("HEAD", "/blobs/" + big) == 5, "one access check per client expected")
+    T.check(reg.count("GET", "/blobs/" + big) == 1, f"registry: {reg.access()}")
+
+
+@T.timeout(240)
+def test_mirror_http_proxy(env):
+    """dfdaemon --http-proxy as curl's HTTP proxy: a blob GET by absolute URI
+    goes through P2P (the registry is asked once, by the seed), a manifest
+    is relayed; without --http-proxy an absolute-form request is 400."""
+    M.need("curl")
+    reg, image, sn, ds = setup(env, daemons=1)
+    d = env.dfdaemon(sn.addr, extra=["--registry", "http://127.0.0.1:9", "--http-proxy"])
+    big = image["big"]
+    out = env.path("big.bin")
+    url = f"http://{reg.addr}/v2/test/img/blobs/{big}"
+    for i in range(2):
+        rc, _, err = env.run(["curl", "-sS", "-f", "--noproxy", "", "--proxy", f"http://{T.LOCALHOST}:{d.port}",
+                              "-o", out, url], timeout=120.0)
+        T.check(rc == 0, f"curl through the proxy failed: {err}")
+        T.check("sha256:" + T.file_hash(out) == big, "blob through the proxy has the wrong digest")
+    rc, man, err = env.run(["curl", "-sS", "-f", "--noproxy", "", "--proxy", f"http://{T.LOCALHOST}:{d.port}",
+                            "-H", f"Accept: {M.OCI_MANIFEST}", f"http://{reg.addr}/v2/test/img/manifests/1"])
+    T.check(rc == 0 and big in man, f"manifest through the proxy: rc={rc} {err}")
+    m = daemon_metrics(d)
+    T.log(f"HTTP proxy: {M.metric(m, 'dfly_dfdaemon_mirror_proxy_requests_total')} requests, "
+          f"{M.metric(m, 'dfly_dfdaemon_mirror_p2p_bytes_total')} B from P2P")
+    T.check(M.metric(m, "dfly_dfdaemon_mirror_p2p_total") == 2, f"blob not served by P2P:\n{m}")
+    T.check(M.metric(m, "dfly_dfdaemon_mirror_proxy_requests_total") == 3, f"proxy counter:\n{m}")
+    T.check(reg.count("GET", "/blobs/" + big) == 1, f"registry: {reg.access()}")
+    st, _ = T.raw_request(ds[0].port, f"GET {url} HTTP/1.1\r\nHost: {reg.addr}\r\n\r\n".encode())
+    T.check(st == 400, f"absolute-form request without --http-proxy -> {st}")
+
+
+@T.timeout(240)
+def test_mirror_tls_registry_hosts(env):
+    """A registry over TLS with a private CA, named by ?ns= and listed with
+    --registry-host "HOST:PORT ca=FILE": manifests are relayed and blobs
+    served (the CA reaches the access check and the download's own origin
+    requests); a daemon without the entry refuses the unknown certificate
+    (502), one with "insecure" does not check it."""
+    ca = M.TestCA(env)
+    reg = M.Registry(env, tls=ca).start()
+    layout = env.mkdir("oci")
+    M.make_oci_image(layout, 2 * T.MiB)
+    image = M.push(env, reg, layout)
+    sn = env.supernode()
+    good = env.dfdaemon(sn.addr, extra=["--registry", "http://127.0.0.1:9",
+                                        "--registry-host", f"{reg.addr} ca={ca.ca}"])
+    lax = env.dfdaemon(sn.addr, extra=["--registry", "http://127.0.0.1:9",
+                                       "--registry-host", f"{reg.addr} https insecure"])
+    plain = env.dfdaemon(sn.addr, extra=["--registry", "http://127.0.0.1:9"])
+    man = f"/v2/test/img/manifests/1?ns={reg.addr}"
+    for d in (good, lax):
+        st, _, body = T.http_request(d.port, "GET", man, headers={"Accept": M.OCI_MANIFEST}, timeout=30.0)
+        T.check(st == 200 and image["big"].encode() in body, f"manifest through a TLS host entry -> {st}")
+    st, _, _ = T.http_request(plain.port, "GET", man, timeout=30.0)
+    T.check(st == 502, f"unknown CA without a host entry -> {st}")
+    big = image["big"]
+    for d in (good, lax):
+        st, h, body = T.http_request(d.port, "GET", f"/v2/test/img/blobs/{big}?ns={reg.addr}", timeout=60.0)
+        T.check(st == 200 and len(body) == image["sizes"][big], f"blob over TLS -> {st}, {len(body)} B")
+        T.check("sha256:" + __import__("hashlib").sha256(body).hexdigest() == big, "blob bytes differ")
+        m = daemon_metrics(d)
+        T.check(M.metric(m, "dfly_dfdaemon_mirror_p2p_total") == 1, f"blob not served by the P2P path:\n{m}")
+        # the supernode's seed used the CA (or insecure) it was sent: no back-source
+        T.check((M.metric(m, 'dfly_dfdaemon_download_bytes_total{source="origin"}') or 0) == 0,
+                f"the daemon fetched the blob from the registry itself:\n{m}")
+    bad = env.run([T.find_binary("dfdaemon"), "--registry-host", "127.0.0.1:1 ca", "--home", env.new_home()])
+    T.check(bad[0] == 2 and "registry host" in bad[2], f"bad --registry-host -> {bad}")
+
+
 if __name__ == "__main__":
     T.main([test_mirror_skopeo_pull_p2p, test_mirror_auth, test_mirror_range_and_ns,
-            test_mirror_tls_and_malformed])
+            test_mirror_tls_and_malformed, test_mirror_tls_registry_hosts, test_mirror_shared_download,
+            test_mirror_http_proxy])

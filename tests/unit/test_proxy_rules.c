@@ -98,6 +98,59 @@ static void test_ns(void **state)
     }
 }
 
+static void test_host_spec(void **state)
+{
+    df_proxy_host_t h;
+    char err[256];
+
+    (void)state;
+    assert_int_equal(df_proxy_host_parse("Reg.Example:5000", &h, err, sizeof(err)), 0);
+    assert_string_equal(h.authority, "reg.example:5000");
+    assert_false(h.http);
+    assert_false(h.insecure);
+    assert_string_equal(h.ca_file, "");
+    assert_int_equal(df_proxy_host_parse("  10.0.0.1  http insecure  ca=/etc/ca.pem ", &h, err, sizeof(err)), 0);
+    assert_string_equal(h.authority, "10.0.0.1");
+    assert_true(h.http);
+    assert_true(h.insecure);
+    assert_string_equal(h.ca_file, "/etc/ca.pem");
+    assert_int_equal(df_proxy_host_parse("[::1]:443 https", &h, err, sizeof(err)), 0);
+    assert_int_equal(df_proxy_host_parse("", &h, err, sizeof(err)), -EINVAL);
+    assert_int_equal(df_proxy_host_parse("h ca=", &h, err, sizeof(err)), -EINVAL);
+    assert_int_equal(df_proxy_host_parse("h http https", &h, err, sizeof(err)), -EINVAL);
+    assert_int_equal(df_proxy_host_parse("h insecure insecure", &h, err, sizeof(err)), -EINVAL);
+    assert_int_equal(df_proxy_host_parse("user@h", &h, err, sizeof(err)), -EINVAL);
+    assert_int_equal(df_proxy_host_parse("h verify", &h, err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "registry host"));
+}
+
+static int absolute(const char *uri, char *base, char *target)
+{
+    return df_proxy_parse_absolute(uri, strlen(uri), base, 300, target, 1024);
+}
+
+static void test_absolute_uri(void **state)
+{
+    char base[300], target[1024];
+
+    (void)state;
+    assert_int_equal(absolute("HTTP://Reg.Example:5000/v2/x/blobs/sha256:00?a=1", base, target), 0);
+    assert_string_equal(base, "http://reg.example:5000");
+    assert_string_equal(target, "/v2/x/blobs/sha256:00?a=1");
+    assert_int_equal(absolute("http://h?q", base, target), 0);
+    assert_string_equal(target, "/?q");
+    assert_int_equal(absolute("http://[::1]", base, target), 0);
+    assert_string_equal(base, "http://[::1]");
+    assert_string_equal(target, "/");
+    assert_int_equal(absolute("https://h/x", base, target), -EINVAL);
+    assert_int_equal(absolute("http://u@h/x", base, target), -EINVAL);
+    assert_int_equal(absolute("http:///x", base, target), -EINVAL);
+    assert_int_equal(absolute("http://h/x y", base, target), -EINVAL);
+    assert_int_equal(absolute("http://h/x#f", base, target), -EINVAL);
+    assert_int_equal(df_proxy_parse_absolute("http://h/x\r\n", 11, base, 300, target, 1024), -EINVAL);
+    assert_int_equal(df_proxy_parse_absolute("http://h/abcdef", 15, base, 300, target, 4), -ENAMETOOLONG);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -105,6 +158,8 @@ int main(void)
         cmocka_unit_test(test_custom_rules),
         cmocka_unit_test(test_blob_digest),
         cmocka_unit_test(test_ns),
+        cmocka_unit_test(test_host_spec),
+        cmocka_unit_test(test_absolute_uri),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -119,8 +119,21 @@ static void test_register_ok(void **state)
     assert_string_equal(r.peer_ip, "127.0.0.1");
     assert_int_equal(r.peer_port, 40123);
     assert_string_equal(r.peer_hostname, "node-1");
+    assert_false(r.insecure);
+    assert_null(r.root_ca);
     df_sn_register_req_clear(&r);
     df_sn_register_req_clear(&r); /* idempotent */
+
+    /* Dragonfly's TLS fields: rootCAs are base64 byte strings, concatenated. */
+    assert_int_equal(DEC(df_sn_decode_register,
+                         "{\"url\":\"https://o/f\",\"peer\":{\"ip\":\"::1\"},\"insecure\":true,"
+                         "\"rootCAs\":[\"QUJD\",\"eHk=\"]}",
+                         &r),
+                     0);
+    assert_true(r.insecure);
+    assert_int_equal(r.root_ca_len, 7);
+    assert_memory_equal(r.root_ca, "ABC\nxy\n", 7);
+    df_sn_register_req_clear(&r);
 
     /* Minimal: url + peer.ip; hostname defaults to the ip; "" too. */
     assert_int_equal(DEC(df_sn_decode_register,
@@ -163,6 +176,11 @@ static void test_register_bad(void **state)
         "{\"url\": \"http://o/f\", \"filter\": [null], \"peer\": {\"ip\": \"1.2.3.4\"}}",
         "{\"url\": \"http://o/f\", \"url\": \"http://o/g\", \"peer\": {\"ip\": \"1.2.3.4\"}}", /* dup */
         "{\"url\": \"http://o/f\\u0000x\", \"peer\": {\"ip\": \"1.2.3.4\"}}",
+        "{\"url\": \"http://o/f\", \"insecure\": 1, \"peer\": {\"ip\": \"1.2.3.4\"}}",
+        "{\"url\": \"http://o/f\", \"rootCAs\": \"QUJD\", \"peer\": {\"ip\": \"1.2.3.4\"}}",
+        "{\"url\": \"http://o/f\", \"rootCAs\": [\"QUJ\"], \"peer\": {\"ip\": \"1.2.3.4\"}}",
+        "{\"url\": \"http://o/f\", \"rootCAs\": [\"QU*D\"], \"peer\": {\"ip\": \"1.2.3.4\"}}",
+        "{\"url\": \"http://o/f\", \"rootCAs\": [7], \"peer\": {\"ip\": \"1.2.3.4\"}}",
     };
     char err[256];
     df_sn_register_req_t r;
