@@ -605,8 +605,9 @@ static void fetch_done(df_http_req_t *req, const df_http_result_t *res, void *ar
         }
     } else if (f->err < 0) {
         /* our own disk failed: nothing the source did */
+        int err = f->err; /* f is gone after fetch_free */
         fetch_free(f);
-        finish(dl, f->err, "writing piece %u: %s", piece, df_strerror(f->err));
+        finish(dl, err, "writing piece %u: %s", piece, df_strerror(err));
         return;
     } else {
         kind = res->http_code == 404 ? DF_REPORT_MISSING : DF_REPORT_IO;
