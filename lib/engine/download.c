@@ -60,6 +60,8 @@ struct df_download {
     df_download_t *prev, *next;
     state_t state;
     bool zombie;                 /* finished; freed when the pending tracker call returns */
+    bool starting;               /* inside df_peer_download: done_cb must wait (reap) */
+    bool done_deferred;          /* finished while starting: reap calls done_cb */
     int tracker_calls;           /* pending tracker calls with us as argument */
 
     /* the request, owned copies */
@@ -413,9 +415,16 @@ static void finish(df_download_t *dl, int status, const char *fmt, ...)
                  (unsigned long long)dl->res.bytes_from_origin);
     else
         DF_LOG_W("download of %s failed: %s", dl->url, dl->res.reason[0] ? dl->res.reason : df_strerror(status));
+    dl->zombie = true;
+    if (dl->starting) {
+        /* Failed inside df_peer_download: its caller learns it from the
+         * loop, never from inside the call (the start contract). */
+        dl->done_deferred = true;
+        event_active(dl->reap, EV_TIMEOUT, 0);
+        return;
+    }
     if (dl->done_cb)
         dl->done_cb(&dl->res, dl->arg);
-    dl->zombie = true;
     if (dl->tracker_calls == 0)
         event_active(dl->reap, EV_TIMEOUT, 0);
 }
@@ -423,6 +432,11 @@ static void finish(df_download_t *dl, int status, const char *fmt, ...)
 static void reap_cb(evutil_socket_t fd, short what, void *arg)
 {
     df_download_t *dl = arg;
+    if (dl->done_deferred) {
+        dl->done_deferred = false;
+        if (dl->done_cb)
+            dl->done_cb(&dl->res, dl->arg);
+    }
     if (dl->zombie && dl->tracker_calls == 0)
         download_free(dl);
 }
@@ -1337,10 +1351,12 @@ int df_peer_download(df_peer_t *peer, const df_download_req_t *req, df_download_
     if (peer->downloads)
         peer->downloads->prev = dl;
     peer->downloads = dl;
+    dl->starting = true;
     if (dl->pattern == DF_PATTERN_SOURCE)
         start_source(dl, "--pattern source");
     else
         do_register(dl);
+    dl->starting = false;
     return 0;
 fail:
     stop_all(dl);
