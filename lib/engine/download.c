@@ -48,6 +48,11 @@
 #include <unistd.h>
 
 #define RESULTS_CAP 4096u
+/* One pull or report carries at most this many results and this many bytes
+ * of them: the supernode refuses more than 1024 results (400) and bodies
+ * over 64 KiB (413), and a refused call loses every result it carried. */
+#define RESULTS_PER_CALL 1024u
+#define RESULTS_BYTES_PER_CALL (48u * 1024u)
 #define HASH_CHUNK (1u << 20)
 #define TRACKER_RETRIES 3
 
@@ -203,6 +208,30 @@ static void push_result(df_download_t *dl, uint32_t piece, const char *src, bool
     r->piece = piece;
     r->ok = ok;
     df_strlcpy(r->src, src, sizeof(r->src));
+}
+
+/* How many of the oldest pending results fit in one tracker call. */
+static size_t results_batch(const df_download_t *dl)
+{
+    size_t n = 0, bytes = 0;
+
+    while (n < dl->nresults && n < RESULTS_PER_CALL) {
+        /* {"piece":4294967295,"src":"...","ok":false}, plus a comma */
+        bytes += 45 + strlen(dl->results[n].src);
+        if (bytes > RESULTS_BYTES_PER_CALL)
+            break;
+        n++;
+    }
+    return n;
+}
+
+/* Forgets the n oldest results (they were sent). */
+static void results_sent(df_download_t *dl, size_t n)
+{
+    if (n == 0)
+        return;
+    memmove(dl->results, dl->results + n, (dl->nresults - n) * sizeof(*dl->results));
+    dl->nresults -= n;
 }
 
 /* Progress for the caller: at most every 100 ms, or whenever the verified
@@ -401,11 +430,12 @@ static void finish(df_download_t *dl, int status, const char *fmt, ...)
     if (dl->res.back_source)
         dl->peer->stats.back_source++;
     /* Hand the tracker what we learnt before going: results not yet sent. */
-    if (dl->peer->tracker && dl->peer_id[0] && dl->nresults && dl->task) {
+    while (dl->peer->tracker && dl->peer_id[0] && dl->nresults && dl->task) {
         df_pull_req_t pr = {.task_id = dl->res.task_id, .peer_id = dl->peer_id,
-                            .results = dl->results, .nresults = dl->nresults};
-        dl->peer->tracker->ops->report_piece(dl->peer->tracker, &pr, NULL, NULL);
-        dl->nresults = 0;
+                            .results = dl->results, .nresults = results_batch(dl)};
+        if (pr.nresults == 0 || dl->peer->tracker->ops->report_piece(dl->peer->tracker, &pr, NULL, NULL) < 0)
+            break;
+        results_sent(dl, pr.nresults);
     }
     stop_all(dl);
     if (status == 0)
@@ -755,9 +785,9 @@ static void maybe_pull(df_download_t *dl)
             pr.task_id = dl->res.task_id;
             pr.peer_id = dl->peer_id;
             pr.results = dl->results;
-            pr.nresults = dl->nresults;
+            pr.nresults = results_batch(dl);
             if (peer->tracker->ops->report_piece(peer->tracker, &pr, NULL, NULL) == 0)
-                dl->nresults = 0;
+                results_sent(dl, pr.nresults);
         }
         return;
     }
@@ -775,7 +805,7 @@ static void maybe_pull(df_download_t *dl)
     pr.task_id = dl->res.task_id;
     pr.peer_id = dl->peer_id;
     pr.results = dl->results;
-    pr.nresults = dl->nresults;
+    pr.nresults = results_batch(dl);
     pr.running = dl->ninflight;
     pr.want = complete ? 0 : parallel - DF_MIN(parallel, dl->ninflight);
     rc = df_tracker_pull(peer->tracker, &pr, pull_cb, dl);
@@ -783,7 +813,7 @@ static void maybe_pull(df_download_t *dl)
         start_origin(dl, "cannot reach the supernode");
         return;
     }
-    dl->nresults = 0;
+    results_sent(dl, pr.nresults);
     dl->pull_pending = true;
     dl->tracker_calls++;
 }
