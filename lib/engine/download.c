@@ -48,6 +48,11 @@
 #include <unistd.h>
 
 #define RESULTS_CAP 4096u
+/* One pull or report carries at most this many results and this many bytes
+ * of them: the supernode refuses more than 1024 results (400) and bodies
+ * over 64 KiB (413), and a refused call loses every result it carried. */
+#define RESULTS_PER_CALL 1024u
+#define RESULTS_BYTES_PER_CALL (48u * 1024u)
 #define HASH_CHUNK (1u << 20)
 #define TRACKER_RETRIES 3
 
@@ -60,6 +65,8 @@ struct df_download {
     df_download_t *prev, *next;
     state_t state;
     bool zombie;                 /* finished; freed when the pending tracker call returns */
+    bool starting;               /* inside df_peer_download: done_cb must wait (reap) */
+    bool done_deferred;          /* finished while starting: reap calls done_cb */
     int tracker_calls;           /* pending tracker calls with us as argument */
 
     /* the request, owned copies */
@@ -205,6 +212,30 @@ static void push_result(df_download_t *dl, uint32_t piece, const char *src, bool
     r->piece = piece;
     r->ok = ok;
     df_strlcpy(r->src, src, sizeof(r->src));
+}
+
+/* How many of the oldest pending results fit in one tracker call. */
+static size_t results_batch(const df_download_t *dl)
+{
+    size_t n = 0, bytes = 0;
+
+    while (n < dl->nresults && n < RESULTS_PER_CALL) {
+        /* {"piece":4294967295,"src":"...","ok":false}, plus a comma */
+        bytes += 45 + strlen(dl->results[n].src);
+        if (bytes > RESULTS_BYTES_PER_CALL)
+            break;
+        n++;
+    }
+    return n;
+}
+
+/* Forgets the n oldest results (they were sent). */
+static void results_sent(df_download_t *dl, size_t n)
+{
+    if (n == 0)
+        return;
+    memmove(dl->results, dl->results + n, (dl->nresults - n) * sizeof(*dl->results));
+    dl->nresults -= n;
 }
 
 /* Progress for the caller: at most every 100 ms, or whenever the verified
@@ -405,11 +436,12 @@ static void finish(df_download_t *dl, int status, const char *fmt, ...)
     if (dl->res.back_source)
         dl->peer->stats.back_source++;
     /* Hand the tracker what we learnt before going: results not yet sent. */
-    if (dl->peer->tracker && dl->peer_id[0] && dl->nresults && dl->task) {
+    while (dl->peer->tracker && dl->peer_id[0] && dl->nresults && dl->task) {
         df_pull_req_t pr = {.task_id = dl->res.task_id, .peer_id = dl->peer_id,
-                            .results = dl->results, .nresults = dl->nresults};
-        dl->peer->tracker->ops->report_piece(dl->peer->tracker, &pr, NULL, NULL);
-        dl->nresults = 0;
+                            .results = dl->results, .nresults = results_batch(dl)};
+        if (pr.nresults == 0 || dl->peer->tracker->ops->report_piece(dl->peer->tracker, &pr, NULL, NULL) < 0)
+            break;
+        results_sent(dl, pr.nresults);
     }
     stop_all(dl);
     if (status == 0)
@@ -419,9 +451,16 @@ static void finish(df_download_t *dl, int status, const char *fmt, ...)
                  (unsigned long long)dl->res.bytes_from_origin);
     else
         DF_LOG_W("download of %s failed: %s", dl->url, dl->res.reason[0] ? dl->res.reason : df_strerror(status));
+    dl->zombie = true;
+    if (dl->starting) {
+        /* Failed inside df_peer_download: its caller learns it from the
+         * loop, never from inside the call (the start contract). */
+        dl->done_deferred = true;
+        event_active(dl->reap, EV_TIMEOUT, 0);
+        return;
+    }
     if (dl->done_cb)
         dl->done_cb(&dl->res, dl->arg);
-    dl->zombie = true;
     if (dl->tracker_calls == 0)
         event_active(dl->reap, EV_TIMEOUT, 0);
 }
@@ -429,6 +468,11 @@ static void finish(df_download_t *dl, int status, const char *fmt, ...)
 static void reap_cb(evutil_socket_t fd, short what, void *arg)
 {
     df_download_t *dl = arg;
+    if (dl->done_deferred) {
+        dl->done_deferred = false;
+        if (dl->done_cb)
+            dl->done_cb(&dl->res, dl->arg);
+    }
     if (dl->zombie && dl->tracker_calls == 0)
         download_free(dl);
 }
@@ -611,8 +655,9 @@ static void fetch_done(df_http_req_t *req, const df_http_result_t *res, void *ar
         }
     } else if (f->err < 0) {
         /* our own disk failed: nothing the source did */
+        int err = f->err; /* f is gone after fetch_free */
         fetch_free(f);
-        finish(dl, f->err, "writing piece %u: %s", piece, df_strerror(f->err));
+        finish(dl, err, "writing piece %u: %s", piece, df_strerror(err));
         return;
     } else {
         kind = res->http_code == 404 ? DF_REPORT_MISSING : DF_REPORT_IO;
@@ -746,9 +791,9 @@ static void maybe_pull(df_download_t *dl)
             pr.task_id = dl->res.task_id;
             pr.peer_id = dl->peer_id;
             pr.results = dl->results;
-            pr.nresults = dl->nresults;
+            pr.nresults = results_batch(dl);
             if (peer->tracker->ops->report_piece(peer->tracker, &pr, NULL, NULL) == 0)
-                dl->nresults = 0;
+                results_sent(dl, pr.nresults);
         }
         return;
     }
@@ -766,7 +811,7 @@ static void maybe_pull(df_download_t *dl)
     pr.task_id = dl->res.task_id;
     pr.peer_id = dl->peer_id;
     pr.results = dl->results;
-    pr.nresults = dl->nresults;
+    pr.nresults = results_batch(dl);
     pr.running = dl->ninflight;
     pr.want = complete ? 0 : parallel - DF_MIN(parallel, dl->ninflight);
     rc = df_tracker_pull(peer->tracker, &pr, pull_cb, dl);
@@ -774,7 +819,7 @@ static void maybe_pull(df_download_t *dl)
         start_origin(dl, "cannot reach the supernode");
         return;
     }
-    dl->nresults = 0;
+    results_sent(dl, pr.nresults);
     dl->pull_pending = true;
     dl->tracker_calls++;
 }
@@ -1357,10 +1402,12 @@ int df_peer_download(df_peer_t *peer, const df_download_req_t *req, df_download_
     if (peer->downloads)
         peer->downloads->prev = dl;
     peer->downloads = dl;
+    dl->starting = true;
     if (dl->pattern == DF_PATTERN_SOURCE)
         start_source(dl, "--pattern source");
     else
         do_register(dl);
+    dl->starting = false;
     return 0;
 fail:
     stop_all(dl);

@@ -322,7 +322,9 @@ int df_sn_task_shape(df_sn_task_t *task, uint64_t length, uint64_t piece_size)
 
     if (piece_size == 0)
         return -EINVAL;
-    if (length / piece_size >= DF_PIECE_COUNT_MAX)
+    /* The same bound as choose_piece_size() and the store: a count of
+     * exactly DF_PIECE_COUNT_MAX is allowed. */
+    if (df_piece_count(length, piece_size) > DF_PIECE_COUNT_MAX)
         return -EFBIG;
     count = df_piece_count(length, piece_size);
     nb = df_bitmap_bytes(count);

@@ -193,8 +193,38 @@ def test_corrupting_peer(env):
             if l and not l.startswith("#") and any(w in l.split(" ")[0] for w in names)]
     T.log("supernode error-ish metrics: " + ("; ".join(seen) if seen else "(none exposed)"))
 
+
+@T.timeout(120)
+def test_disk_full_while_fetching_pieces(env):
+    """The piece store cannot write (a full disk, simulated by an LD_PRELOAD
+    shim on pwrite): the download fails with the disk's error, promptly and
+    cleanly (under ASan: no use of the freed fetch)."""
+    import shutil
+    import subprocess
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        raise T.Skip("no C compiler for the pwrite shim")
+    shim = env.path("enospc.so")
+    subprocess.run([cc, "-shared", "-fPIC", "-o", shim, os.path.join(T.HERE, "shims", "enospc.c"),
+                    "-ldl"], check=True)
+    o = env.origin()
+    info = o.add_file("full.bin", 8 * T.MiB)
+    sn = env.supernode()
+    out = env.path("full.out")
+    e = dict(os.environ, LD_PRELOAD=shim, DF_FAULT_PWRITE_FROM=str(1 * T.MiB),
+             ASAN_OPTIONS=(os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0").lstrip(":"))
+    argv = env.dfget_argv(o.url("full.bin"), out, node=sn.addr, extra=["--notbs"])
+    p = env.procs.start("dfget", argv, env=e)
+    rc = p.wait(BOUND)
+    T.check(rc is not None, "dfget did not end with a full disk")
+    T.check(rc != 0, f"dfget succeeded with a full disk: {p.stdout()[-500:]}")
+    T.check(not os.path.exists(out), "an output appeared")
+    T.check("No space left" in p.stdout() + p.stderr(),
+            f"the disk's error is not reported: {p.stdout()[-500:]} {p.stderr()[-1500:]}")
+
 if __name__ == "__main__":
     T.main([test_supernode_down_falls_back, test_supernode_down_notbs_fails, test_origin_404,
             test_origin_401, test_origin_auth_required, test_origin_drops_connection,
             test_timeout_on_stalled_origin, test_origin_without_length,
-            test_supernode_killed_mid_swarm, test_peer_killed_mid_swarm, test_corrupting_peer])
+            test_supernode_killed_mid_swarm, test_peer_killed_mid_swarm, test_corrupting_peer,
+            test_disk_full_while_fetching_pieces])

@@ -387,6 +387,10 @@ static void test_reshape_and_bad_results(void **state)
     assert_int_equal(st, DF_SN_PULL_WAIT);
     /* Too many pieces. */
     assert_int_equal(df_sn_task_shape(f.t, (uint64_t)PS * DF_PIECE_COUNT_MAX * 2, PS), -EFBIG);
+    assert_int_equal(df_sn_task_shape(f.t, (uint64_t)PS * DF_PIECE_COUNT_MAX + 1, PS), -EFBIG);
+    /* Exactly the cap is a layout the seed picks and the store accepts. */
+    assert_int_equal(df_sn_task_shape(f.t, (uint64_t)PS * DF_PIECE_COUNT_MAX, PS), 0);
+    assert_int_equal(f.t->piece_count, DF_PIECE_COUNT_MAX);
     /* Empty file: done at once when complete. */
     assert_int_equal(df_sn_task_shape(f.t, 0, PS), 0);
     df_sn_task_complete(f.t, "sha256:e3", 3);
