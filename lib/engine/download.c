@@ -852,10 +852,19 @@ static void pull_cb(const df_pull_res_t *res, void *arg)
     case DF_PULL_ASSIGN:
         for (size_t i = 0; i < res->nassign && dl->state == ST_P2P; i++)
             start_fetch(dl, &res->assign[i]);
-        if (res->nassign == 0)
+        if (res->nassign == 0 || dl->ninflight == 0) {
+            /* Nothing taken (every assignment named a source we refuse, or
+             * a piece we hold): release them, but not in a tight loop. */
             arm_timer(dl, 100);
-        else if (dl->nresults)
+            if (dl->nresults && dl->peer_id[0]) {
+                df_pull_req_t pr = {.task_id = dl->res.task_id, .peer_id = dl->peer_id,
+                                    .results = dl->results, .nresults = dl->nresults};
+                if (dl->peer->tracker->ops->report_piece(dl->peer->tracker, &pr, NULL, NULL) == 0)
+                    dl->nresults = 0;
+            }
+        } else if (dl->nresults) {
             maybe_pull(dl); /* release assignments we could not take */
+        }
         break;
     case DF_PULL_WAIT:
         arm_timer(dl, res->wait_ms ? res->wait_ms : 100);
@@ -1298,7 +1307,11 @@ static void do_register(df_download_t *dl)
     rr.root_ca_len = dl->ca_pem_len;
     rc = df_tracker_register(peer->tracker, &rr, register_cb, dl);
     if (rc < 0) {
-        start_source(dl, "cannot reach the supernode");
+        /* Keep what is verified when there is a task already (re-register). */
+        if (dl->task)
+            start_origin(dl, "cannot reach the supernode");
+        else
+            start_source(dl, "cannot reach the supernode");
         return;
     }
     dl->tracker_calls++;

@@ -293,15 +293,17 @@ int df_peer_leave(df_peer_t *peer, void (*cb)(void *arg), void *arg)
 
     if (!peer->tracker || !peer->peer_id[0])
         return -ENOENT;
-    if (peer->leave_timer)
+    if (peer->leave_cb)
         return -EALREADY;
-    peer->leave_timer = evtimer_new(peer->base, leave_timer_cb, peer);
+    if (!peer->leave_timer)
+        peer->leave_timer = evtimer_new(peer->base, leave_timer_cb, peer);
     if (!peer->leave_timer)
         return -ENOMEM;
+    if (peer->tracker->ops->service_down(peer->tracker, peer->peer_id, NULL, leave_done_cb, peer) < 0)
+        return -EIO; /* nothing pending: a later call may try again */
     peer->leave_cb = cb;
     peer->leave_arg = arg;
-    if (peer->tracker->ops->service_down(peer->tracker, peer->peer_id, NULL, leave_done_cb, peer) < 0)
-        return -EIO;
+    peer->leave_fired = false;
     evtimer_add(peer->leave_timer, &tv);
     return 0;
 }

@@ -54,6 +54,7 @@
 #define TASK_IDLE_MS (5u * 60u * 1000u)
 #define WAIT_MS_SEEDING 100
 #define WAIT_MS_BUSY 200
+#define SPOOL_LIMIT_DEFAULT (64ull << 30) /* 64 GiB: chunked origins without --cache-limit */
 #define PARK_MS 1000u              /* longest a PullPiece is held waiting for work */
 #define PARKED_MAX 65536u          /* parked PullPieces, all tasks */
 #define METRICS_CAP (4u * 1024u * 1024u)
@@ -1127,7 +1128,9 @@ int df_supernode_new(struct event_base *base, const df_supernode_config_t *cfg, 
     seo.partial_dir = path;
     seo.origin_timeout_ms = sn->cfg.origin_timeout_ms;
     seo.piece_size = sn->cfg.piece_size;
-    seo.spool_limit = sn->cfg.cache_limit_bytes;
+    /* An origin without Content-Length is spooled before it is cut into
+     * pieces; bound it even when the cache itself is unbounded. */
+    seo.spool_limit = sn->cfg.cache_limit_bytes ? sn->cfg.cache_limit_bytes : SPOOL_LIMIT_DEFAULT;
     seo.ready_cb = on_seed_ready;
     seo.piece_cb = on_seed_piece;
     seo.arg = sn;
