@@ -8,7 +8,8 @@ export DEBIAN_FRONTEND=noninteractive
 BUILD_PKGS=(build-essential cmake pkg-config clang libevent-dev libcurl4-openssl-dev libssl-dev
             libmsgpack-dev zlib1g-dev libyaml-dev libjansson-dev libcmocka-dev)
 # docker-registry, skopeo and apache2-utils (htpasswd -B): the registry-mirror tests.
-TEST_PKGS=(curl python3 iproute2 procps docker-registry skopeo apache2-utils)
+# serf (0.9.4, Debian 12): the gossip interop test against a real Serf agent.
+TEST_PKGS=(curl python3 iproute2 procps docker-registry skopeo apache2-utils serf)
 
 installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
