@@ -210,8 +210,22 @@ static void print_event(const df_gossip_event_t *ev)
 
 /* ---------------------------------------------------------------- TCP */
 
-static void conn_free(conn_t *c)
+static void conn_free_cb(evutil_socket_t fd, short what, void *arg)
 {
+    conn_t *c = arg;
+
+    (void)fd;
+    (void)what;
+    bufferevent_free(c->bev);
+    free(c);
+}
+
+/* Unlinks c and frees it from the next loop iteration: a bufferevent is
+ * never freed inside its own callback.  An outbound exchange that did not
+ * get its reply is reported to the node as failed. */
+static void conn_close(conn_t *c)
+{
+    static const struct timeval zero = {0, 0};
     conn_t **pp;
 
     for (pp = &G.conns; *pp; pp = &(*pp)->next)
@@ -221,8 +235,11 @@ static void conn_free(conn_t *c)
         }
     if (!c->inbound && !c->done)
         df_gossip_stream_failed(G.node, c->id, df_now_ms());
-    bufferevent_free(c->bev);
-    free(c);
+    c->done = true;
+    bufferevent_disable(c->bev, EV_READ | EV_WRITE);
+    bufferevent_setcb(c->bev, NULL, NULL, NULL, NULL);
+    if (event_base_once(G.base, -1, EV_TIMEOUT, conn_free_cb, c, &zero) < 0)
+        conn_free_cb(-1, 0, c); /* cannot defer: nothing of c is used after this */
 }
 
 static void conn_read_cb(struct bufferevent *bev, void *arg)
@@ -239,7 +256,7 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
     if (c->done || len == 0)
         return;
     if (len > DF_GOSSIP_STREAM_MAX + 64) {
-        conn_free(c);
+        conn_close(c);
         return;
     }
     p = evbuffer_pullup(in, -1);
@@ -248,7 +265,7 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
         return;
     if (rc < 0) {
         fprintf(stderr, "gossip_driver: bad stream message: %s\n", df_strerror(rc));
-        conn_free(c);
+        conn_close(c);
         pump();
         return;
     }
@@ -259,21 +276,18 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
         fprintf(stderr, "gossip_driver: stream from peer rejected: %s\n", df_strerror(rc));
     evbuffer_drain(in, msglen);
     if (!c->inbound) {
-        conn_free(c); /* one exchange per connection */
-    } else {
-        c->closing = true; /* the reply (if any) comes out of pump(); close once written */
-        bufferevent_disable(bev, EV_READ);
+        conn_close(c); /* one exchange per connection */
+        pump();
+        return;
     }
+    /* The reply (if any) comes out of pump(); the connection closes once
+     * it is written, or now when there is none (c stays allocated until the
+     * next loop iteration either way). */
+    c->closing = true;
+    bufferevent_disable(bev, EV_READ);
     pump();
-    if (c->inbound && evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
-        /* no reply queued: nothing to send back */
-        conn_t *x;
-        for (x = G.conns; x; x = x->next)
-            if (x == c) {
-                conn_free(c);
-                break;
-            }
-    }
+    if (!c->done && evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+        conn_close(c);
 }
 
 static void conn_write_cb(struct bufferevent *bev, void *arg)
@@ -281,7 +295,7 @@ static void conn_write_cb(struct bufferevent *bev, void *arg)
     conn_t *c = arg;
 
     if (c->closing && evbuffer_get_length(bufferevent_get_output(bev)) == 0)
-        conn_free(c);
+        conn_close(c);
 }
 
 static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
@@ -291,7 +305,7 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
     (void)bev;
     if (what & BEV_EVENT_CONNECTED)
         return;
-    conn_free(c);
+    conn_close(c);
     pump();
 }
 
@@ -354,7 +368,7 @@ static void handle_output(const df_gossip_output_t *o)
         c->peer = ss;
         bufferevent_write(c->bev, o->data, o->len);
         if (bufferevent_socket_connect(c->bev, (struct sockaddr *)&ss, (int)sl) < 0)
-            conn_free(c);
+            conn_close(c);
         break;
     case DF_GOSSIP_OUT_STREAM_REPLY:
         for (c = G.conns; c; c = c->next)
@@ -504,7 +518,7 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
     start_leave();
 }
 
-static void usage(void)
+__attribute__((noreturn)) static void usage(void)
 {
     fprintf(stderr, "usage: gossip_driver --name N --bind IP:PORT [--join IP:PORT]... [--tag K=V]...\n"
                     "                     [--encrypt BASE64] [--query-reply TEXT] [--control FIFO]\n");
@@ -525,7 +539,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     df_gossip_config_default(&cfg);
     df_gossip_keyring_init(&kr);
-    for (a = 1; a < argc; a++) {
+    for (a = 1; a < argc; a += 2) {
         const char *v = a + 1 < argc ? argv[a + 1] : NULL;
         if (!v)
             usage();
@@ -539,7 +553,7 @@ int main(int argc, char **argv)
             if (njoins == MAX_JOINS || parse_hostport(v, &joins[njoins++]) < 0)
                 usage();
         } else if (strcmp(argv[a], "--tag") == 0) {
-            char *eq;
+            char *eq = NULL;
             if (ntags == MAX_TAGS || !(tagbuf[ntags] = strdup(v)) || !(eq = strchr(tagbuf[ntags], '=')))
                 usage();
             *eq = '\0';
@@ -558,7 +572,6 @@ int main(int argc, char **argv)
         } else {
             usage();
         }
-        a++;
     }
     if (!cfg.name || !have_bind)
         usage();
@@ -620,7 +633,8 @@ int main(int argc, char **argv)
     event_base_dispatch(G.base);
 
     while (G.conns)
-        conn_free(G.conns);
+        conn_close(G.conns);
+    event_base_loop(G.base, EVLOOP_NONBLOCK); /* runs the deferred frees */
     df_gossip_node_free(G.node);
     if (G.ctl_ev)
         event_free(G.ctl_ev);
