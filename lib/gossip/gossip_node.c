@@ -603,7 +603,16 @@ static void enqueue(df_gossip_node_t *n, int qi, uint64_t name_hash_v, const voi
     q->sorted = false;
 }
 
-/* getBroadcasts: appends to store the least-transmitted broadcasts that fit
+/* getBroadcasts (TransmitLimitedQueue.GetBroadcasts): the gossip payload
+ * for one packet.
+ *
+ * Why this order: least-transmitted first so fresh news travels before old
+ * news, newest first among equals; a broadcast goes out retransmit_limit =
+ * RetransmitMult * ceil(log10(n+1)) times in total, enough for an epidemic
+ * to reach all n members with high probability, and is then dropped
+ * (firing its notify, which the leave phases wait on).
+ *
+ * Appends to store the least-transmitted broadcasts that fit
  * in avail bytes counting overhead per part (memberlist's queue first, then
  * Serf's intents, queries, events), records their offsets, and counts a
  * transmission for each; a broadcast sent retransmit_limit times is
@@ -849,7 +858,12 @@ static void witness(uint64_t *clock, uint64_t v)
         *clock = v + 1;
 }
 
-/* handleNodeJoinIntent.  True = re-broadcast. */
+/* handleNodeJoinIntent.  True = re-broadcast.  Intents order a member's
+ * Serf status by the member clock (statusLTime), independently of
+ * memberlist's incarnations: a join newer than a leave brings a leaving
+ * member back.  Intents about members memberlist has not told us about yet
+ * are kept (upsert_intent) and applied when the member appears, since
+ * gossip may deliver the intent before the alive. */
 static bool serf_join_intent(df_gossip_node_t *n, df_gossip_bytes_t node, uint64_t ltime, uint64_t now)
 {
     int j;
@@ -983,7 +997,12 @@ static uint8_t *dup_bytes(df_gossip_bytes_t b)
 }
 
 /* handleUserEvent: dedup by (LTime, Name, Payload) over the 512-slot ring.
- * True = new (delivered; re-broadcast by the caller). */
+ * True = new (delivered; re-broadcast by the caller).
+ * Events arrive many times (every holder gossips them retransmit_limit
+ * times); the ring remembers what was delivered per Lamport time, so an
+ * event is delivered once as long as it is within the last 512 ticks of
+ * the event clock, and dropped as too old after that (it could no longer
+ * be told apart from a duplicate). */
 static bool serf_user_event(df_gossip_node_t *n, uint64_t ltime, df_gossip_bytes_t name,
                             df_gossip_bytes_t payload, bool cc)
 {
@@ -1059,16 +1078,26 @@ static bool seen_add(uint64_t **v, size_t *nv, size_t *cap, uint64_t h)
     return true;
 }
 
-static void send_query_response(df_gossip_node_t *n, const uint8_t *addr, size_t alen, uint16_t port,
-                                uint64_t ltime, uint32_t id, uint32_t flags, df_gossip_bytes_t payload)
+/* Sends a query ack (flags 1) or response (flags 0) straight to the
+ * originator's Addr:Port, like Serf's SendTo: by UDP, without CRC, with
+ * broadcasts piggy-backed.  DF_ETOOBIG when the encoded message (without
+ * the memberlist type byte, as Serf measures it) is over the response size
+ * limit; nothing is sent then. */
+static int send_query_response(df_gossip_node_t *n, const uint8_t *addr, size_t alen, uint16_t port,
+                               uint64_t ltime, uint32_t id, uint32_t flags, df_gossip_bytes_t payload)
 {
     df_serf_query_response_t r = {ltime, id, B(n->name, n->name_len), flags, payload};
     df_buf_t b;
+    int rc;
 
     df_buf_init(&b, DF_GOSSIP_PACKET_MAX);
-    if (df_serf_query_response_encode(&b, &r) == 0)
+    rc = df_serf_query_response_encode(&b, &r);
+    if (rc == 0 && b.len - 1 > n->cfg.query_response_size_limit)
+        rc = DF_ETOOBIG;
+    if (rc == 0)
         send_msg(n, addr, alen, port, (const uint8_t *)b.data, b.len);
     df_buf_free(&b);
+    return rc;
 }
 
 /* Does this query's filter list select us?  Node filters must name us; tag
@@ -1096,7 +1125,11 @@ static bool query_selects_us(df_gossip_node_t *n, const df_serf_query_t *q)
     return true;
 }
 
-/* handleQuery.  True = re-broadcast. */
+/* handleQuery.  True = re-broadcast.  Dedup by (LTime, ID) like events.
+ * A query that does not select us is still re-gossiped (others may be
+ * selected) but neither acked nor delivered.  The ack goes out at once,
+ * the response when the application calls df_gossip_respond before the
+ * query's own deadline (its Timeout), both straight to the originator. */
 static bool serf_query(df_gossip_node_t *n, const df_serf_query_t *q, uint64_t now)
 {
     query_slot_t *s;
@@ -1240,6 +1273,10 @@ static void serf_notify_msg(df_gossip_node_t *n, const uint8_t *msg, size_t len,
 
 /* ====================================================== memberlist state */
 
+/* refute: someone thinks we are suspect, dead, or alive with other data.
+ * Beat the accusation with an incarnation above both ours and the
+ * accused one, and gossip a fresh alive; count it against our health
+ * (being accused is a hint that we answer too slowly). */
 static void refute(df_gossip_node_t *n, uint32_t accused)
 {
     member_t *me = &n->m[n->self];
@@ -1254,7 +1291,20 @@ static void refute(df_gossip_node_t *n, uint32_t accused)
     broadcast_alive(n, &a);
 }
 
-/* aliveNode.  bootstrap = our own initial state. */
+/* aliveNode: the one place a member becomes or stays alive.
+ *
+ * Accepted only when it is news: a higher incarnation than we know, or a
+ * member we do not know (a new nodeState starts dead with incarnation 0,
+ * so any real alive beats it).  An accepted alive is re-gossiped (that is
+ * how a join spreads), clears a running suspicion, and tells Serf: a dead
+ * or left member coming back is a join, changed Meta is an update.
+ * About ourselves it is never accepted: when it disagrees with us (higher
+ * incarnation, other Meta or Vsn: e.g. our previous life before a restart)
+ * we refute it with a higher incarnation instead.
+ * A known name at another address is refused unless the member left
+ * (memberlist's DeadNodeReclaimTime is 0 = never for dead members): two
+ * live processes must not fight over one name.
+ * bootstrap = our own initial state (setAlive): no refutation, no gossip. */
 static void alive_node(df_gossip_node_t *n, const df_gossip_alive_t *a, bool bootstrap, uint64_t now)
 {
     int j;
@@ -1332,7 +1382,18 @@ static void alive_node(df_gossip_node_t *n, const df_gossip_alive_t *a, bool boo
 
 static void dead_node(df_gossip_node_t *n, const df_gossip_suspect_t *d, uint64_t now);
 
-/* suspectNode: start (or confirm) the Lifeguard suspicion timer. */
+/* suspectNode: start, or confirm, a Lifeguard suspicion.
+ *
+ * SWIM declares a member dead after one failed probe plus a fixed timeout;
+ * Lifeguard instead starts the timer at max = SuspicionMaxTimeoutMult *
+ * min and lowers it towards min = suspicionTimeout() as k = SuspicionMult-2
+ * *independent* accusers (distinct From) confirm it, because a slow local
+ * node (the accuser itself) is a more common cause of a missed ack than a
+ * dead peer.  With fewer than k+2 members no confirmation can come, so the
+ * timer starts at min.  Each new confirmation is re-gossiped so the others
+ * learn it too; a repeated accuser changes nothing.
+ * A suspicion about ourselves is refuted at once (alive, incarnation+1).
+ * Stale messages (lower incarnation) are ignored. */
 static void suspect_node(df_gossip_node_t *n, const df_gossip_suspect_t *s, uint64_t now)
 {
     int j = find_member(n, s->node.p, s->node.len);
@@ -1397,7 +1458,15 @@ static void suspect_node(df_gossip_node_t *n, const df_gossip_suspect_t *s, uint
     mb->susp_nfrom = 1;
 }
 
-/* deadNode.  From == Node marks a graceful leave (state left). */
+/* deadNode: the end of a suspicion, a remote declaration, or a graceful
+ * leave.  From == Node is the leaver announcing itself: state left, which
+ * Serf shows as "left" when the leave intent came first (status leaving)
+ * and as "failed" otherwise; any other From is a death ("failed").
+ * Accepted when the incarnation is not older than ours and the member is
+ * not already dead or left; re-gossiped once accepted.  About ourselves:
+ * refuted unless we are the ones leaving, in which case it is our own
+ * dead message and its full transmission ends the leave's second phase
+ * (NOTIFY_LEAVE_DEAD). */
 static void dead_node(df_gossip_node_t *n, const df_gossip_suspect_t *d, uint64_t now)
 {
     int j = find_member(n, d->node.p, d->node.len);
@@ -1555,7 +1624,14 @@ static int pp_event_cb(size_t slot, uint64_t ltime, df_gossip_bytes_t name, df_g
     return 0;
 }
 
-/* MergeRemoteState (Serf delegate). */
+/* MergeRemoteState (Serf delegate): the Serf half of a push/pull.
+ * Clocks are witnessed with value-1 (the sender's clock is one past the
+ * last time it used).  Left members are applied first as leave intents at
+ * their status time + 1 (the leave must be newer than the join that put
+ * them in the list), then every other status time as a join intent; on our
+ * own join without replay, events older than the remote event clock are
+ * ignored (eventMinTime), then the remote event ring goes through the
+ * normal dedup.  No intent or event learnt here is re-gossiped. */
 static void merge_serf_state(df_gossip_node_t *n, df_gossip_bytes_t us, bool join, bool replay, uint64_t now)
 {
     df_serf_pushpull_cbs_t cbs = {pp_status_cb, pp_left_cb, pp_event_cb};
@@ -1606,7 +1682,12 @@ out:
 }
 
 /* mergeState (memberlist) + the Serf state.  buf is a decoded (decrypted,
- * decompressed) push/pull message. */
+ * decompressed) push/pull message.  Remote alive entries go through
+ * alive_node, left ones through dead_node (From = the node: left), and
+ * remote dead or suspect ones only start a *suspicion* here: a single peer's
+ * opinion must be confirmed by our own probes before we declare a death.
+ * join_reply: the reply to our join (turns on eventMinTime).  *remote_join
+ * reports the sender's Join flag (echoed in our reply). */
 static int merge_remote(df_gossip_node_t *n, const uint8_t *buf, size_t len, bool join_reply, bool replay,
                         bool *remote_join, uint64_t now)
 {
@@ -1779,6 +1860,14 @@ static void reset_probe_list(df_gossip_node_t *n, uint64_t now)
     n->pidx = 0;
 }
 
+/* probe (memberlist probe + probeNode, first half): take the next member
+ * of the shuffled round-robin list, skipping ourselves and dead/left ones,
+ * and ping it.  Round robin over a shuffled list (rather than random picks)
+ * bounds the time until every member is probed by someone; shuffling on
+ * every wrap keeps the order unpredictable.  The probe then lives in
+ * n->probe: an ack with its seq (direct, relayed or over TCP) ends it as a
+ * success; probe_timeout later probe_indirect() asks for help; at the end
+ * of the (awareness-scaled) interval probe_finish() suspects the target. */
 static void probe_start(df_gossip_node_t *n, uint64_t now)
 {
     size_t checked = 0;
@@ -1813,6 +1902,11 @@ static void probe_start(df_gossip_node_t *n, uint64_t now)
     send_ping(n, &n->m[target], n->probe.seq);
 }
 
+/* Ends the current probe.  Awareness (Lifeguard LHA): a success lowers our
+ * health score; a failure raises it by the nacks we expected and did not
+ * get (relays that could not even answer us point at our own network), or
+ * by one when no relay could nack.  A higher score stretches our probe
+ * interval, so a struggling node accuses others less eagerly. */
 static void probe_finish(df_gossip_node_t *n, bool ok, uint64_t now)
 {
     member_t *mb = &n->m[n->probe.target];
@@ -1837,7 +1931,11 @@ static void probe_finish(df_gossip_node_t *n, bool ok, uint64_t now)
     }
 }
 
-/* Direct ping timed out: ask k random alive peers, and try TCP. */
+/* Direct ping timed out: ask k random alive peers to ping the target for
+ * us (indirect pings, with the original seq so their forwarded acks end
+ * our probe; nacks requested from peers with PMax >= 4 tell us the relay
+ * itself is fine), and try TCP (PMax >= 3), which gets through where UDP
+ * is filtered.  Both race until the end of the probe interval. */
 static void probe_indirect(df_gossip_node_t *n, uint64_t now)
 {
     member_t *t = &n->m[n->probe.target];
@@ -2185,6 +2283,12 @@ void df_gossip_stream_failed(df_gossip_node_t *n, uint64_t stream_id, uint64_t n
 
 /* ================================================================= ticks */
 
+/* gossip(): every gossip_interval, up to gossip_nodes random members that
+ * are alive, suspect, or dead for less than gossip_to_dead (so a node
+ * wrongly declared dead still hears it and can refute) each get one packet
+ * of pending broadcasts: a single message as is, several as a compound.
+ * The CRC wrapper goes on when the peer speaks protocol >= 5 (PMax), as
+ * memberlist does on this path. */
 static void gossip_round(df_gossip_node_t *n, uint64_t now)
 {
     int32_t peers[64];
@@ -2702,6 +2806,7 @@ int df_gossip_respond(df_gossip_node_t *n, uint64_t ltime, uint32_t query_id, co
                       uint64_t now_ms)
 {
     size_t i;
+    int rc;
 
     for (i = 0; i < INBOUND_QUERIES_MAX; i++) {
         inbound_query_t *q = &n->inq[i];
@@ -2711,12 +2816,11 @@ int df_gossip_respond(df_gossip_node_t *n, uint64_t ltime, uint32_t query_id, co
             return -EALREADY;
         if (now_ms > q->deadline)
             return -ENOENT;
-        if (len + n->name_len + 64 > n->cfg.query_response_size_limit)
-            return DF_ETOOBIG;
-        q->responded = true;
-        send_query_response(n, q->addr, q->addr_len, q->port, ltime, query_id, 0,
-                            B(payload ? payload : (const uint8_t *)"", len));
-        return 0;
+        rc = send_query_response(n, q->addr, q->addr_len, q->port, ltime, query_id, 0,
+                                 B(payload ? payload : (const uint8_t *)"", len));
+        if (rc == 0)
+            q->responded = true; /* Serf answers once per query */
+        return rc;
     }
     return -ENOENT;
 }
