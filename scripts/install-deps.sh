@@ -9,7 +9,8 @@ BUILD_PKGS=(build-essential cmake pkg-config clang libevent-dev libcurl4-openssl
             libmsgpack-dev zlib1g-dev libyaml-dev libjansson-dev libcmocka-dev)
 # docker-registry, skopeo, containerd (ctr), openssl and apache2-utils (htpasswd -B): the
 # registry-mirror tests (they run their own containerd; the packaged service is not needed).
-TEST_PKGS=(curl python3 iproute2 procps docker-registry skopeo containerd openssl apache2-utils)
+# serf (0.9.4, Debian 12): the gossip interop test against a real Serf agent.
+TEST_PKGS=(curl python3 iproute2 procps docker-registry skopeo containerd openssl apache2-utils serf)
 
 installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'

@@ -1955,3 +1955,71 @@ int df_serf_tags_encode(df_buf_t *out, const df_gossip_bytes_t *keys, const df_g
         e.rc = DF_ETOOBIG; /* MetaMaxSize: Serf refuses such tags */
     return enc_end(&e);
 }
+
+/* ========================================================== query filters */
+
+int df_serf_filter_nodes_match(const uint8_t *f, size_t len, df_gossip_bytes_t name, bool *match)
+{
+    msgpack_unpacked u;
+    df_gossip_bytes_t s;
+    size_t pos = 1;
+    uint32_t i;
+    int rc;
+
+    *match = false;
+    if (len < 1 || f[0] != DF_SERF_FILTER_NODE)
+        return DF_EPROTO;
+    msgpack_unpacked_init(&u);
+    rc = unpack_at(f, len, &pos, &u);
+    if (rc == DF_EAGAIN || (rc == 0 && pos != len))
+        rc = DF_EPROTO;
+    if (rc == 0 && u.data.type != MSGPACK_OBJECT_ARRAY && u.data.type != MSGPACK_OBJECT_NIL)
+        rc = DF_EPROTO;
+    for (i = 0; rc == 0 && u.data.type == MSGPACK_OBJECT_ARRAY && i < u.data.via.array.size; i++) {
+        rc = get_str(&u.data.via.array.ptr[i], DF_GOSSIP_NAME_MAX, &s);
+        if (rc == 0 && s.len == name.len && (s.len == 0 || memcmp(s.p, name.p, s.len) == 0))
+            *match = true;
+    }
+    msgpack_unpacked_destroy(&u);
+    return rc;
+}
+
+int df_serf_filter_nodes_encode(df_buf_t *out, const df_gossip_bytes_t *names, size_t n)
+{
+    enc_t e;
+    size_t i;
+
+    enc_begin(&e, out);
+    put_u8(&e, DF_SERF_FILTER_NODE);
+    pk_array(&e, n);
+    for (i = 0; i < n; i++)
+        pk_str(&e, names[i]);
+    return enc_end(&e);
+}
+
+int df_serf_filter_tag_decode(const uint8_t *f, size_t len, df_gossip_bytes_t *tag, df_gossip_bytes_t *expr)
+{
+    msgpack_unpacked u;
+    const msgpack_object_map *map;
+    uint32_t i;
+    int rc;
+
+    tag->p = expr->p = NULL;
+    tag->len = expr->len = 0;
+    if (len < 1 || f[0] != DF_SERF_FILTER_TAG)
+        return DF_EPROTO;
+    msgpack_unpacked_init(&u);
+    rc = body_begin(f, len, DF_SERF_FILTER_TAG, &u, &map);
+    for (i = 0; rc == 0 && map && i < map->size; i++) {
+        const msgpack_object *k = &map->ptr[i].key, *v = &map->ptr[i].val;
+
+        if ((rc = check_key(k)) < 0)
+            break;
+        if (key_is(k, "Tag"))
+            rc = get_str(v, DF_GOSSIP_META_MAX, tag);
+        else if (key_is(k, "Expr"))
+            rc = get_str(v, DF_GOSSIP_META_MAX, expr);
+    }
+    msgpack_unpacked_destroy(&u);
+    return rc;
+}

@@ -377,4 +377,15 @@ int df_serf_tags_decode(const uint8_t *meta, size_t len,
 int df_serf_tags_encode(df_buf_t *out, const df_gossip_bytes_t *keys, const df_gossip_bytes_t *values,
                         size_t n);
 
+/* Query filters (the entries of messageQuery.Filters).  A node filter is
+ * 00 + msgpack [names]; a tag filter is 01 + {Expr, Tag} (Expr an
+ * unanchored Go regexp matched against the local value of Tag). */
+enum { DF_SERF_FILTER_NODE = 0, DF_SERF_FILTER_TAG = 1 };
+/* *match = name is in the node filter f.  0 or DF_EPROTO / DF_ETOOBIG. */
+int df_serf_filter_nodes_match(const uint8_t *f, size_t len, df_gossip_bytes_t name, bool *match);
+/* Appends 00 + [names]. */
+int df_serf_filter_nodes_encode(df_buf_t *out, const df_gossip_bytes_t *names, size_t n);
+/* Decodes a tag filter; tag and expr point into f. */
+int df_serf_filter_tag_decode(const uint8_t *f, size_t len, df_gossip_bytes_t *tag, df_gossip_bytes_t *expr);
+
 #endif

@@ -714,6 +714,40 @@ static void test_hostile(void **state)
     df_buf_free(&out);
 }
 
+/* Query filters: the node filter observed in §4.2 (00 91 a5"cnode"), a
+ * round trip, a tag filter, and malformed ones. */
+static void test_filters(void **state)
+{
+    static const char cap_nodes[] = "\x00\x91\xa5" "cnode";
+    static const char tagf[] = "\x01\x82\xa4" "Expr" "\xa3" "w.b" "\xa3" "Tag" "\xa4" "role";
+    df_gossip_bytes_t names[2] = {BYTES("a"), BYTES("cnode")}, tag, expr;
+    df_buf_t out;
+    bool match;
+
+    (void)state;
+    assert_int_equal(df_serf_filter_nodes_match(LIT(cap_nodes), BYTES("cnode"), &match), 0);
+    assert_true(match);
+    assert_int_equal(df_serf_filter_nodes_match(LIT(cap_nodes), BYTES("cnod"), &match), 0);
+    assert_false(match);
+    df_buf_init(&out, 256);
+    assert_int_equal(df_serf_filter_nodes_encode(&out, names + 1, 1), 0);
+    expect_bytes(&out, cap_nodes, sizeof(cap_nodes) - 1);
+    df_buf_reset(&out);
+    assert_int_equal(df_serf_filter_nodes_encode(&out, names, 2), 0);
+    assert_int_equal(df_serf_filter_nodes_match((const uint8_t *)out.data, out.len, BYTES("a"), &match), 0);
+    assert_true(match);
+    df_buf_free(&out);
+    assert_int_equal(df_serf_filter_tag_decode(LIT(tagf), &tag, &expr), 0);
+    assert_true(bytes_eq(tag, "role"));
+    assert_true(bytes_eq(expr, "w.b"));
+    /* wrong type byte, truncated, not an array, trailing bytes */
+    assert_int_equal(df_serf_filter_nodes_match(LIT(tagf), BYTES("a"), &match), DF_EPROTO);
+    assert_int_equal(df_serf_filter_nodes_match((const uint8_t *)cap_nodes, 4, BYTES("a"), &match), DF_EPROTO);
+    assert_int_equal(df_serf_filter_nodes_match(LIT("\x00\x81\xa1" "a" "\x01"), BYTES("a"), &match), DF_EPROTO);
+    assert_int_equal(df_serf_filter_nodes_match(LIT("\x00\x90\x90"), BYTES("a"), &match), DF_EPROTO);
+    assert_int_equal(df_serf_filter_tag_decode(LIT(cap_nodes), &tag, &expr), DF_EPROTO);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -722,7 +756,7 @@ int main(void)
         cmocka_unit_test(test_join_crc_capture), cmocka_unit_test(test_serf_captures),
         cmocka_unit_test(test_query),            cmocka_unit_test(test_pushpull_capture),
         cmocka_unit_test(test_other_messages),   cmocka_unit_test(test_nesting),
-        cmocka_unit_test(test_hostile),
+        cmocka_unit_test(test_hostile),          cmocka_unit_test(test_filters),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
