@@ -13,6 +13,8 @@
 #     --build DIR         dfly binaries (default <repo>/build; built if missing)
 #     --out FILE          append TSV rows here (header written if FILE is new); default stdout
 #     --details DIR       keep per-client lines and small logs of every run here
+#     --sn-args "ARGS"    extra supernode flags (e.g. "--seed-upload-slots 16"), dfly mode
+#     --tag T             label the rows "MODE+T" (variants: other flags, rates)
 #     --timeout S         per-run limit (default 12 x T_min + 60, at most 1800)
 #     --cleanup-stale     only remove namespaces left by a killed swarm.sh, then exit
 #
@@ -29,7 +31,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 
 N=5 MODES=native,bittorrent,dfly RUNS=1 SIZE_MIB=50 ORIGIN_MBIT=100 CLIENT_MBIT=10
-HETERO=0 LATE=0 LATE_DELAY=10 BUILD=$ROOT/build OUT= DETAILS= TIMEOUT= CLEAN_ONLY=0
+HETERO=0 LATE=0 LATE_DELAY=10 BUILD=$ROOT/build OUT= DETAILS= TIMEOUT= CLEAN_ONLY=0 SN_ARGS= TAG=
 while [ $# -gt 0 ]; do
     case $1 in
     --n) N=$2; shift ;;
@@ -45,6 +47,8 @@ while [ $# -gt 0 ]; do
     --out) OUT=$2; shift ;;
     --details) DETAILS=$2; shift ;;
     --timeout) TIMEOUT=$2; shift ;;
+    --sn-args) SN_ARGS=$2; shift ;;
+    --tag) TAG=$2; shift ;;
     --cleanup-stale) CLEAN_ONLY=1 ;;
     -h|--help) sed -n '2,/^set -e/p' "$0" | sed 's/^# \{0,1\}//;$d'; exit 0 ;;
     *) echo "swarm: unknown option $1" >&2; exit 2 ;;
@@ -328,7 +332,7 @@ HOOK
 sn_start() {
     mkdir -p "$WORK/sn"
     start "$PFX-s" "$BUILD/supernode" --listen "$SN_IP:8002" --data-dir "$WORK/sn" \
-        --advertise-ip "$SN_IP" --log-level warn 2>"$WORK/supernode.log"
+        --advertise-ip "$SN_IP" --log-level warn $SN_ARGS 2>"$WORK/supernode.log"
     SN_PID=$LAST_PID
     wait_http "$PFX-s" "http://$SN_IP:8002/healthz" 100 || { log "supernode did not start"; tail "$WORK/supernode.log" >&2; return 1; }
 }
@@ -358,7 +362,7 @@ mode_start_dfly_decentral() { log "mode dfly-decentral: not implemented yet (hoo
 run_one() {  # MODE RUN
     local mode=$1 run=$2 i c pids=() delay t0 cpu0 cpu1 pc0 pc1 w0 w1 done_n deadline now
     local origin_bytes=- seed_bytes=- peer_bytes=- wall0 wall1 ok tag rc
-    tag="$mode-n$N-r$run"
+    tag="$mode${TAG:++$TAG}-n$N-r$run"
     child_cpu; pc0=$CHILD_CPU
     rm -rf "$WORK"/c[0-9]*
     for i in $(seq 1 "$N"); do mkdir -p "$WORK/c$i"; done
@@ -447,7 +451,7 @@ print(j.get("bytes_from_peers","-"),j.get("bytes_from_supernode","-"),j.get("byt
         done >"$DETAILS/$tag.logs" 2>/dev/null
         [ "$mode" = dfly ] && tail -50 "$WORK/supernode.log" >"$DETAILS/$tag.supernode.log" 2>/dev/null
     fi
-    python3 "$HERE/swarmlib.py" row mode="$mode" n="$N" run="$run" file_bytes="$F" \
+    python3 "$HERE/swarmlib.py" row mode="$mode${TAG:++$TAG}" n="$N" run="$run" file_bytes="$F" \
         origin_mbit="$ORIGIN_MBIT" client_mbit="$CLIENT_MBIT" hetero="$HETERO" late="$LATE" \
         t_min_s="$TMIN" origin_bytes="$origin_bytes" origin_wire_bytes=$((w1 - w0)) \
         seed_bytes="${seed_bytes:--}" peer_bytes="$peer_bytes" cpu_busy_pct="$busy" cpu_softirq_pct="$sirq" \
