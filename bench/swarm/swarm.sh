@@ -14,6 +14,8 @@
 #     --out FILE          append TSV rows here (header written if FILE is new); default stdout
 #     --details DIR       keep per-client lines and small logs of every run here
 #     --sn-args "ARGS"    extra supernode flags (e.g. "--seed-upload-slots 16"), dfly mode
+#     --dfly-log-level L  supernode and dfdaemon log level (default warn); with --details,
+#                         logs other than warn are kept whole (capped at 400 KB per run)
 #     --tag T             label the rows "MODE+T" (variants: other flags, rates)
 #     --timeout S         per-run limit (default 12 x T_min + 60, at most 1800)
 #     --cleanup-stale     only remove namespaces left by a killed swarm.sh, then exit
@@ -31,7 +33,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 
 N=5 MODES=native,bittorrent,dfly RUNS=1 SIZE_MIB=50 ORIGIN_MBIT=100 CLIENT_MBIT=10
-HETERO=0 LATE=0 LATE_DELAY=10 BUILD=$ROOT/build OUT= DETAILS= TIMEOUT= CLEAN_ONLY=0 SN_ARGS= TAG=
+HETERO=0 LATE=0 LATE_DELAY=10 BUILD=$ROOT/build OUT= DETAILS= TIMEOUT= CLEAN_ONLY=0 SN_ARGS= TAG= DFLY_LOG=warn
 while [ $# -gt 0 ]; do
     case $1 in
     --n) N=$2; shift ;;
@@ -49,6 +51,7 @@ while [ $# -gt 0 ]; do
     --timeout) TIMEOUT=$2; shift ;;
     --sn-args) SN_ARGS=$2; shift ;;
     --tag) TAG=$2; shift ;;
+    --dfly-log-level) DFLY_LOG=$2; shift ;;
     --cleanup-stale) CLEAN_ONLY=1 ;;
     -h|--help) sed -n '2,/^set -e/p' "$0" | sed 's/^# \{0,1\}//;$d'; exit 0 ;;
     *) echo "swarm: unknown option $1" >&2; exit 2 ;;
@@ -285,7 +288,7 @@ NGX
     wait_http "$PFX-c$N" "http://$ORIGIN_IP/" 50 || { log "nginx did not start"; cat "$WORK/nginx/error.log" >&2; return 1; }
     : >"$WORK/nginx/access.log"   # drop the probe (truncation is safe: nginx appends)
 }
-nginx_bytes() { awk -F'\t' '{ s += $3 } END { print s + 0 }' "$WORK/nginx/access.log"; }
+nginx_bytes() { awk -F'\t' '{ s += $3 } END { printf "%d\n", s }' "$WORK/nginx/access.log"; }
 
 bt_start() {
     local ot=$WORK/ot i c
@@ -332,7 +335,7 @@ HOOK
 sn_start() {
     mkdir -p "$WORK/sn"
     start "$PFX-s" "$BUILD/supernode" --listen "$SN_IP:8002" --data-dir "$WORK/sn" \
-        --advertise-ip "$SN_IP" --log-level warn $SN_ARGS 2>"$WORK/supernode.log"
+        --advertise-ip "$SN_IP" --log-level "$DFLY_LOG" $SN_ARGS 2>"$WORK/supernode.log"
     SN_PID=$LAST_PID
     wait_http "$PFX-s" "http://$SN_IP:8002/healthz" 100 || { log "supernode did not start"; tail "$WORK/supernode.log" >&2; return 1; }
 }
@@ -343,7 +346,7 @@ daemons_start() {
         c=$WORK/c$i
         mkdir -p "$c/home"
         start "$PFX-c$i" "$BUILD/dfdaemon" --home "$c/home" --node "$SN_IP:8002" \
-            --advertise-ip "$(client_ip "$i")" --log-level warn 2>"$c/dfdaemon.log"
+            --advertise-ip "$(client_ip "$i")" --log-level "$DFLY_LOG" 2>"$c/dfdaemon.log"
         DAEMON_PIDS+=("$LAST_PID")
     done
     for i in $(seq 1 "$N"); do
@@ -450,6 +453,10 @@ print(j.get("bytes_from_peers","-"),j.get("bytes_from_supernode","-"),j.get("byt
             done
         done >"$DETAILS/$tag.logs" 2>/dev/null
         [ "$mode" = dfly ] && tail -50 "$WORK/supernode.log" >"$DETAILS/$tag.supernode.log" 2>/dev/null
+        if [ "$mode" = dfly ] && [ "$DFLY_LOG" != warn ]; then
+            { for i in $(seq 1 "$N"); do sed "s/^/c$i /" "$WORK/c$i/dfdaemon.log"; done
+              sed 's/^/sn /' "$WORK/supernode.log"; } 2>/dev/null | head -c 400000 >"$DETAILS/$tag.fulllogs"
+        fi
     fi
     python3 "$HERE/swarmlib.py" row mode="$mode${TAG:++$TAG}" n="$N" run="$run" file_bytes="$F" \
         origin_mbit="$ORIGIN_MBIT" client_mbit="$CLIENT_MBIT" hetero="$HETERO" late="$LATE" \
