@@ -288,7 +288,7 @@ NGX
     wait_http "$PFX-c$N" "http://$ORIGIN_IP/" 50 || { log "nginx did not start"; cat "$WORK/nginx/error.log" >&2; return 1; }
     : >"$WORK/nginx/access.log"   # drop the probe (truncation is safe: nginx appends)
 }
-nginx_bytes() { awk -F'\t' '{ s += $3 } END { printf "%d\n", s }' "$WORK/nginx/access.log"; }
+nginx_bytes() { awk -F'\t' '{ s += $3 } END { printf "%.0f\n", s }' "$WORK/nginx/access.log"; }
 
 bt_start() {
     local ot=$WORK/ot i c
@@ -408,7 +408,7 @@ run_one() {  # MODE RUN
         ip netns exec "$PFX-s" python3 "$HERE/swarmlib.py" metrics "http://$SN_IP:8002/metrics" \
             dfly_supernode_origin_bytes_total,dfly_supernode_seed_bytes_served_total,dfly_supernode_pieces_scheduled_total \
             >"$WORK/sn-metrics.txt" || true
-        seed_bytes=$(awk '/^dfly_supernode_seed_bytes_served_total/ { printf "%d", $NF }' "$WORK/sn-metrics.txt")
+        seed_bytes=$(awk '/^dfly_supernode_seed_bytes_served_total/ { printf "%.0f", $NF }' "$WORK/sn-metrics.txt")
         ;;
     esac
     stop_pids "${pids[@]}"
@@ -440,7 +440,7 @@ print(j.get("bytes_from_peers","-"),j.get("bytes_from_supernode","-"),j.get("byt
         rm -f "$out"
     done
     if [ "$mode" = dfly ]; then
-        peer_bytes=$(awk '$6 ~ /^[0-9]+$/ { s += $6 } END { printf "%d", s }' "$WORK/clients.txt")
+        peer_bytes=$(awk '$6 ~ /^[0-9]+$/ { s += $6 } END { printf "%.0f", s }' "$WORK/clients.txt")
     fi
     read -r busy sirq <<<"$(cpu_pct "$cpu0" "$cpu1")"
     if [ -n "$DETAILS" ]; then
