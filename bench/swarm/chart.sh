@@ -21,9 +21,10 @@ for f in "$TMP"/*.dat; do sort -n -o "$f" "$f"; done
 plot="'$TMP/tmin.dat' using 1:2 with lines lw 2 dt 2 lc rgb 'black' title 'fluid bound T_{min}'"
 # tbf meters Ethernet frames: TCP goodput is 95.6 % of the set rate, so a perfect transfer needs T_min / 0.956
 plot="$plot, '$TMP/tmin.dat' using 1:(\$2 / 0.956) with lines lw 1 dt 3 lc rgb 'gray40' title 'T_{min} / 0.956 (header overhead)'"
-for mode in native bittorrent dfly dfly-decentral; do
+for mc in native:#1f77b4 bittorrent:#d62728 dfly:#2ca02c dfly-decentral:#9467bd; do
+    mode=${mc%%:*} color=${mc#*:}
     [ -s "$TMP/$mode.dat" ] || continue
-    plot="$plot, '$TMP/$mode.dat' using 1:2 with linespoints lw 2 pt 7 title '$mode (mean)'"
+    plot="$plot, '$TMP/$mode.dat' using 1:2 with linespoints lw 2 pt 7 lc rgb '$color' title '$mode (mean)'"
 done
 for term in "pngcairo size 900,560 font 'sans,11'" "svg size 900,560 dynamic font 'sans,11'"; do
     ext=png; [[ $term == svg* ]] && ext=svg
@@ -34,6 +35,7 @@ set title "$TITLE"
 set xlabel 'N (clients)'
 set ylabel 'completion time (s)'
 set logscale x 2
+set xrange [0.8:110]
 set logscale y 2
 set grid
 set key top left
