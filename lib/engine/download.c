@@ -118,6 +118,7 @@ struct df_download {
     /* origin / source transfer */
     df_http_req_t *origin_req;
     uint64_t origin_pos;         /* absolute offset of the next origin byte */
+    uint64_t origin_end;         /* ORIGIN: end of the run of missing pieces being fetched */
     df_hasher_t *origin_piece_hasher;
     int src_fd;
     char *src_tmp;
@@ -144,6 +145,7 @@ struct fetch {
 static void finish(df_download_t *dl, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void maybe_pull(df_download_t *dl);
 static void start_origin(df_download_t *dl, const char *why);
+static void origin_next_run(df_download_t *dl);
 static void check_complete(df_download_t *dl);
 
 /* ------------------------------------------------------------ helpers */
@@ -902,7 +904,9 @@ static int origin_headers(df_http_req_t *req, long code, void *arg)
     df_download_t *dl = arg;
 
     if (code == 200) {
-        dl->origin_pos = 0; /* Range ignored: the body starts at byte 0 */
+        /* Range ignored: the body is the whole file */
+        dl->origin_pos = 0;
+        dl->origin_end = dl->length;
     } else if (code == 206 && dl->state == ST_ORIGIN) {
         uint64_t first, last, total;
         const char *cr = df_http_header(req, "Content-Range");
@@ -1001,8 +1005,12 @@ static void origin_done(df_http_req_t *req, const df_http_result_t *res, void *a
         return;
     }
     if (!df_stored_task_complete(dl->task)) {
-        finish(dl, DF_EORIGIN, "the origin sent %llu of %llu bytes", (unsigned long long)dl->origin_pos,
-               (unsigned long long)dl->length);
+        if (dl->origin_pos != dl->origin_end) {
+            finish(dl, DF_EORIGIN, "the origin sent %llu of %llu bytes", (unsigned long long)dl->origin_pos,
+                   (unsigned long long)dl->origin_end);
+            return;
+        }
+        origin_next_run(dl);
         return;
     }
     check_complete(dl);
@@ -1010,12 +1018,6 @@ static void origin_done(df_http_req_t *req, const df_http_result_t *res, void *a
 
 static void start_origin(df_download_t *dl, const char *why)
 {
-    df_http_opts_t opts = {0};
-    df_http_cbs_t cbs = {.on_headers = origin_headers, .on_data = origin_data, .on_done = origin_done};
-    const uint8_t *bm;
-    uint32_t first = 0;
-    int rc;
-
     if (dl->notbs) {
         finish(dl, DF_ETRACKER, "P2P failed (%s) and --notbs forbids the origin", why);
         return;
@@ -1036,18 +1038,35 @@ static void start_origin(df_download_t *dl, const char *why)
         evtimer_del(dl->timer);
         dl->wait_pending = false;
     }
-    bm = df_stored_task_bitmap(dl->task);
+    dl->origin_piece_hasher = df_hasher_new(DF_DIGEST_SHA256);
+    if (!dl->origin_piece_hasher) {
+        finish(dl, -ENOMEM, "out of memory");
+        return;
+    }
+    origin_next_run(dl);
+}
+
+/* Fetches the next run of missing pieces with one Range request, so the
+ * origin sends only what this host lacks. */
+static void origin_next_run(df_download_t *dl)
+{
+    df_http_opts_t opts = {0};
+    df_http_cbs_t cbs = {.on_headers = origin_headers, .on_data = origin_data, .on_done = origin_done};
+    const uint8_t *bm = df_stored_task_bitmap(dl->task);
+    uint32_t first = 0, end;
+    uint64_t off, len;
+    int rc;
+
     while (first < dl->piece_count && df_bitmap_test(bm, first))
         first++;
     if (first >= dl->piece_count) {
         check_complete(dl);
         return;
     }
-    dl->origin_piece_hasher = df_hasher_new(DF_DIGEST_SHA256);
-    if (!dl->origin_piece_hasher) {
-        finish(dl, -ENOMEM, "out of memory");
-        return;
-    }
+    for (end = first; end < dl->piece_count && !df_bitmap_test(bm, end); end++)
+        ;
+    df_piece_span(dl->length, dl->piece_size, end - 1, &off, &len);
+    dl->origin_end = off + len;
     dl->origin_pos = (uint64_t)first * dl->piece_size;
     opts.url = dl->url;
     opts.headers = (const char *const *)dl->headers;
@@ -1055,9 +1074,10 @@ static void start_origin(df_download_t *dl, const char *why)
     opts.ca_file = dl->ca_file;
     opts.follow_redirects = true;
     opts.stall_timeout_ms = 30000;
-    if (dl->origin_pos > 0) {
-        opts.has_range_from = true;
-        opts.range_from = dl->origin_pos;
+    if (dl->origin_pos > 0 || dl->origin_end < dl->length) {
+        opts.has_range = true;
+        opts.range_off = dl->origin_pos;
+        opts.range_len = dl->origin_end - dl->origin_pos;
     }
     rc = df_http_start(dl->peer->http, &opts, &cbs, dl, &dl->origin_req);
     if (rc < 0)
