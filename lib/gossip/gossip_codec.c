@@ -271,11 +271,22 @@ static int get_bool(const msgpack_object *o, bool *out)
     }
 }
 
+/* Empty fields point here, never at NULL: callers memcpy/memcmp them with
+ * their length, and a NULL pointer is undefined behaviour even for 0 bytes. */
+static const uint8_t empty_bytes[1];
+/* A nil []byte decodes to this (also non-NULL), so re-encoding keeps nil. */
+static const uint8_t nil_bytes[1];
+
+bool df_gossip_bytes_is_nil(df_gossip_bytes_t b)
+{
+    return !b.p || b.p == nil_bytes;
+}
+
 /* A Go string field: raw/str or nil.  bin is rejected like Go does. */
 static int get_str(const msgpack_object *o, size_t cap, df_gossip_bytes_t *out)
 {
     if (o->type == MSGPACK_OBJECT_NIL) {
-        out->p = NULL;
+        out->p = nil_bytes;
         out->len = 0;
         return 0;
     }
@@ -283,8 +294,7 @@ static int get_str(const msgpack_object *o, size_t cap, df_gossip_bytes_t *out)
         return DF_EPROTO;
     if (o->via.str.size > cap)
         return DF_ETOOBIG;
-    /* msgpack-c points an empty string at the input too, so p != NULL. */
-    out->p = (const uint8_t *)o->via.str.ptr;
+    out->p = o->via.str.size ? (const uint8_t *)o->via.str.ptr : empty_bytes;
     out->len = o->via.str.size;
     return 0;
 }
@@ -295,7 +305,7 @@ static int get_raw(const msgpack_object *o, size_t cap, df_gossip_bytes_t *out)
     if (o->type == MSGPACK_OBJECT_BIN) {
         if (o->via.bin.size > cap)
             return DF_ETOOBIG;
-        out->p = (const uint8_t *)o->via.bin.ptr;
+        out->p = o->via.bin.size ? (const uint8_t *)o->via.bin.ptr : empty_bytes;
         out->len = o->via.bin.size;
         return 0;
     }
@@ -409,7 +419,7 @@ static void pk_key(enc_t *e, const char *k)
 /* A Go []byte: nil stays nil. */
 static void pk_raw(enc_t *e, df_gossip_bytes_t b)
 {
-    if (!b.p) {
+    if (!b.p || b.p == nil_bytes) {
         ENC(e, msgpack_pack_nil(&e->pk));
         return;
     }

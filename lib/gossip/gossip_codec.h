@@ -49,13 +49,19 @@
 
 /* ----------------------------------------------------------- types, enums */
 
-/* A byte string inside the decoded buffer.  p == NULL means msgpack nil
- * (Go's nil slice); p != NULL with len 0 is an empty string.  Encoders make
- * the same distinction. */
+/* A byte string inside the decoded buffer (or a static empty one).  Nil
+ * (Go's nil slice) and empty are told apart by df_gossip_bytes_is_nil();
+ * encoders keep the distinction. */
 typedef struct {
     const uint8_t *p;
     size_t len;
 } df_gossip_bytes_t;
+
+/* Decoded fields are never NULL, even when empty (so memcpy/memcmp with
+ * their length are always defined); a Go nil decodes to a distinguished
+ * empty value that this tells apart, and that re-encodes as nil.  A
+ * caller-built value with p == NULL also encodes as nil. */
+bool df_gossip_bytes_is_nil(df_gossip_bytes_t b);
 
 /* memberlist messageType. */
 enum {
