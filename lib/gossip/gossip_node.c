@@ -235,6 +235,20 @@ struct df_gossip_node {
 
 /* =============================================================== helpers */
 
+/* memcpy/memcmp that accept (NULL, 0): decoded fields absent from a
+ * message have no buffer, and passing NULL to the libc functions is
+ * undefined even for zero bytes (found by the node fuzzer). */
+static inline void cpy(void *dst, const void *src, size_t n)
+{
+    if (n)
+        memcpy(dst, src, n);
+}
+
+static inline int cmp(const void *a, const void *b, size_t n)
+{
+    return n ? memcmp(a, b, n) : 0;
+}
+
 static uint64_t rnd(df_gossip_node_t *n)
 {
     /* splitmix64: tiny, seedable, good enough to pick nodes. */
@@ -270,7 +284,7 @@ static df_gossip_bytes_t B(const void *p, size_t len)
 
 static bool bytes_is(df_gossip_bytes_t b, const char *s, size_t len)
 {
-    return b.len == len && (len == 0 || memcmp(b.p, s, len) == 0);
+    return b.len == len && (len == 0 || cmp(b.p, s, len) == 0);
 }
 
 /* ceil(log10(n+1)): the node-count scale of retransmits and query timeouts. */
@@ -369,11 +383,11 @@ static void out_push(df_gossip_node_t *n, df_gossip_out_kind_t kind, const uint8
     if (!it || alen > 16)
         return free(it); /* out of memory: the datagram is lost, like on a full socket */
     it->u.out.kind = kind;
-    memcpy(it->u.out.addr, addr, alen);
+    cpy(it->u.out.addr, addr, alen);
     it->u.out.addr_len = alen;
     it->u.out.port = port;
     it->u.out.stream_id = stream_id;
-    memcpy(it->data, data, len);
+    cpy(it->data, data, len);
     queue_push(&n->outq, it, DF_GOSSIP_OUTPUTS_MAX);
 }
 
@@ -391,16 +405,16 @@ static void ev_push(df_gossip_node_t *n, df_gossip_ev_kind_t kind, const char *n
     if (!it)
         return;
     it->u.ev.kind = kind;
-    memcpy(it->u.ev.name, name, nl);
+    cpy(it->u.ev.name, name, nl);
     it->u.ev.name[nl] = '\0';
     if (plen)
-        memcpy(it->data, payload, plen);
+        cpy(it->data, payload, plen);
     it->u.ev.payload_len = plen;
     it->u.ev.ltime = ltime;
     it->u.ev.query_id = id;
     it->u.ev.coalesce = cc;
     if (mb) {
-        memcpy(it->u.ev.addr, mb->addr, mb->addr_len);
+        cpy(it->u.ev.addr, mb->addr, mb->addr_len);
         it->u.ev.addr_len = mb->addr_len;
         it->u.ev.port = mb->port;
         it->u.ev.meta_len = plen;
@@ -424,7 +438,7 @@ static int find_member(const df_gossip_node_t *n, const void *name, size_t len)
         int32_t j = n->hidx[i];
         if (j < 0)
             return -1;
-        if (n->m[j].hash == h && n->m[j].name_len == len && memcmp(n->m[j].name, name, len) == 0)
+        if (n->m[j].hash == h && n->m[j].name_len == len && cmp(n->m[j].name, name, len) == 0)
             return j;
     }
     return -1;
@@ -507,7 +521,7 @@ static int add_member(df_gossip_node_t *n, const void *name, size_t len)
     }
     memset(&n->m[slot], 0, sizeof(member_t));
     n->m[slot].used = true;
-    memcpy(n->m[slot].name, name, len);
+    cpy(n->m[slot].name, name, len);
     n->m[slot].name_len = len;
     n->m[slot].hash = name_hash(name, len);
     n->m[slot].state = DF_GOSSIP_STATE_DEAD;
@@ -592,7 +606,7 @@ static void enqueue(df_gossip_node_t *n, int qi, uint64_t name_hash_v, const voi
     copy = malloc(len);
     if (!copy)
         return;
-    memcpy(copy, msg, len);
+    cpy(copy, msg, len);
     q->v[q->n].msg = copy;
     q->v[q->n].len = len;
     q->v[q->n].transmits = 0;
@@ -780,7 +794,7 @@ static void alive_of(const df_gossip_node_t *n, const member_t *mb, df_gossip_al
     a->port = mb->port;
     a->meta = B(mb->meta, mb->meta_len);
     a->has_vsn = true;
-    memcpy(a->vsn, mb->vsn, 6);
+    cpy(a->vsn, mb->vsn, 6);
 }
 
 static void broadcast_ml(df_gossip_node_t *n, const member_t *mb, const df_buf_t *msg, int notify)
@@ -992,7 +1006,7 @@ static uint8_t *dup_bytes(df_gossip_bytes_t b)
     uint8_t *p = malloc(b.len ? b.len : 1);
 
     if (p && b.len)
-        memcpy(p, b.p, b.len);
+        cpy(p, b.p, b.len);
     return p;
 }
 
@@ -1019,8 +1033,8 @@ static bool serf_user_event(df_gossip_node_t *n, uint64_t ltime, df_gossip_bytes
     if (s->n && s->ltime == ltime) {
         for (i = 0; i < s->n; i++)
             if (s->names[i].len == name.len && s->payloads[i].len == payload.len &&
-                (!name.len || memcmp(s->names[i].p, name.p, name.len) == 0) &&
-                (!payload.len || memcmp(s->payloads[i].p, payload.p, payload.len) == 0))
+                (!name.len || cmp(s->names[i].p, name.p, name.len) == 0) &&
+                (!payload.len || cmp(s->payloads[i].p, payload.p, payload.len) == 0))
                 return false;
     } else {
         event_slot_clear(n, s);
@@ -1162,14 +1176,14 @@ static bool serf_query(df_gossip_node_t *n, const df_serf_query_t *q, uint64_t n
     if (q->flags & 1)
         send_query_response(n, q->addr.p, q->addr.len, q->port, q->ltime, q->id, 1, B(NULL, 0));
     /* Internal queries (_serf_*) never reach the application. */
-    if (q->name.len >= 6 && memcmp(q->name.p, "_serf_", 6) == 0)
+    if (q->name.len >= 6 && cmp(q->name.p, "_serf_", 6) == 0)
         return rebroadcast;
     iq = &n->inq[n->inq_next++ % INBOUND_QUERIES_MAX];
     memset(iq, 0, sizeof(*iq));
     iq->used = true;
     iq->ltime = q->ltime;
     iq->id = q->id;
-    memcpy(iq->addr, q->addr.p, q->addr.len);
+    cpy(iq->addr, q->addr.p, q->addr.len);
     iq->addr_len = q->addr.len;
     iq->port = q->port;
     timeout = q->timeout_ns > 0 ? (uint64_t)q->timeout_ns / 1000000u : 0;
@@ -1251,7 +1265,7 @@ static void serf_notify_msg(df_gossip_node_t *n, const uint8_t *msg, size_t len,
         if (!fw)
             return;
         fw[0] = DF_GOSSIP_USER;
-        memcpy(fw + 1, m.inner.p, m.inner.len);
+        cpy(fw + 1, m.inner.p, m.inner.len);
         send_msg(n, m.dest_ip.p, m.dest_ip.len, (uint16_t)m.dest_port, fw, m.inner.len + 1);
         free(fw);
         return;
@@ -1265,7 +1279,7 @@ static void serf_notify_msg(df_gossip_node_t *n, const uint8_t *msg, size_t len,
         if (!b)
             return;
         b[0] = DF_GOSSIP_USER;
-        memcpy(b + 1, msg, len);
+        cpy(b + 1, msg, len);
         enqueue(n, qi, 0, b, len + 1, NOTIFY_NONE);
         free(b);
     }
@@ -1331,13 +1345,13 @@ static void alive_node(df_gossip_node_t *n, const df_gossip_alive_t *a, bool boo
         mb->in_ml = true;
         mb->state = DF_GOSSIP_STATE_DEAD;
         mb->incarnation = 0;
-        memcpy(mb->addr, a->addr.p, a->addr.len);
+        cpy(mb->addr, a->addr.p, a->addr.len);
         mb->addr_len = a->addr.len;
         mb->port = a->port;
         n->ml_count++;
         if (!bootstrap)
             plist_insert(n, j);
-    } else if (mb->addr_len != a->addr.len || memcmp(mb->addr, a->addr.p, a->addr.len) != 0 ||
+    } else if (mb->addr_len != a->addr.len || cmp(mb->addr, a->addr.p, a->addr.len) != 0 ||
                mb->port != a->port) {
         /* Another address for a known name: only a left node may come back
          * elsewhere (DeadNodeReclaimTime 0 = never for dead ones). */
@@ -1353,21 +1367,21 @@ static void alive_node(df_gossip_node_t *n, const df_gossip_alive_t *a, bool boo
         return;
     mb->susp = false;
     old_state = mb->state;
-    meta_changed = mb->meta_len != a->meta.len || memcmp(mb->meta, a->meta.p, a->meta.len) != 0;
+    meta_changed = mb->meta_len != a->meta.len || cmp(mb->meta, a->meta.p, a->meta.len) != 0;
     if (!bootstrap && local) {
         if (a->incarnation == mb->incarnation && !meta_changed && a->has_vsn &&
-            memcmp(a->vsn, df_gossip_serf_vsn, 6) == 0)
+            cmp(a->vsn, df_gossip_serf_vsn, 6) == 0)
             return;
         refute(n, a->incarnation);
         return;
     }
     broadcast_alive(n, a);
     if (a->has_vsn)
-        memcpy(mb->vsn, a->vsn, 6);
+        cpy(mb->vsn, a->vsn, 6);
     mb->incarnation = a->incarnation;
-    memcpy(mb->meta, a->meta.p, a->meta.len);
+    cpy(mb->meta, a->meta.p, a->meta.len);
     mb->meta_len = a->meta.len;
-    memcpy(mb->addr, a->addr.p, a->addr.len);
+    cpy(mb->addr, a->addr.p, a->addr.len);
     mb->addr_len = a->addr.len;
     mb->port = a->port;
     if (mb->state != DF_GOSSIP_STATE_ALIVE) {
@@ -1530,7 +1544,7 @@ static int encode_local_state(df_gossip_node_t *n, bool join, df_buf_t *out)
             ns[nn].incarnation = mb->incarnation;
             ns[nn].state = mb->state;
             ns[nn].has_vsn = true;
-            memcpy(ns[nn].vsn, mb->vsn, 6);
+            cpy(ns[nn].vsn, mb->vsn, 6);
             nn++;
         }
         if (mb->status != DF_GOSSIP_STATUS_NONE) {
@@ -1659,7 +1673,7 @@ static void merge_serf_state(df_gossip_node_t *n, df_gossip_bytes_t us, bool joi
     for (i = 0; i < c.nleft; i++) {
         uint64_t lt = 0;
         for (k = 0; k < c.nst; k++)
-            if (c.st[k].name.len == c.left[i].len && memcmp(c.st[k].name.p, c.left[i].p, c.left[i].len) == 0)
+            if (c.st[k].name.len == c.left[i].len && cmp(c.st[k].name.p, c.left[i].p, c.left[i].len) == 0)
                 lt = c.st[k].ltime;
         serf_leave_intent(n, c.left[i], lt + 1, now);
     }
@@ -1667,7 +1681,7 @@ static void merge_serf_state(df_gossip_node_t *n, df_gossip_bytes_t us, bool joi
         bool is_left = false;
         for (i = 0; i < c.nleft && !is_left; i++)
             is_left = c.st[k].name.len == c.left[i].len &&
-                      memcmp(c.st[k].name.p, c.left[i].p, c.left[i].len) == 0;
+                      cmp(c.st[k].name.p, c.left[i].p, c.left[i].len) == 0;
         if (!is_left && c.st[k].name.len)
             serf_join_intent(n, c.st[k].name, c.st[k].ltime, now);
     }
@@ -1721,7 +1735,7 @@ static int merge_remote(df_gossip_node_t *n, const uint8_t *buf, size_t len, boo
             a.port = r->port;
             a.meta = r->meta;
             a.has_vsn = r->has_vsn;
-            memcpy(a.vsn, r->vsn, 6);
+            cpy(a.vsn, r->vsn, 6);
             alive_node(n, &a, false, now);
             break;
         }
@@ -2061,11 +2075,11 @@ static int handle_msg(const uint8_t *msg, size_t len, void *arg)
         r->nack = ip.nack;
         r->deadline = rx->now + n->cfg.probe_timeout_ms;
         if (ip.source_addr.len && ip.source_addr.len <= 16 && ip.source_port) {
-            memcpy(r->addr, ip.source_addr.p, ip.source_addr.len);
+            cpy(r->addr, ip.source_addr.p, ip.source_addr.len);
             r->addr_len = ip.source_addr.len;
             r->port = ip.source_port;
         } else {
-            memcpy(r->addr, rx->from, rx->from_len);
+            cpy(r->addr, rx->from, rx->from_len);
             r->addr_len = rx->from_len;
             r->port = rx->from_port;
         }
@@ -2574,7 +2588,7 @@ int df_gossip_node_new(const df_gossip_config_t *cfg, uint64_t now_ms, df_gossip
     n->cfg.name = NULL;
     n->cfg.tag_keys = n->cfg.tag_values = NULL;
     n->cfg.keyring = NULL;
-    memcpy(n->name, cfg->name, nl);
+    cpy(n->name, cfg->name, nl);
     n->name_len = nl;
     if (cfg->keyring && cfg->keyring->n > 0) {
         n->keyring = *cfg->keyring;
@@ -2602,7 +2616,7 @@ int df_gossip_node_new(const df_gossip_config_t *cfg, uint64_t now_ms, df_gossip
     a.port = cfg->port;
     a.meta = B(meta.data ? meta.data : "", meta.len);
     a.has_vsn = true;
-    memcpy(a.vsn, df_gossip_serf_vsn, 6);
+    cpy(a.vsn, df_gossip_serf_vsn, 6);
     alive_node(n, &a, true, now_ms);
     /* The bootstrap alive is not gossiped: only a join announces us. */
     for (i = 0; i < n->q[Q_ML].n; i++)
@@ -2836,7 +2850,7 @@ static void member_info(const member_t *mb, df_gossip_member_t *m)
     m->incarnation = mb->incarnation;
     m->status = mb->status;
     m->ml_state = mb->state;
-    memcpy(m->vsn, mb->vsn, 6);
+    cpy(m->vsn, mb->vsn, 6);
 }
 
 int df_gossip_member_get(const df_gossip_node_t *n, const char *name, df_gossip_member_t *m)
