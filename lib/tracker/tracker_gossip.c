@@ -67,7 +67,8 @@
 #define SEED_SUFFIX "!seed"
 #define TASKS_MAX 1024u
 #define HOLDERS_MAX 1024u
-#define FLUSH_MS 250u
+#define FLUSH_MS 500u
+#define STARVED_MS 2000u
 #define WANT_RESEND_MS 2000u
 #define REGISTER_WAIT_MS 15000u
 #define FRONTIER_GRACE_MS 1000u
@@ -112,6 +113,8 @@ typedef struct task {
     uint64_t seed_failed_ms;
     uint64_t wanted_ms;                /* last want (ours or others') */
     uint64_t want_sent_ms;
+    uint64_t starved_ms;               /* our pulls found nothing to fetch since */
+    uint64_t repair_ms;                /* last re-announce for a starved member */
     bool local;                        /* one of our downloads registered it */
     struct task *next;
 } task_t;
@@ -762,8 +765,22 @@ static void fill_pull(gossip_tracker_t *tr, call_t *c, df_pull_res_t *out)
                  t->id);
         goto out;
     }
-    if (nwant == 0 || ns == 0)
+    if (nwant == 0 || ns == 0) {
+        /* Gossip is lossy (an event can age out of Serf's 512-slot window
+         * while queued): when our download starves, ask again with a want,
+         * which makes the owner re-send shape and digests and every holder
+         * re-announce in full (anti-entropy, rate-limited both ways). */
+        if (missing && !c->seed) {
+            if (!t->starved_ms)
+                t->starved_ms = now;
+            else if (now - t->starved_ms >= STARVED_MS && now - t->want_sent_ms >= STARVED_MS) {
+                t->want_sent_ms = now;
+                send_start(tr, t, false);
+            }
+        }
         goto out;
+    }
+    t->starved_ms = 0;
     {
         df_sched_input_t in = {
             .piece_count = t->piece_count,
@@ -1068,8 +1085,16 @@ static void on_gev(gossip_tracker_t *tr, const df_gev_t *e)
                 DF_LOG_W("gossip: %s announced another shape for task %.16s; ignored", e->sender, t->id);
         } else {
             t->wanted_ms = now;
-            if (t->shaped && is_owner(tr, t))
-                send_start(tr, t, true); /* a late joiner missed the shape */
+            if (t->shaped && now - t->repair_ms >= STARVED_MS) {
+                /* a late joiner, or a member that lost events: re-announce */
+                t->repair_ms = now;
+                memset(t->announced, 0, df_bitmap_bytes(t->piece_count));
+                t->announce_full = true;
+                if (is_owner(tr, t)) {
+                    memset(t->digest_sent, 0, df_bitmap_bytes(t->piece_count));
+                    send_start(tr, t, true);
+                }
+            }
             maybe_start_seed(tr, t);
         }
         break;
