@@ -182,6 +182,15 @@ typedef struct {
     uint32_t fetch_parallel;    /* pieces in flight per download; default 8 */
     uint64_t stall_timeout_ms;  /* no progress this long -> P2P stalled; default 20 s */
     bool serve;                 /* run the upload server (pattern p2p); default true */
+    /* Decentralized mode: set gossip_listen to run a Serf-compatible gossip
+     * node instead of talking to supernodes (nodes is then ignored).  The
+     * cluster decides per task an owner that reads the origin; peers fetch
+     * from it and from each other (docs/DESIGN.md, "Gossip mode"). */
+    const char *gossip_listen;  /* "HOST:PORT" (UDP and TCP); NULL = supernode mode */
+    const char *const *gossip_join; /* "host:port" seeds, NULL-terminated or NULL */
+    const char *gossip_encrypt; /* base64 AES key (16, 24 or 32 bytes) or NULL */
+    const char *gossip_dns;     /* "name:port" resolved every 30 s and joined, or NULL */
+    const char *gossip_name;    /* member name; default "<hostname>-<upload port>" */
 } df_peer_config_t;
 
 void df_peer_config_init(df_peer_config_t *cfg);
@@ -221,6 +230,18 @@ typedef struct {
  * between two scrapes; the sums over a download equal the bytes_from_* of
  * its df_download_result_t. */
 void df_peer_stats(const df_peer_t *peer, df_peer_stats_t *out);
+
+/* Gossip mode only (df_peer_config_t.gossip_listen): the node's view.
+ * -ENOENT in supernode mode. */
+typedef struct {
+    uint64_t members_alive, members_leaving, members_left, members_failed;
+    uint64_t events_sent, events_received, events_dropped;
+    uint64_t probe_failures;     /* members this node saw declared failed */
+    uint64_t tasks_owned;        /* tasks this node owns now (reads their origin) */
+    uint64_t seeds_started;
+    uint32_t health_score;       /* Lifeguard local health, 0 = healthy */
+} df_peer_gossip_stats_t;
+int df_peer_gossip_stats(const df_peer_t *peer, df_peer_gossip_stats_t *out);
 
 /* The peer's statistics in the Prometheus text format (version 0.0.4),
  * metric names dfly_dfdaemon_* (docs/METRICS.md), for dfdaemon's GET

@@ -136,6 +136,124 @@ static int start_upload_server(df_peer_t *peer)
     return 0;
 }
 
+/* ------------------------------------------------------------ gossip mode */
+
+/* One running seed download (this node owns its task): the context its done
+ * callback needs, kept in a list so df_peer_free releases the contexts of
+ * downloads it cancels (their callbacks never run). */
+typedef struct seed_ctx {
+    df_peer_t *peer;
+    char task_id[65];
+    struct seed_ctx *next;
+} seed_ctx_t;
+
+static void seed_unlink(df_peer_t *peer, seed_ctx_t *sc)
+{
+    for (seed_ctx_t **pp = &peer->seeds; *pp; pp = &(*pp)->next)
+        if (*pp == sc) {
+            *pp = sc->next;
+            return;
+        }
+}
+
+static void seed_done_cb(const df_download_result_t *res, void *arg)
+{
+    seed_ctx_t *sc = arg;
+    df_peer_t *peer = sc->peer;
+
+    if (res->status < 0)
+        DF_LOG_W("gossip: seed of task %.16s failed: %s", sc->task_id, res->reason);
+    else
+        DF_LOG_I("gossip: seed of task %.16s done (%llu bytes from the origin)", sc->task_id,
+                 (unsigned long long)res->bytes_from_origin);
+    seed_unlink(peer, sc);
+    if (peer->tracker)
+        df_tracker_gossip_seed_done(peer->tracker, sc->task_id, res->status);
+    free(sc);
+}
+
+/* The gossip tracker's start_seed: an engine download that only fills the
+ * store (stream mode, no output).  Its Register reaches the tracker from
+ * inside this call, which is how the tracker knows it is the seed. */
+static int start_seed(void *arg, const char *url, const char *task_id)
+{
+    df_peer_t *peer = arg;
+    df_download_req_t req = {0};
+    seed_ctx_t *sc = calloc(1, sizeof(*sc));
+    int rc;
+
+    if (!sc)
+        return -ENOMEM;
+    sc->peer = peer;
+    df_strlcpy(sc->task_id, task_id, sizeof(sc->task_id));
+    req.url = url;
+    req.stream = true;
+    req.call_system = "gossip-seed";
+    sc->next = peer->seeds;
+    peer->seeds = sc;
+    rc = df_peer_download(peer, &req, NULL, seed_done_cb, sc);
+    if (rc < 0) {
+        seed_unlink(peer, sc);
+        free(sc);
+    }
+    return rc;
+}
+
+static int start_gossip(df_peer_t *peer, const df_peer_config_t *cfg)
+{
+    df_tracker_gossip_opts_t o = {0};
+    char name[192];
+    size_t n = 0;
+
+    while (cfg->gossip_join && cfg->gossip_join[n])
+        n++;
+    peer->gossip_join = calloc(n + 1, sizeof(char *));
+    if (!peer->gossip_join)
+        return -ENOMEM;
+    for (size_t i = 0; i < n; i++)
+        if (!(peer->gossip_join[i] = strdup(cfg->gossip_join[i])))
+            return -ENOMEM;
+    if (cfg->gossip_name && cfg->gossip_name[0])
+        df_strlcpy(name, cfg->gossip_name, sizeof(name));
+    else
+        snprintf(name, sizeof(name), "%.128s-%u", peer->hostname, peer->upload_port);
+    o.base = peer->base;
+    o.http = peer->http;
+    o.store = peer->store;
+    o.name = name;
+    o.listen = cfg->gossip_listen;
+    o.advertise_ip = peer->advertise_ip;
+    o.upload_port = peer->upload_port;
+    o.join = (const char *const *)peer->gossip_join;
+    o.encrypt = cfg->gossip_encrypt;
+    o.dns_name = cfg->gossip_dns;
+    o.start_seed = start_seed;
+    o.seed_arg = peer;
+    peer->gossip = true;
+    return df_tracker_gossip_new(&o, &peer->tracker);
+}
+
+int df_peer_gossip_stats(const df_peer_t *peer, df_peer_gossip_stats_t *out)
+{
+    df_tracker_gossip_stats_t s;
+
+    if (!peer->gossip || !peer->tracker)
+        return -ENOENT;
+    df_tracker_gossip_stats(peer->tracker, &s);
+    out->members_alive = s.members_alive;
+    out->members_leaving = s.members_leaving;
+    out->members_left = s.members_left;
+    out->members_failed = s.members_failed;
+    out->events_sent = s.events_sent;
+    out->events_received = s.events_received;
+    out->events_dropped = s.events_dropped;
+    out->probe_failures = s.probe_failures;
+    out->tasks_owned = s.tasks_owned;
+    out->seeds_started = s.seeds_started;
+    out->health_score = s.health_score;
+    return 0;
+}
+
 int df_peer_new(struct event_base *base, const df_peer_config_t *cfg, df_peer_t **out)
 {
     df_peer_t *peer;
@@ -167,6 +285,11 @@ int df_peer_new(struct event_base *base, const df_peer_config_t *cfg, df_peer_t 
     peer->cfg.home_dir = peer->home_dir;
     peer->cfg.nodes = (const char **)peer->nodes;
     peer->cfg.advertise_ip = NULL;
+    peer->cfg.gossip_listen = NULL; /* used during df_peer_new only */
+    peer->cfg.gossip_join = NULL;
+    peer->cfg.gossip_encrypt = NULL;
+    peer->cfg.gossip_dns = NULL;
+    peer->cfg.gossip_name = NULL;
     peer->upload_host = strdup(cfg->upload_host && cfg->upload_host[0] ? cfg->upload_host : "0.0.0.0");
     if (!peer->upload_host)
         goto fail;
@@ -187,7 +310,7 @@ int df_peer_new(struct event_base *base, const df_peer_config_t *cfg, df_peer_t 
     rc = df_http_new(base, &peer->http);
     if (rc < 0)
         goto fail;
-    if (n > 0) {
+    if (n > 0 && !cfg->gossip_listen) {
         rc = df_tracker_supernode_new(peer->http, (const char *const *)peer->nodes, &peer->tracker);
         if (rc < 0)
             goto fail;
@@ -203,6 +326,13 @@ int df_peer_new(struct event_base *base, const df_peer_config_t *cfg, df_peer_t 
     df_rate_limit_init(&peer->host_rl, cfg->total_limit_bps, df_now_ms());
     if (cfg->serve) {
         rc = start_upload_server(peer);
+        if (rc < 0)
+            goto fail;
+    }
+    if (cfg->gossip_listen) {
+        if (!(cfg->advertise_ip && cfg->advertise_ip[0]) && cfg->gossip_join && cfg->gossip_join[0])
+            route_local_ip(cfg->gossip_join[0], peer->advertise_ip, sizeof(peer->advertise_ip));
+        rc = start_gossip(peer, cfg);
         if (rc < 0)
             goto fail;
     }
@@ -258,6 +388,14 @@ void df_peer_free(df_peer_t *peer)
         peer->tracker->ops->free(peer->tracker);
     df_http_free(peer->http);
     df_store_close(peer->store);
+    while (peer->seeds) {
+        seed_ctx_t *sc = peer->seeds;
+        peer->seeds = sc->next;
+        free(sc);
+    }
+    for (size_t i = 0; peer->gossip_join && peer->gossip_join[i]; i++)
+        free(peer->gossip_join[i]);
+    free(peer->gossip_join);
     for (size_t i = 0; peer->nodes && peer->nodes[i]; i++)
         free(peer->nodes[i]);
     free(peer->nodes);

@@ -42,6 +42,9 @@ struct df_peer {
     void *leave_arg;
     bool leave_fired;
     df_peer_stats_t stats;      /* the counters; present values are filled by df_peer_stats() */
+    bool gossip;                /* tracker is tracker_gossip.c's */
+    struct seed_ctx *seeds;     /* gossip seed downloads running (their done contexts) */
+    char **gossip_join;         /* owned copies, NULL-terminated */
 };
 
 /* Cancels every download without calling their callbacks (peer teardown). */

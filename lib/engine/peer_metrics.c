@@ -42,6 +42,44 @@ static int add(df_metrics_t *m, const series_t *s)
     return 0;
 }
 
+/* Gossip mode: the node's membership and dfly's events (nothing in
+ * supernode mode). */
+static int add_gossip(const df_peer_t *peer, df_metrics_t *m)
+{
+    df_peer_gossip_stats_t g;
+    int rc;
+
+    if (df_peer_gossip_stats(peer, &g) < 0)
+        return 0;
+    const series_t series[] = {
+        {"dfly_dfdaemon_gossip_members", "Gossip members by state", DF_METRIC_GAUGE, "state", "alive",
+         (double)g.members_alive},
+        {"dfly_dfdaemon_gossip_members", NULL, DF_METRIC_GAUGE, "state", "leaving", (double)g.members_leaving},
+        {"dfly_dfdaemon_gossip_members", NULL, DF_METRIC_GAUGE, "state", "left", (double)g.members_left},
+        {"dfly_dfdaemon_gossip_members", NULL, DF_METRIC_GAUGE, "state", "failed", (double)g.members_failed},
+        {"dfly_dfdaemon_gossip_events_total", "dfly gossip events, by what happened to them", DF_METRIC_COUNTER,
+         "result", "sent", (double)g.events_sent},
+        {"dfly_dfdaemon_gossip_events_total", NULL, DF_METRIC_COUNTER, "result", "received",
+         (double)g.events_received},
+        {"dfly_dfdaemon_gossip_events_total", NULL, DF_METRIC_COUNTER, "result", "dropped",
+         (double)g.events_dropped},
+        {"dfly_dfdaemon_gossip_probe_failures_total", "Members this node saw declared failed",
+         DF_METRIC_COUNTER, NULL, NULL, (double)g.probe_failures},
+        {"dfly_dfdaemon_gossip_tasks_owned", "Tasks this node owns (reads from the origin)", DF_METRIC_GAUGE,
+         NULL, NULL, (double)g.tasks_owned},
+        {"dfly_dfdaemon_gossip_seeds_total", "Seed downloads started as a task's owner", DF_METRIC_COUNTER,
+         NULL, NULL, (double)g.seeds_started},
+        {"dfly_dfdaemon_gossip_health_score", "Lifeguard local health score (0 = healthy)", DF_METRIC_GAUGE,
+         NULL, NULL, (double)g.health_score},
+    };
+    for (size_t i = 0; i < DF_ARRAY_LEN(series); i++) {
+        rc = add(m, &series[i]);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
 int df_peer_metrics_render(const df_peer_t *peer, char **out, size_t *len_out)
 {
     df_peer_stats_t st;
@@ -93,6 +131,9 @@ int df_peer_metrics_render(const df_peer_t *peer, char **out, size_t *len_out)
         if (rc < 0)
             goto out;
     }
+    rc = add_gossip(peer, m);
+    if (rc < 0)
+        goto out;
     rc = df_metrics_render(m, &b);
     if (rc < 0)
         goto out;

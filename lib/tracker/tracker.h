@@ -127,4 +127,44 @@ struct df_tracker {
 struct df_http;
 int df_tracker_supernode_new(struct df_http *http, const char *const *nodes, df_tracker_t **out);
 
+/* The gossip implementation (decentralized mode, tracker_gossip.c): a
+ * Serf-compatible gossip node on `listen`, availability spread by user
+ * events, one owner per task (rendezvous hashing over alive members) that
+ * reads the origin through a seed download it starts with start_seed. */
+struct event_base;
+struct df_store;
+typedef struct {
+    struct event_base *base;     /* borrowed */
+    struct df_http *http;        /* borrowed: HEAD requests to origins */
+    struct df_store *store;      /* borrowed: what this host holds */
+    const char *name;            /* member name (unique in the cluster), copied */
+    const char *listen;          /* gossip "HOST:PORT" (UDP and TCP), copied */
+    const char *advertise_ip;    /* gossip and upload address others use, copied */
+    uint16_t upload_port;        /* advertised in the member tag "dfly-port" */
+    const char *const *join;     /* "host:port" to join, NULL-terminated or NULL; copied */
+    const char *encrypt;         /* base64 AES key (16/24/32 bytes) or NULL */
+    const char *dns_name;        /* "name:port" resolved every 30 s and joined, or NULL */
+    /* Starts an engine download of url for task_id that writes only to the
+     * store (this node owns the task).  It must call df_tracker_gossip_seed_done
+     * when that download ends.  0 or -errno. */
+    int (*start_seed)(void *arg, const char *url, const char *task_id);
+    void *seed_arg;
+} df_tracker_gossip_opts_t;
+
+/* 0, -EINVAL (bad option), -errno (bind).  Free with ops->free. */
+int df_tracker_gossip_new(const df_tracker_gossip_opts_t *o, df_tracker_t **out);
+/* The seed download of task_id ended (status 0 or its error). */
+void df_tracker_gossip_seed_done(df_tracker_t *t, const char *task_id, int status);
+
+typedef struct {
+    uint64_t members_alive, members_leaving, members_left, members_failed;
+    uint64_t events_sent, events_received, events_dropped; /* dfly events (dropped: undecodable
+                                                            * received or unsendable) */
+    uint64_t probe_failures;     /* members declared failed */
+    uint64_t tasks_owned;        /* tasks this node owns now (rendezvous) */
+    uint64_t seeds_started;      /* seed downloads started as owner */
+    uint32_t health_score;       /* Lifeguard awareness */
+} df_tracker_gossip_stats_t;
+void df_tracker_gossip_stats(df_tracker_t *t, df_tracker_gossip_stats_t *out);
+
 #endif

@@ -36,6 +36,7 @@
 
 #define DEFAULT_LISTEN "127.0.0.1:65001"
 #define DEFAULT_NODE "127.0.0.1:8002"
+#define DEFAULT_GOSSIP_LISTEN "0.0.0.0:7946"
 
 typedef struct {
     char *home;
@@ -59,6 +60,12 @@ typedef struct {
     char **hosts;           /* --registry-host specs, NULL-terminated, or NULL */
     size_t nhosts;
     bool hosts_from_flags;  /* likewise for --registry-host */
+    bool gossip;            /* --mode gossip */
+    char gossip_listen[280];/* HOST:PORT */
+    char **joins;           /* df_parse_node_list() of --join, or NULL */
+    char *encrypt;
+    char *gossip_dns;
+    char *gossip_name;
 } opts_t;
 
 #define RULES_MAX 64
@@ -90,6 +97,14 @@ static void usage(FILE *f)
             "                            mirror rule, repeatable, first match wins:\n"
             "                            p2p GET REGEX or direct METHOD|* REGEX on the\n"
             "                            path; default \"p2p GET ^/v2/.+/blobs/sha256:[0-9a-f]{64}$\"\n"
+            "      --mode MODE           supernode (default) or gossip: no supernode, the\n"
+            "                            dfdaemons find each other over Serf's gossip\n"
+            "      --gossip-listen HOST:PORT  gossip UDP+TCP address (default " DEFAULT_GOSSIP_LISTEN ")\n"
+            "      --join H:P[,H:P...]   gossip members to join at start\n"
+            "      --encrypt KEY         gossip encryption key (base64, 16/24/32 bytes)\n"
+            "      --gossip-dns NAME:PORT  join the A/AAAA records of NAME, re-resolved\n"
+            "                            every 30 s\n"
+            "      --gossip-name NAME    member name (default <hostname>-<upload port>)\n"
             "      --log-level L         error, warn, info (default) or debug\n"
             "      --version             print the version and exit\n"
             "  -h, --help                this help\n");
@@ -215,6 +230,38 @@ static int set_option(opts_t *o, const char *key, const char *value, const char 
         rc = df_parse_size(value, &o->total_limit);
     } else if (strcmp(key, "cache-limit") == 0) {
         rc = df_parse_size(value, &o->cache_limit);
+    } else if (strcmp(key, "mode") == 0) {
+        rc = 0;
+        if (strcmp(value, "gossip") == 0)
+            o->gossip = true;
+        else if (strcmp(value, "supernode") == 0)
+            o->gossip = false;
+        else
+            rc = -EINVAL;
+    } else if (strcmp(key, "gossip-listen") == 0) {
+        char host[256];
+        uint16_t port;
+        rc = df_parse_hostport(value, host, sizeof(host), &port);
+        if (rc == 0 && (size_t)snprintf(o->gossip_listen, sizeof(o->gossip_listen), "%s", value) >=
+                           sizeof(o->gossip_listen))
+            rc = -EINVAL;
+    } else if (strcmp(key, "join") == 0) {
+        char **joins = NULL;
+        rc = df_parse_node_list(value, &joins);
+        if (rc > 0) {
+            df_node_list_free(o->joins);
+            o->joins = joins;
+        }
+    } else if (strcmp(key, "encrypt") == 0) {
+        rc = *value ? replace_str(&o->encrypt, value) : -EINVAL;
+    } else if (strcmp(key, "gossip-dns") == 0) {
+        char host[256];
+        uint16_t port;
+        rc = df_parse_hostport(value, host, sizeof(host), &port);
+        if (rc == 0)
+            rc = replace_str(&o->gossip_dns, value);
+    } else if (strcmp(key, "gossip-name") == 0) {
+        rc = *value && strlen(value) <= 64 ? replace_str(&o->gossip_name, value) : -EINVAL;
     } else if (strcmp(key, "log-level") == 0) {
         rc = df_parse_log_level(value, &o->level);
     } else if (strcmp(key, "registry") == 0) {
@@ -268,6 +315,12 @@ static const struct option long_opts[] = {
     {"totallimit", required_argument, NULL, 0},
     {"cache-limit", required_argument, NULL, 0},
     {"log-level", required_argument, NULL, 0},
+    {"mode", required_argument, NULL, 0},
+    {"gossip-listen", required_argument, NULL, 0},
+    {"join", required_argument, NULL, 0},
+    {"encrypt", required_argument, NULL, 0},
+    {"gossip-dns", required_argument, NULL, 0},
+    {"gossip-name", required_argument, NULL, 0},
     {"registry", required_argument, NULL, 0},
     {"registry-ca", required_argument, NULL, 0},
     {"registry-insecure", no_argument, NULL, 0},
@@ -290,6 +343,10 @@ static void opts_free(opts_t *o)
     free(o->registry_ca);
     free_rules(o);
     free_hosts(o);
+    df_node_list_free(o->joins);
+    free(o->encrypt);
+    free(o->gossip_dns);
+    free(o->gossip_name);
 }
 
 static int usage_error(void)
@@ -310,6 +367,7 @@ static int parse_args(int argc, char **argv, opts_t *o)
     o->level = DF_LOG_INFO;
     if (df_parse_hostport(DEFAULT_LISTEN, o->listen_host, sizeof(o->listen_host), &o->listen_port) < 0)
         return 1;
+    snprintf(o->gossip_listen, sizeof(o->gossip_listen), "%s", DEFAULT_GOSSIP_LISTEN);
     opterr = 0;
     while ((c = getopt_long(argc, argv, ":h", long_opts, &idx)) != -1) {
         switch (c) {
@@ -499,6 +557,13 @@ int main(int argc, char **argv)
     df_peer_config_init(&pc);
     pc.home_dir = o.home;
     pc.nodes = (const char **)o.nodes;
+    if (o.gossip) {
+        pc.gossip_listen = o.gossip_listen;
+        pc.gossip_join = (const char *const *)o.joins;
+        pc.gossip_encrypt = o.encrypt;
+        pc.gossip_dns = o.gossip_dns;
+        pc.gossip_name = o.gossip_name;
+    }
     if (o.upload_host)
         pc.upload_host = o.upload_host;
     pc.upload_port = o.upload_port;

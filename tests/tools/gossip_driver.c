@@ -7,9 +7,8 @@
  *   gossip_driver --name N --bind IP:PORT [--join IP:PORT]... [--tag K=V]...
  *                 [--encrypt BASE64] [--query-reply TEXT] [--control FIFO]
  *
- * One libevent loop: a UDP socket and a TCP listener on the same IP:port
- * (memberlist's layout), one bufferevent per TCP exchange, one timer armed
- * at the node's next wake-up.  Every node event is printed on stdout as one
+ * The sockets, streams and timers are lib/gossip/gossip_io.c's, as in
+ * dfdaemon's gossip mode.  Every node event is printed on stdout as one
  * JSON line ({"ev": "member-join", ...}, {"ev": "user", ...}, ...).
  * Commands, one per line on the control FIFO: `event NAME PAYLOAD`,
  * `event-cc NAME PAYLOAD`, `query NAME PAYLOAD`, `members`, `leave`.
@@ -18,6 +17,7 @@
 #include "core/core.h"
 #include "gossip/gossip_codec.h"
 #include "gossip/gossip_crypto.h"
+#include "gossip/gossip_io.h"
 #include "gossip/gossip_node.h"
 
 #include <arpa/inet.h>
@@ -40,22 +40,11 @@
 #define MAX_TAGS 16
 #define MAX_JOINS 8
 
-typedef struct conn {
-    struct conn *next;
-    struct bufferevent *bev;
-    uint64_t id;
-    bool inbound, closing, done;
-    struct sockaddr_storage peer;
-} conn_t;
-
 static struct {
     struct event_base *base;
+    df_gossip_io_t *io;
     df_gossip_node_t *node;
-    int udp;
-    struct event *udp_ev, *timer, *ctl_ev, *sigterm, *sigint;
-    struct evconnlistener *lst;
-    conn_t *conns;
-    uint64_t next_inbound;
+    struct event *left_ev, *ctl_ev, *sigterm, *sigint;
     const char *query_reply;
     int ctl_fd;
     struct evbuffer *ctl_buf;
@@ -80,40 +69,6 @@ static int parse_hostport(const char *s, struct sockaddr_in *sa)
         return -EINVAL;
     sa->sin_port = htons((uint16_t)port);
     return 0;
-}
-
-static void to_sockaddr(const uint8_t *addr, size_t alen, uint16_t port, struct sockaddr_storage *ss,
-                        socklen_t *sl)
-{
-    memset(ss, 0, sizeof(*ss));
-    if (alen == 4) {
-        struct sockaddr_in *s4 = (struct sockaddr_in *)ss;
-        s4->sin_family = AF_INET;
-        memcpy(&s4->sin_addr, addr, 4);
-        s4->sin_port = htons(port);
-        *sl = sizeof(*s4);
-    } else {
-        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)ss;
-        s6->sin6_family = AF_INET6;
-        memcpy(&s6->sin6_addr, addr, 16);
-        s6->sin6_port = htons(port);
-        *sl = sizeof(*s6);
-    }
-}
-
-static void from_sockaddr(const struct sockaddr_storage *ss, uint8_t *addr, size_t *alen, uint16_t *port)
-{
-    if (ss->ss_family == AF_INET) {
-        const struct sockaddr_in *s4 = (const struct sockaddr_in *)ss;
-        memcpy(addr, &s4->sin_addr, 4);
-        *alen = 4;
-        *port = ntohs(s4->sin_port);
-    } else {
-        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)ss;
-        memcpy(addr, &s6->sin6_addr, 16);
-        *alen = 16;
-        *port = ntohs(s6->sin6_port);
-    }
 }
 
 /* ------------------------------------------------------------- output */
@@ -208,243 +163,32 @@ static void print_event(const df_gossip_event_t *ev)
     emit(o);
 }
 
-/* ---------------------------------------------------------------- TCP */
+/* ---------------------------------------------------------------- node */
 
-static void conn_free_cb(evutil_socket_t fd, short what, void *arg)
+static void on_event(const df_gossip_event_t *ev, void *arg)
 {
-    conn_t *c = arg;
-
-    (void)fd;
-    (void)what;
-    bufferevent_free(c->bev);
-    free(c);
-}
-
-/* Unlinks c and frees it from the next loop iteration: a bufferevent is
- * never freed inside its own callback.  An outbound exchange that did not
- * get its reply is reported to the node as failed. */
-static void conn_close(conn_t *c)
-{
-    static const struct timeval zero = {0, 0};
-    conn_t **pp;
-
-    for (pp = &G.conns; *pp; pp = &(*pp)->next)
-        if (*pp == c) {
-            *pp = c->next;
-            break;
-        }
-    if (!c->inbound && !c->done)
-        df_gossip_stream_failed(G.node, c->id, df_now_ms());
-    c->done = true;
-    bufferevent_disable(c->bev, EV_READ | EV_WRITE);
-    bufferevent_setcb(c->bev, NULL, NULL, NULL, NULL);
-    if (event_base_once(G.base, -1, EV_TIMEOUT, conn_free_cb, c, &zero) < 0)
-        conn_free_cb(-1, 0, c); /* cannot defer: nothing of c is used after this */
-}
-
-static void conn_read_cb(struct bufferevent *bev, void *arg)
-{
-    conn_t *c = arg;
-    struct evbuffer *in = bufferevent_get_input(bev);
-    size_t len = evbuffer_get_length(in), msglen;
-    uint8_t from[16];
-    size_t alen;
-    uint16_t port;
-    const uint8_t *p;
-    int rc;
-
-    if (c->done || len == 0)
-        return;
-    if (len > DF_GOSSIP_STREAM_MAX + 64) {
-        conn_close(c);
-        return;
-    }
-    p = evbuffer_pullup(in, -1);
-    rc = df_gossip_stream_msg_len(p, len, &msglen);
-    if (rc == DF_EAGAIN)
-        return;
-    if (rc < 0) {
-        fprintf(stderr, "gossip_driver: bad stream message: %s\n", df_strerror(rc));
-        conn_close(c);
-        pump();
-        return;
-    }
-    from_sockaddr(&c->peer, from, &alen, &port);
-    c->done = true;
-    rc = df_gossip_recv_stream(G.node, c->id, c->inbound, from, alen, port, p, msglen, df_now_ms());
-    if (rc < 0)
-        fprintf(stderr, "gossip_driver: stream from peer rejected: %s\n", df_strerror(rc));
-    evbuffer_drain(in, msglen);
-    if (!c->inbound) {
-        conn_close(c); /* one exchange per connection */
-        pump();
-        return;
-    }
-    /* The reply (if any) comes out of pump(); the connection closes once
-     * it is written, or now when there is none (c stays allocated until the
-     * next loop iteration either way). */
-    c->closing = true;
-    bufferevent_disable(bev, EV_READ);
-    pump();
-    if (!c->done && evbuffer_get_length(bufferevent_get_output(bev)) == 0)
-        conn_close(c);
-}
-
-static void conn_write_cb(struct bufferevent *bev, void *arg)
-{
-    conn_t *c = arg;
-
-    if (c->closing && evbuffer_get_length(bufferevent_get_output(bev)) == 0)
-        conn_close(c);
-}
-
-static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
-{
-    conn_t *c = arg;
-
-    (void)bev;
-    if (what & BEV_EVENT_CONNECTED)
-        return;
-    conn_close(c);
-    pump();
-}
-
-static conn_t *conn_new(evutil_socket_t fd, bool inbound, uint64_t id)
-{
-    conn_t *c = calloc(1, sizeof(*c));
-    struct timeval tv = {10, 0};
-
-    if (!c)
-        return NULL;
-    c->bev = bufferevent_socket_new(G.base, fd, BEV_OPT_CLOSE_ON_FREE);
-    if (!c->bev) {
-        free(c);
-        return NULL;
-    }
-    c->id = id;
-    c->inbound = inbound;
-    bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
-    bufferevent_set_timeouts(c->bev, &tv, &tv);
-    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
-    c->next = G.conns;
-    G.conns = c;
-    return c;
-}
-
-static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg)
-{
-    conn_t *c;
-
-    (void)l;
     (void)arg;
-    c = conn_new(fd, true, ++G.next_inbound);
-    if (!c) {
-        close(fd);
-        return;
-    }
-    memcpy(&c->peer, sa, (size_t)salen < sizeof(c->peer) ? (size_t)salen : sizeof(c->peer));
-}
-
-/* ---------------------------------------------------------------- pump */
-
-static void handle_output(const df_gossip_output_t *o)
-{
-    struct sockaddr_storage ss;
-    socklen_t sl;
-    conn_t *c;
-
-    to_sockaddr(o->addr, o->addr_len, o->port, &ss, &sl);
-    switch (o->kind) {
-    case DF_GOSSIP_OUT_UDP:
-        if (sendto(G.udp, o->data, o->len, 0, (struct sockaddr *)&ss, sl) < 0)
-            fprintf(stderr, "gossip_driver: sendto: %s\n", strerror(errno));
-        break;
-    case DF_GOSSIP_OUT_STREAM_OPEN:
-        c = conn_new(-1, false, o->stream_id);
-        if (!c) {
-            df_gossip_stream_failed(G.node, o->stream_id, df_now_ms());
-            break;
-        }
-        c->peer = ss;
-        bufferevent_write(c->bev, o->data, o->len);
-        if (bufferevent_socket_connect(c->bev, (struct sockaddr *)&ss, (int)sl) < 0)
-            conn_close(c);
-        break;
-    case DF_GOSSIP_OUT_STREAM_REPLY:
-        for (c = G.conns; c; c = c->next)
-            if (c->inbound && c->id == o->stream_id)
-                break;
-        if (c) {
-            bufferevent_enable(c->bev, EV_WRITE);
-            bufferevent_write(c->bev, o->data, o->len);
-        }
-        break;
-    }
+    print_event(ev);
+    if (ev->kind == DF_GOSSIP_EV_QUERY && G.query_reply)
+        df_gossip_respond(G.node, ev->ltime, ev->query_id, (const uint8_t *)G.query_reply, strlen(G.query_reply),
+                          df_now_ms());
 }
 
 static void pump(void)
 {
-    df_gossip_output_t o;
-    df_gossip_event_t ev;
-    uint64_t now, wake;
-    struct timeval tv;
-
-    while (df_gossip_next_output(G.node, &o))
-        handle_output(&o);
-    while (df_gossip_next_event(G.node, &ev)) {
-        print_event(&ev);
-        if (ev.kind == DF_GOSSIP_EV_QUERY && G.query_reply)
-            df_gossip_respond(G.node, ev.ltime, ev.query_id, (const uint8_t *)G.query_reply, strlen(G.query_reply),
-                              df_now_ms());
-    }
-    while (df_gossip_next_output(G.node, &o)) /* responses to queries */
-        handle_output(&o);
-    if (df_gossip_has_left(G.node)) {
-        emit(json_pack("{s:s}", "ev", "left"));
-        event_base_loopexit(G.base, NULL);
-        return;
-    }
-    now = df_now_ms();
-    wake = df_gossip_next_wakeup_ms(G.node);
-    if (wake == UINT64_MAX)
-        wake = now + 1000;
-    wake = wake > now ? wake - now : 0;
-    tv.tv_sec = (time_t)(wake / 1000);
-    tv.tv_usec = (suseconds_t)((wake % 1000) * 1000);
-    evtimer_add(G.timer, &tv);
+    df_gossip_io_pump(G.io);
 }
 
-static void timer_cb(evutil_socket_t fd, short what, void *arg)
+/* The end of a graceful leave shows no event: poll for it. */
+static void left_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
     (void)arg;
-    df_gossip_tick(G.node, df_now_ms());
-    pump();
-}
-
-static void udp_cb(evutil_socket_t fd, short what, void *arg)
-{
-    static uint8_t buf[65536];
-    struct sockaddr_storage ss;
-    socklen_t sl;
-    uint8_t from[16];
-    size_t alen;
-    uint16_t port;
-    ssize_t n;
-    int i;
-
-    (void)what;
-    (void)arg;
-    for (i = 0; i < 64; i++) {
-        sl = sizeof(ss);
-        n = recvfrom(fd, buf, sizeof(buf), 0, (struct sockaddr *)&ss, &sl);
-        if (n < 0)
-            break;
-        from_sockaddr(&ss, from, &alen, &port);
-        df_gossip_recv_packet(G.node, from, alen, port, buf, (size_t)n, df_now_ms());
+    if (df_gossip_has_left(G.node)) {
+        emit(json_pack("{s:s}", "ev", "left"));
+        event_base_loopexit(G.base, NULL);
     }
-    pump();
 }
 
 static void start_leave(void)
@@ -533,8 +277,9 @@ int main(int argc, char **argv)
     const char *keys[MAX_TAGS], *vals[MAX_TAGS], *control = NULL;
     char *tagbuf[MAX_TAGS];
     size_t ntags = 0, njoins = 0, i;
+    df_gossip_io_opts_t io_opts;
     bool have_bind = false;
-    int a, rc, one = 1;
+    int a, rc;
 
     signal(SIGPIPE, SIG_IGN);
     df_gossip_config_default(&cfg);
@@ -585,30 +330,23 @@ int main(int argc, char **argv)
     cfg.seed = (uint64_t)getpid() ^ df_now_ms();
 
     G.base = event_base_new();
-    G.udp = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (!G.base || G.udp < 0)
+    if (!G.base)
         return 1;
-    setsockopt(G.udp, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (bind(G.udp, (struct sockaddr *)&bind_sa, sizeof(bind_sa)) < 0) {
-        fprintf(stderr, "gossip_driver: bind udp: %s\n", strerror(errno));
-        return 1;
-    }
-    G.lst = evconnlistener_new_bind(G.base, accept_cb, NULL, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE, 128,
-                                    (struct sockaddr *)&bind_sa, sizeof(bind_sa));
-    if (!G.lst) {
-        fprintf(stderr, "gossip_driver: bind tcp: %s\n", strerror(errno));
-        return 1;
-    }
-    rc = df_gossip_node_new(&cfg, df_now_ms(), &G.node);
+    memset(&io_opts, 0, sizeof(io_opts));
+    io_opts.base = G.base;
+    memcpy(&io_opts.bind, &bind_sa, sizeof(bind_sa));
+    io_opts.cfg = cfg;
+    io_opts.event_cb = on_event;
+    rc = df_gossip_io_new(&io_opts, &G.io);
     if (rc < 0) {
-        fprintf(stderr, "gossip_driver: node: %s\n", df_strerror(rc));
+        fprintf(stderr, "gossip_driver: %s\n", df_strerror(rc));
         return 1;
     }
-    G.udp_ev = event_new(G.base, G.udp, EV_READ | EV_PERSIST, udp_cb, NULL);
-    G.timer = evtimer_new(G.base, timer_cb, NULL);
+    G.node = df_gossip_io_node(G.io);
+    G.left_ev = event_new(G.base, -1, EV_PERSIST, left_cb, NULL);
+    event_add(G.left_ev, &(struct timeval){0, 100000});
     G.sigterm = evsignal_new(G.base, SIGTERM, signal_cb, NULL);
     G.sigint = evsignal_new(G.base, SIGINT, signal_cb, NULL);
-    event_add(G.udp_ev, NULL);
     event_add(G.sigterm, NULL);
     event_add(G.sigint, NULL);
     if (control) {
@@ -624,30 +362,24 @@ int main(int argc, char **argv)
     }
     emit(json_pack("{s:s, s:s, s:i}", "ev", "ready", "name", cfg.name, "port", (int)cfg.port));
     for (i = 0; i < njoins; i++) {
-        rc = df_gossip_join(G.node, (const uint8_t *)&joins[i].sin_addr, 4, ntohs(joins[i].sin_port), false,
-                            df_now_ms());
+        rc = df_gossip_io_join(G.io, (const uint8_t *)&joins[i].sin_addr, 4, ntohs(joins[i].sin_port));
         if (rc < 0)
             fprintf(stderr, "gossip_driver: join: %s\n", df_strerror(rc));
     }
     pump();
     event_base_dispatch(G.base);
 
-    while (G.conns)
-        conn_close(G.conns);
+    df_gossip_io_free(G.io);
     event_base_loop(G.base, EVLOOP_NONBLOCK); /* runs the deferred frees */
-    df_gossip_node_free(G.node);
     if (G.ctl_ev)
         event_free(G.ctl_ev);
     if (G.ctl_buf)
         evbuffer_free(G.ctl_buf);
     if (G.ctl_fd > 0)
         close(G.ctl_fd);
-    event_free(G.udp_ev);
-    event_free(G.timer);
+    event_free(G.left_ev);
     event_free(G.sigterm);
     event_free(G.sigint);
-    evconnlistener_free(G.lst);
-    close(G.udp);
     event_base_free(G.base);
     for (i = 0; i < ntags; i++)
         free(tagbuf[i]);

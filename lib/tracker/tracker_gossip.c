@@ -1,0 +1,1468 @@
+/*
+ * The Tracker over gossip (decentralized mode): no supernode, every
+ * dfdaemon runs a Serf-compatible gossip node (gossip_io.c) and schedules
+ * its own downloads with df_sched_pick over what gossip says each alive
+ * member holds.
+ *
+ * Design:
+ *  - Availability travels in Serf user events named "dfly" (payload format
+ *    in gossip_events.h): START (a want with the url, or the owner's shape:
+ *    length and piece size), HAVE (pieces now held, as run-length deltas,
+ *    coalesced every FLUSH_MS), DIGEST (the owner's sha256 per piece),
+ *    REMOVE, RECOVER (a restarted node asks everyone to re-announce).
+ *    Member tags carry the upload port (TAG_PORT); members without it (a
+ *    plain `serf agent`) are never sources nor owners.
+ *  - One owner per task reads the origin: the alive member with the highest
+ *    rendezvous score hash(task, name).  The owner runs a seed download of
+ *    its own (through start_seed: an ordinary engine download with no
+ *    output) whose pulls are answered "error" so that the engine reads the
+ *    origin into the piece store (its ORIGIN state, hashing each piece).
+ *    Every FLUSH_MS the tracker compares the store with what it announced
+ *    and sends HAVE, and, as owner, DIGEST events for new pieces.
+ *  - Digests: a piece is only ever assigned with a digest that came from
+ *    the task's owner (DIGEST events are accepted only from the current
+ *    owner or from a member ranked above it, i.e. a former owner); the
+ *    engine refuses assignments without one.  Shapes likewise.
+ *  - Takeover: when the owner dies, the next member in rendezvous order
+ *    becomes owner; if it has a url for the task and somebody wanted it in
+ *    the last minute it starts a seed, which first fetches every piece some
+ *    alive peer holds and only then (nothing left but pieces nobody has)
+ *    reads the origin from its first missing piece.
+ *  - No stampede on the owner: a piece only the owner holds is fetched by
+ *    one designated participant (rendezvous of (task, piece) over the
+ *    members that announced the task), the others wait FRONTIER_GRACE_MS
+ *    for it to appear on a peer before they may take it from the owner.
+ *  - Register: shape known -> answered at once; we are the owner -> HEAD
+ *    to the origin, then a START with the shape; otherwise a START want is
+ *    broadcast (again every WANT_RESEND_MS) and the Register waits for the
+ *    owner's shape up to REGISTER_WAIT_MS (then fails: the engine reads
+ *    the origin itself).
+ *
+ * Every callback runs from the loop, never inside the call (a zero timer per
+ * pending call).  Caps: TASKS_MAX tasks, HOLDERS_MAX holders per task,
+ * events are capped by the node's user-event limit and decoded by
+ * df_gev_decode.  Not thread-safe (one loop).
+ */
+#include "tracker/tracker.h"
+
+#include "core/core.h"
+#include "gossip/gossip_io.h"
+#include "net/http_client.h"
+#include "piece/piece.h"
+#include "piece/piece_store.h"
+#include "sched/sched.h"
+#include "supernode/api_codec.h"
+#include "tracker/gossip_events.h"
+
+#include <event2/event.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TAG_PORT "dfly-port"
+#define SEED_SUFFIX "!seed"
+#define TASKS_MAX 1024u
+#define HOLDERS_MAX 1024u
+#define FLUSH_MS 500u
+#define STARVED_MS 2000u
+#define WANT_RESEND_MS 2000u
+#define REGISTER_WAIT_MS 15000u
+#define FRONTIER_GRACE_MS 1000u
+#define ASSIGN_EXPIRE_MS 30000u
+#define WANTED_RECENT_MS 60000u
+#define SEED_RETRY_MS 3000u
+#define SLOTS_PEER 4u
+#define SLOTS_OWNER 4u
+#define EVENTS_PER_FLUSH 16u
+#define RECOVER_QUIET_MS 5000u
+#define JOIN_RETRY_MS 5000u
+#define DNS_EVERY_MS 30000u
+#define DNS_ADDRS_MAX 16
+
+typedef struct {
+    char name[DF_GEV_SENDER_MAX + 1];
+    uint8_t *have;               /* piece_count bits (allocated once shaped) */
+    uint32_t load;               /* our fetches in flight from it */
+} holder_t;
+
+typedef struct task {
+    char id[65];
+    uint8_t idb[32];
+    char *url;                   /* NULL until known */
+    bool shaped;
+    uint64_t length, piece_size;
+    uint32_t piece_count;
+    uint8_t *digest_known, *digests;   /* from the owner */
+    uint8_t *assigned;                 /* to one of our downloads, result pending */
+    uint64_t *assigned_ms;
+    int32_t *assigned_src;             /* holder index */
+    uint64_t *owner_since;             /* when we learnt the owner holds it (frontier rule) */
+    uint8_t *announced;                /* pieces we announced holding */
+    uint8_t *digest_sent;              /* digests we sent as owner */
+    bool announce_full;                /* next HAVE is a full set (recover) */
+    holder_t *holders;
+    size_t nholders, cap_holders;
+    df_stored_task_t *stored;          /* our store's copy, referenced; NULL until created */
+    bool seeding;                      /* our seed download runs */
+    bool head_pending;                 /* owner: HEAD to the origin running */
+    df_http_req_t *head;
+    uint64_t seed_failed_ms;
+    uint64_t wanted_ms;                /* last want (ours or others') */
+    uint64_t want_sent_ms;
+    uint64_t starved_ms;               /* our pulls found nothing to fetch since */
+    uint64_t repair_ms;                /* last re-announce for a starved member */
+    bool local;                        /* one of our downloads registered it */
+    struct task *next;
+} task_t;
+
+typedef enum { CALL_REGISTER, CALL_PULL, CALL_DONE } call_kind_t;
+
+typedef struct call {
+    struct gossip_tracker *tr;
+    call_kind_t kind;
+    struct event *ev;
+    task_t *task;                /* REGISTER, PULL */
+    bool seed;                   /* the seed download's call */
+    uint64_t since_ms;           /* REGISTER: parked since */
+    df_register_res_t *reg;      /* REGISTER: the answer once ready */
+    df_piece_result_t *results;  /* PULL: copied request */
+    size_t nresults;
+    uint32_t want;
+    union {
+        df_register_cb reg;
+        df_pull_cb pull;
+        df_tracker_done_cb done;
+    } cb;
+    void *arg;
+    int status;                  /* DONE */
+    struct call *prev, *next;
+} call_t;
+
+typedef struct gossip_tracker {
+    df_tracker_t base;
+    df_tracker_gossip_opts_t o;
+    char name[DF_GEV_SENDER_MAX + 1];
+    char seed_id[DF_GEV_SENDER_MAX + sizeof(SEED_SUFFIX)];
+    char advertise_ip[64];
+    char *dns_name;
+    char **joins;
+    size_t njoins;
+    df_gossip_io_t *io;
+    struct event *tick;
+    task_t *tasks;
+    size_t ntasks;
+    call_t *calls;
+    task_t *seeding_now;         /* set while start_seed runs: its Register is the seed's */
+    uint64_t last_flush_ms, last_join_ms, last_dns_ms, last_recover_ms;
+    bool recover_sent, leaving;
+    df_tracker_gossip_stats_t stats;
+} gossip_tracker_t;
+
+static void task_release(gossip_tracker_t *tr, task_t *t);
+
+/* ------------------------------------------------------------ helpers */
+
+static uint64_t mix64(uint64_t z)
+{
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* Rendezvous score of a member for a task (and a piece, for the frontier
+ * rule; UINT32_MAX for the task itself).  FNV-1a then a finalizer. */
+static uint64_t score(const uint8_t task[32], uint32_t piece, const char *name)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (int i = 0; i < 32; i++)
+        h = (h ^ task[i]) * 0x100000001b3ull;
+    for (int i = 0; i < 4; i++)
+        h = (h ^ ((piece >> (8 * i)) & 0xff)) * 0x100000001b3ull;
+    for (const char *p = name; *p; p++)
+        h = (h ^ (uint8_t)*p) * 0x100000001b3ull;
+    return mix64(h);
+}
+
+typedef struct {
+    const uint8_t *task;
+    char best[DF_GEV_SENDER_MAX + 1];
+    uint64_t best_score;
+    uint8_t addr[16];
+    size_t addr_len;
+    uint16_t port;
+} owner_scan_t;
+
+static int tag_port_cb(df_gossip_bytes_t k, df_gossip_bytes_t v, void *arg)
+{
+    uint16_t *port = arg;
+    char buf[8];
+    uint64_t n;
+
+    if (k.len == strlen(TAG_PORT) && memcmp(k.p, TAG_PORT, k.len) == 0 && v.len < sizeof(buf)) {
+        memcpy(buf, v.p, v.len);
+        buf[v.len] = '\0';
+        if (df_parse_u64(buf, &n) == 0 && n > 0 && n <= 65535)
+            *port = (uint16_t)n;
+    }
+    return 0;
+}
+
+/* The upload port a member advertises, 0 when none (not a dfly peer). */
+static uint16_t member_port(const df_gossip_member_t *m)
+{
+    uint16_t port = 0;
+    if (m->meta && m->meta_len)
+        df_serf_tags_decode(m->meta, m->meta_len, tag_port_cb, &port);
+    return port;
+}
+
+static void owner_cb(const df_gossip_member_t *m, void *arg)
+{
+    owner_scan_t *s = arg;
+    uint64_t sc;
+
+    if (m->status != DF_GOSSIP_STATUS_ALIVE || strlen(m->name) > DF_GEV_SENDER_MAX || member_port(m) == 0)
+        return;
+    sc = score(s->task, UINT32_MAX, m->name);
+    if (!s->best[0] || sc > s->best_score) {
+        s->best_score = sc;
+        df_strlcpy(s->best, m->name, sizeof(s->best));
+    }
+}
+
+/* The task's owner: the alive dfly member with the highest score. */
+static void task_owner(gossip_tracker_t *tr, const task_t *t, char *out, size_t cap)
+{
+    owner_scan_t s = {.task = t->idb};
+    df_gossip_member_foreach(df_gossip_io_node(tr->io), owner_cb, &s);
+    df_strlcpy(out, s.best[0] ? s.best : tr->name, cap);
+}
+
+static bool is_owner(gossip_tracker_t *tr, const task_t *t)
+{
+    char owner[DF_GEV_SENDER_MAX + 1];
+    task_owner(tr, t, owner, sizeof(owner));
+    return strcmp(owner, tr->name) == 0;
+}
+
+/* Shapes and digests are believed from the current owner or from a member
+ * ranked above it (a former owner: it died or left after sending). */
+static bool may_vouch(gossip_tracker_t *tr, const task_t *t, const char *sender)
+{
+    char owner[DF_GEV_SENDER_MAX + 1];
+    task_owner(tr, t, owner, sizeof(owner));
+    return strcmp(owner, sender) == 0 || score(t->idb, UINT32_MAX, sender) > score(t->idb, UINT32_MAX, owner);
+}
+
+static bool member_alive(gossip_tracker_t *tr, const char *name, df_gossip_member_t *m)
+{
+    return df_gossip_member_get(df_gossip_io_node(tr->io), name, m) == 0 && m->status == DF_GOSSIP_STATUS_ALIVE;
+}
+
+static int send_event(gossip_tracker_t *tr, const uint8_t *p, int len)
+{
+    int rc;
+    if (len < 0) {
+        tr->stats.events_dropped++;
+        return len;
+    }
+    rc = df_gossip_user_event(df_gossip_io_node(tr->io), DF_GEV_NAME, p, (size_t)len, false, df_now_ms());
+    if (rc < 0) {
+        tr->stats.events_dropped++;
+        return rc;
+    }
+    tr->stats.events_sent++;
+    df_gossip_io_pump(tr->io);
+    return 0;
+}
+
+/* Bytes one event payload may take: the node's user-event limit (Serf's
+ * default 512) minus the event name. */
+static size_t event_cap(void)
+{
+    return 512 - strlen(DF_GEV_NAME);
+}
+
+/* ------------------------------------------------------------ tasks */
+
+static task_t *task_find(gossip_tracker_t *tr, const char *id)
+{
+    for (task_t *t = tr->tasks; t; t = t->next)
+        if (strcmp(t->id, id) == 0)
+            return t;
+    return NULL;
+}
+
+static task_t *task_get(gossip_tracker_t *tr, const char *id)
+{
+    task_t *t = task_find(tr, id);
+
+    if (t)
+        return t;
+    if (tr->ntasks >= TASKS_MAX || strlen(id) != 64)
+        return NULL;
+    t = calloc(1, sizeof(*t));
+    if (!t)
+        return NULL;
+    df_strlcpy(t->id, id, sizeof(t->id));
+    if (df_unhex(id, t->idb, 32) < 0) {
+        free(t);
+        return NULL;
+    }
+    t->next = tr->tasks;
+    tr->tasks = t;
+    tr->ntasks++;
+    return t;
+}
+
+static task_t *task_get_bin(gossip_tracker_t *tr, const uint8_t idb[32])
+{
+    static const char hex[] = "0123456789abcdef";
+    char id[65];
+    for (int i = 0; i < 32; i++) {
+        id[2 * i] = hex[idb[i] >> 4];
+        id[2 * i + 1] = hex[idb[i] & 15];
+    }
+    id[64] = '\0';
+    return task_get(tr, id);
+}
+
+static int task_shape(task_t *t, uint64_t length, uint64_t piece_size)
+{
+    uint32_t n = df_piece_count(length, piece_size);
+    size_t bm = df_bitmap_bytes(n);
+
+    if (t->shaped)
+        return t->length == length && t->piece_size == piece_size ? 0 : -EEXIST;
+    if (length == 0 || piece_size == 0 || piece_size > DF_PIECE_SIZE_MAX || n == 0 || n > DF_PIECE_COUNT_MAX)
+        return -EINVAL;
+    t->digest_known = calloc(bm, 1);
+    t->digests = calloc(n, 32);
+    t->assigned = calloc(bm, 1);
+    t->assigned_ms = calloc(n, sizeof(uint64_t));
+    t->assigned_src = calloc(n, sizeof(int32_t));
+    t->owner_since = calloc(n, sizeof(uint64_t));
+    t->announced = calloc(bm, 1);
+    t->digest_sent = calloc(bm, 1);
+    if (!t->digest_known || !t->digests || !t->assigned || !t->assigned_ms || !t->assigned_src ||
+        !t->owner_since || !t->announced || !t->digest_sent)
+        return -ENOMEM; /* the task stays unshaped; task_release frees what was allocated */
+    for (size_t i = 0; i < t->nholders; i++)
+        if (!t->holders[i].have && !(t->holders[i].have = calloc(bm, 1)))
+            return -ENOMEM;
+    t->length = length;
+    t->piece_size = piece_size;
+    t->piece_count = n;
+    t->shaped = true;
+    return 0;
+}
+
+static holder_t *holder_get(task_t *t, const char *name, int32_t *idx)
+{
+    for (size_t i = 0; i < t->nholders; i++)
+        if (strcmp(t->holders[i].name, name) == 0) {
+            if (idx)
+                *idx = (int32_t)i;
+            return &t->holders[i];
+        }
+    if (t->nholders >= HOLDERS_MAX)
+        return NULL;
+    if (t->nholders == t->cap_holders) {
+        size_t cap = t->cap_holders ? 2 * t->cap_holders : 8;
+        holder_t *n = realloc(t->holders, cap * sizeof(*n));
+        if (!n)
+            return NULL;
+        t->holders = n;
+        t->cap_holders = cap;
+    }
+    memset(&t->holders[t->nholders], 0, sizeof(holder_t));
+    df_strlcpy(t->holders[t->nholders].name, name, sizeof(t->holders[0].name));
+    if (t->shaped && !(t->holders[t->nholders].have = calloc(df_bitmap_bytes(t->piece_count), 1)))
+        return NULL;
+    if (idx)
+        *idx = (int32_t)t->nholders;
+    return &t->holders[t->nholders++];
+}
+
+/* Our store's copy of the task, once an engine download created it. */
+static df_stored_task_t *task_stored(gossip_tracker_t *tr, task_t *t)
+{
+    if (!t->stored && t->shaped && df_store_task_get(tr->o.store, t->id, &t->stored) == 0 &&
+        (df_stored_task_length(t->stored) != t->length || df_stored_task_piece_size(t->stored) != t->piece_size)) {
+        df_stored_task_unref(t->stored);
+        t->stored = NULL;
+    }
+    return t->stored;
+}
+
+static void task_release(gossip_tracker_t *tr, task_t *t)
+{
+    (void)tr;
+    df_http_cancel(t->head);
+    if (t->stored)
+        df_stored_task_unref(t->stored);
+    for (size_t i = 0; i < t->nholders; i++)
+        free(t->holders[i].have);
+    free(t->holders);
+    free(t->url);
+    free(t->digest_known);
+    free(t->digests);
+    free(t->assigned);
+    free(t->assigned_ms);
+    free(t->assigned_src);
+    free(t->owner_since);
+    free(t->announced);
+    free(t->digest_sent);
+    free(t);
+}
+
+/* ------------------------------------------------------------ calls */
+
+static void call_fire(evutil_socket_t fd, short what, void *arg);
+
+static call_t *call_new(gossip_tracker_t *tr, call_kind_t kind, void *cb, void *arg)
+{
+    call_t *c = calloc(1, sizeof(*c));
+
+    if (!c)
+        return NULL;
+    c->tr = tr;
+    c->kind = kind;
+    c->arg = arg;
+    if (kind == CALL_REGISTER)
+        c->cb.reg = (df_register_cb)cb;
+    else if (kind == CALL_PULL)
+        c->cb.pull = (df_pull_cb)cb;
+    else
+        c->cb.done = (df_tracker_done_cb)cb;
+    c->ev = evtimer_new(tr->o.base, call_fire, c);
+    if (!c->ev) {
+        free(c);
+        return NULL;
+    }
+    c->next = tr->calls;
+    if (tr->calls)
+        tr->calls->prev = c;
+    tr->calls = c;
+    return c;
+}
+
+static void call_free(call_t *c)
+{
+    gossip_tracker_t *tr = c->tr;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        tr->calls = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    event_free(c->ev);
+    free(c->reg);
+    free(c->results);
+    free(c);
+}
+
+static void call_arm(call_t *c, uint32_t ms)
+{
+    struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+    evtimer_add(c->ev, &tv);
+}
+
+/* ------------------------------------------------------------ register */
+
+static void fill_register_ok(gossip_tracker_t *tr, call_t *c)
+{
+    df_register_res_t *r = c->reg;
+    task_t *t = c->task;
+
+    memset(r, 0, sizeof(*r));
+    df_strlcpy(r->task_id, t->id, sizeof(r->task_id));
+    df_strlcpy(r->peer_id, c->seed ? tr->seed_id : tr->name, sizeof(r->peer_id));
+    r->length = t->length;
+    r->piece_size = t->piece_size;
+    r->piece_count = t->piece_count;
+    df_strlcpy(r->local_ip, tr->advertise_ip, sizeof(r->local_ip));
+}
+
+static void send_start(gossip_tracker_t *tr, task_t *t, bool shape)
+{
+    uint8_t buf[512];
+    int n = df_gev_encode_start(buf, event_cap(), tr->name, t->idb, shape ? t->length : 0,
+                                shape ? t->piece_size : 0, t->url);
+    send_event(tr, buf, n);
+}
+
+static void maybe_start_seed(gossip_tracker_t *tr, task_t *t);
+
+typedef struct {
+    gossip_tracker_t *tr;
+    task_t *task;
+    long code;
+    uint64_t length;
+    bool has_length;
+} head_ctx_t;
+
+static int head_headers(df_http_req_t *req, long code, void *arg)
+{
+    head_ctx_t *h = arg;
+    const char *cl = df_http_header(req, "Content-Length");
+    h->code = code;
+    if (code >= 200 && code < 300 && cl && df_parse_u64(cl, &h->length) == 0)
+        h->has_length = true;
+    return 0;
+}
+
+static void answer_parked(gossip_tracker_t *tr, task_t *t, int status, int origin_status, const char *msg);
+
+static void head_done(df_http_req_t *req, const df_http_result_t *res, void *arg)
+{
+    head_ctx_t *h = arg;
+    gossip_tracker_t *tr = h->tr;
+    task_t *t = h->task;
+    char msg[256];
+
+    (void)req;
+    t->head = NULL;
+    t->head_pending = false;
+    if (res->status < 0) {
+        snprintf(msg, sizeof(msg), "origin: %s", res->error ? res->error : df_strerror(res->status));
+        answer_parked(tr, t, DF_ETRACKER, 0, msg);
+    } else if (h->code < 200 || h->code >= 300) {
+        snprintf(msg, sizeof(msg), "origin answered HTTP %ld", h->code);
+        answer_parked(tr, t, DF_EORIGIN, (int)h->code, msg);
+    } else if (!h->has_length || h->length == 0) {
+        /* No length, no pieces: every peer reads the origin itself. */
+        answer_parked(tr, t, DF_ETASK, 0, "the origin gives no length: no P2P for this file");
+    } else if (task_shape(t, h->length, df_piece_size_for(h->length)) < 0) {
+        answer_parked(tr, t, DF_ETASK, 0, "cannot shape the task");
+    } else {
+        send_start(tr, t, true);
+        answer_parked(tr, t, 0, 0, NULL);
+        maybe_start_seed(tr, t);
+    }
+    free(h);
+}
+
+/* Owner: learn the length with a HEAD (origin errors reach the Register,
+ * as with the supernode). */
+static void start_head(gossip_tracker_t *tr, task_t *t, const char *const *headers)
+{
+    head_ctx_t *h;
+    df_http_opts_t opts = {0};
+    df_http_cbs_t cbs = {.on_headers = head_headers, .on_done = head_done};
+
+    if (t->head_pending || !t->url)
+        return;
+    h = calloc(1, sizeof(*h));
+    if (!h)
+        return;
+    h->tr = tr;
+    h->task = t;
+    opts.method = "HEAD";
+    opts.url = t->url;
+    opts.headers = headers;
+    opts.follow_redirects = true;
+    opts.timeout_ms = 30000;
+    if (df_http_start(tr->o.http, &opts, &cbs, h, &t->head) < 0) {
+        free(h);
+        return;
+    }
+    t->head_pending = true;
+}
+
+/* Answers every Register parked on t (status 0: with the shape). */
+static void answer_parked(gossip_tracker_t *tr, task_t *t, int status, int origin_status, const char *msg)
+{
+    for (call_t *c = tr->calls; c; c = c->next) {
+        if (c->kind != CALL_REGISTER || c->task != t || !c->reg || c->reg->task_id[0] || c->reg->status)
+            continue;
+        if (status == 0) {
+            fill_register_ok(tr, c);
+        } else {
+            c->reg->status = status;
+            c->reg->origin_status = origin_status;
+            df_strlcpy(c->reg->message, msg, sizeof(c->reg->message));
+        }
+        call_arm(c, 0);
+    }
+}
+
+static int gt_register(df_tracker_t *base, const df_register_req_t *req, df_register_cb cb, void *arg)
+{
+    gossip_tracker_t *tr = (gossip_tracker_t *)base;
+    char id[65];
+    char *task_url = NULL;
+    size_t nfilter = 0;
+    task_t *t;
+    call_t *c;
+    int rc;
+
+    if (tr->seeding_now && tr->seeding_now->url && strcmp(tr->seeding_now->url, req->url) == 0) {
+        t = tr->seeding_now; /* the seed download we are starting */
+    } else {
+        while (req->filter && req->filter[nfilter])
+            nfilter++;
+        task_url = df_sn_task_url(req->url, (char *const *)req->filter, nfilter);
+        if (!task_url)
+            return -ENOMEM;
+        rc = df_sn_task_id(task_url, req->digest, req->identifier, id);
+        free(task_url);
+        if (rc < 0)
+            return rc;
+        t = task_get(tr, id);
+        if (!t)
+            return -ENOSPC;
+        t->local = true;
+    }
+    if (!t->url && !(t->url = strdup(req->url)))
+        return -ENOMEM;
+    c = call_new(tr, CALL_REGISTER, (void *)cb, arg);
+    if (!c)
+        return -ENOMEM;
+    c->reg = calloc(1, sizeof(*c->reg));
+    if (!c->reg) {
+        call_free(c);
+        return -ENOMEM;
+    }
+    c->task = t;
+    c->seed = t == tr->seeding_now;
+    c->since_ms = df_now_ms();
+    t->wanted_ms = c->since_ms;
+    if (t->shaped) {
+        fill_register_ok(tr, c);
+        call_arm(c, 0);
+        if (!c->seed)
+            maybe_start_seed(tr, t);
+        return 0;
+    }
+    if (is_owner(tr, t)) {
+        start_head(tr, t, req->headers);
+    } else {
+        send_start(tr, t, false);
+        t->want_sent_ms = c->since_ms;
+    }
+    call_arm(c, 200); /* parked: re-checked every 200 ms (call_fire) */
+    return 0;
+}
+
+/* ------------------------------------------------------------ pull */
+
+static void release_assigned(task_t *t, uint32_t p)
+{
+    if (p >= t->piece_count || !df_bitmap_test(t->assigned, p))
+        return;
+    df_bitmap_clear(t->assigned, p);
+    if (t->assigned_src[p] >= 0 && (size_t)t->assigned_src[p] < t->nholders &&
+        t->holders[t->assigned_src[p]].load > 0)
+        t->holders[t->assigned_src[p]].load--;
+}
+
+static void apply_results(task_t *t, const df_piece_result_t *r, size_t n)
+{
+    for (size_t i = 0; t->shaped && i < n; i++)
+        if (r[i].src[0])
+            release_assigned(t, r[i].piece);
+}
+
+/* The participant designated to take piece p from the owner first. */
+static bool designated_here(gossip_tracker_t *tr, task_t *t, uint32_t p, const char *owner)
+{
+    uint64_t best = score(t->idb, p, tr->name);
+    df_gossip_member_t m;
+
+    for (size_t i = 0; i < t->nholders; i++) {
+        const holder_t *h = &t->holders[i];
+        if (strcmp(h->name, owner) == 0 || strcmp(h->name, tr->name) == 0 || !member_alive(tr, h->name, &m))
+            continue;
+        if (score(t->idb, p, h->name) > best)
+            return false;
+    }
+    return true;
+}
+
+static void fill_pull(gossip_tracker_t *tr, call_t *c, df_pull_res_t *out)
+{
+    task_t *t = c->task;
+    char owner[DF_GEV_SENDER_MAX + 1];
+    df_stored_task_t *st = task_stored(tr, t);
+    df_sched_source_t *src = NULL;
+    uint32_t *load = NULL, *idx = NULL;
+    uint8_t *want = NULL;
+    df_sched_assign_t *as = NULL;
+    df_gossip_member_t m;
+    size_t ns = 0, na, nwant = 0;
+    uint64_t now = df_now_ms();
+    bool missing_held = false, missing = false;
+
+    out->state = DF_PULL_WAIT;
+    out->wait_ms = 200;
+    if (!t->shaped || !st)
+        return;
+    if (df_stored_task_complete(st)) {
+        df_digest_t d;
+        char text[DF_DIGEST_STR_MAX];
+        out->state = DF_PULL_DONE;
+        if (df_stored_task_digest(st, &d)) {
+            df_digest_format(&d, text, sizeof(text));
+            df_strlcpy(out->digest, text, sizeof(out->digest));
+        }
+        return;
+    }
+    task_owner(tr, t, owner, sizeof(owner));
+    /* expire assignments whose results never came (a download died) */
+    for (uint32_t p = 0; p < t->piece_count; p++)
+        if (df_bitmap_test(t->assigned, p) && now - t->assigned_ms[p] > ASSIGN_EXPIRE_MS)
+            release_assigned(t, p);
+    src = calloc(t->nholders + 1, sizeof(*src));
+    load = calloc(t->nholders + 1, sizeof(*load));
+    idx = calloc(t->nholders + 1, sizeof(*idx));
+    want = calloc(df_bitmap_bytes(t->piece_count), 1);
+    as = calloc(DF_PULL_MAX_ASSIGN, sizeof(*as));
+    if (!src || !load || !idx || !want || !as)
+        goto out;
+    for (size_t i = 0; i < t->nholders; i++) {
+        holder_t *h = &t->holders[i];
+        if (!h->have || strcmp(h->name, tr->name) == 0 || !member_alive(tr, h->name, &m) || member_port(&m) == 0)
+            continue;
+        src[ns].have = h->have;
+        src[ns].is_seed = strcmp(h->name, owner) == 0;
+        src[ns].slots = src[ns].is_seed ? SLOTS_OWNER : SLOTS_PEER;
+        load[ns] = h->load;
+        idx[ns] = (uint32_t)i;
+        ns++;
+    }
+    for (uint32_t p = 0; p < t->piece_count; p++) {
+        size_t held = 0, held_peers = 0;
+        if (df_stored_task_has_piece(st, p))
+            continue;
+        missing = true;
+        for (size_t s = 0; s < ns; s++)
+            if (df_bitmap_test(src[s].have, p)) {
+                held++;
+                if (!src[s].is_seed)
+                    held_peers++;
+            }
+        if (held)
+            missing_held = true;
+        if (df_bitmap_test(t->assigned, p) || !df_bitmap_test(t->digest_known, p) || held == 0)
+            continue;
+        /* Frontier: a piece only the owner has goes to its designated
+         * participant first (the seed download takes what it needs). */
+        if (held_peers == 0 && !c->seed && !designated_here(tr, t, p, owner) &&
+            (t->owner_since[p] == 0 || now - t->owner_since[p] < FRONTIER_GRACE_MS))
+            continue;
+        df_bitmap_set(want, p);
+        nwant++;
+    }
+    if (c->seed && !missing_held && missing) {
+        /* Nothing left that a peer holds: read the origin from here. */
+        out->state = DF_PULL_ERROR;
+        snprintf(out->message, sizeof(out->message), "gossip: this node owns task %.16s and reads the origin",
+                 t->id);
+        goto out;
+    }
+    if (nwant == 0 || ns == 0) {
+        /* Gossip is lossy (an event can age out of Serf's 512-slot window
+         * while queued): when our download starves, ask again with a want,
+         * which makes the owner re-send shape and digests and every holder
+         * re-announce in full (anti-entropy, rate-limited both ways). */
+        if (missing && !c->seed) {
+            if (!t->starved_ms)
+                t->starved_ms = now;
+            else if (now - t->starved_ms >= STARVED_MS && now - t->want_sent_ms >= STARVED_MS) {
+                t->want_sent_ms = now;
+                send_start(tr, t, false);
+            }
+        }
+        goto out;
+    }
+    t->starved_ms = 0;
+    {
+        df_sched_input_t in = {
+            .piece_count = t->piece_count,
+            .want = want,
+            .sources = src,
+            .nsources = ns,
+            .max_assign = DF_MIN(DF_MAX(c->want, 1u), (uint32_t)DF_PULL_MAX_ASSIGN),
+            .rand_seed = now ^ (uint64_t)(uintptr_t)c,
+        };
+        na = df_sched_pick(&in, load, as);
+    }
+    for (size_t i = 0; i < na; i++) {
+        df_assignment_t *a = &out->assign[out->nassign];
+        holder_t *h = &t->holders[idx[as[i].source]];
+        uint32_t p = as[i].piece;
+        char ip[INET6_ADDRSTRLEN];
+        if (!member_alive(tr, h->name, &m) ||
+            !inet_ntop(m.addr_len == 4 ? AF_INET : AF_INET6, m.addr, ip, sizeof(ip)))
+            continue;
+        a->piece = p;
+        df_piece_span(t->length, t->piece_size, p, &a->offset, &a->length);
+        memcpy(a->sha256, t->digests + (size_t)p * 32, 32);
+        a->has_sha256 = true;
+        df_strlcpy(a->src_id, h->name, sizeof(a->src_id));
+        df_strlcpy(a->src_ip, ip, sizeof(a->src_ip));
+        a->src_port = member_port(&m);
+        a->src_is_seed = src[as[i].source].is_seed;
+        df_bitmap_set(t->assigned, p);
+        t->assigned_ms[p] = now;
+        t->assigned_src[p] = (int32_t)idx[as[i].source];
+        h->load++;
+        out->nassign++;
+    }
+    if (out->nassign)
+        out->state = DF_PULL_ASSIGN;
+out:
+    free(src);
+    free(load);
+    free(idx);
+    free(want);
+    free(as);
+}
+
+static int gt_pull(df_tracker_t *base, const df_pull_req_t *req, df_pull_cb cb, void *arg)
+{
+    gossip_tracker_t *tr = (gossip_tracker_t *)base;
+    task_t *t = task_find(tr, req->task_id);
+    call_t *c = call_new(tr, CALL_PULL, (void *)cb, arg);
+
+    if (!c)
+        return -ENOMEM;
+    c->task = t;
+    c->seed = strcmp(req->peer_id, tr->seed_id) == 0;
+    c->want = req->want;
+    if (t)
+        apply_results(t, req->results, req->nresults);
+    call_arm(c, 0);
+    return 0;
+}
+
+static int gt_report(df_tracker_t *base, const df_pull_req_t *req, df_tracker_done_cb cb, void *arg)
+{
+    gossip_tracker_t *tr = (gossip_tracker_t *)base;
+    task_t *t = task_find(tr, req->task_id);
+    call_t *c;
+
+    if (t)
+        apply_results(t, req->results, req->nresults);
+    if (!cb)
+        return 0;
+    c = call_new(tr, CALL_DONE, (void *)cb, arg);
+    if (!c)
+        return -ENOMEM;
+    call_arm(c, 0);
+    return 0;
+}
+
+static int done_later(gossip_tracker_t *tr, df_tracker_done_cb cb, void *arg)
+{
+    call_t *c;
+    if (!cb)
+        return 0;
+    c = call_new(tr, CALL_DONE, (void *)cb, arg);
+    if (!c)
+        return -ENOMEM;
+    call_arm(c, 0);
+    return 0;
+}
+
+static void send_remove(gossip_tracker_t *tr, task_t *t)
+{
+    uint8_t buf[512];
+    send_event(tr, buf, df_gev_encode_simple(buf, event_cap(), DF_GEV_REMOVE, tr->name, t->idb));
+    if (t->announced)
+        memset(t->announced, 0, df_bitmap_bytes(t->piece_count));
+}
+
+static int gt_service_down(df_tracker_t *base, const char *peer_id, const char *task_id, df_tracker_done_cb cb,
+                           void *arg)
+{
+    gossip_tracker_t *tr = (gossip_tracker_t *)base;
+
+    (void)peer_id;
+    if (task_id) {
+        task_t *t = task_find(tr, task_id);
+        if (t) {
+            send_remove(tr, t);
+            if (t->stored) {
+                df_stored_task_unref(t->stored);
+                t->stored = NULL;
+            }
+        }
+    } else {
+        /* The peer leaves: tell the cluster (Serf leave intent). */
+        tr->leaving = true;
+        df_gossip_leave(df_gossip_io_node(tr->io), df_now_ms());
+        df_gossip_io_pump(tr->io);
+    }
+    return done_later(tr, cb, arg);
+}
+
+static int gt_report_error(df_tracker_t *base, const char *task_id, const char *peer_id, const char *src_id,
+                           uint32_t piece, df_report_kind_t kind, df_tracker_done_cb cb, void *arg)
+{
+    gossip_tracker_t *tr = (gossip_tracker_t *)base;
+    task_t *t = task_find(tr, task_id);
+
+    (void)peer_id;
+    if (t && t->shaped && piece < t->piece_count) {
+        holder_t *h = NULL;
+        for (size_t i = 0; i < t->nholders; i++)
+            if (strcmp(t->holders[i].name, src_id) == 0)
+                h = &t->holders[i];
+        /* What gossip said is stale or the bytes were bad: do not offer
+         * that copy again. */
+        if (h && h->have)
+            df_bitmap_clear(h->have, piece);
+        if (kind == DF_REPORT_DIGEST)
+            DF_LOG_W("gossip: %s served a bad piece %u of task %.16s", src_id, piece, task_id);
+    }
+    return done_later(tr, cb, arg);
+}
+
+static int gt_heartbeat(df_tracker_t *base, const char *peer_id, df_tracker_done_cb cb, void *arg)
+{
+    (void)peer_id;
+    /* Liveness is the gossip layer's job (probes). */
+    return done_later((gossip_tracker_t *)base, cb, arg);
+}
+
+static void call_fire(evutil_socket_t fd, short what, void *arg)
+{
+    call_t *c = arg;
+    gossip_tracker_t *tr = c->tr;
+    task_t *t = c->task;
+    uint64_t now = df_now_ms();
+
+    (void)fd;
+    (void)what;
+    switch (c->kind) {
+    case CALL_REGISTER:
+        if (!c->reg->task_id[0] && !c->reg->status) {
+            /* still parked */
+            if (t->shaped) {
+                fill_register_ok(tr, c);
+            } else if (now - c->since_ms > REGISTER_WAIT_MS) {
+                c->reg->status = DF_ETRACKER;
+                snprintf(c->reg->message, sizeof(c->reg->message),
+                         "gossip: no owner announced task %.16s within %us", t->id, REGISTER_WAIT_MS / 1000);
+            } else {
+                if (is_owner(tr, t)) {
+                    start_head(tr, t, NULL);
+                } else if (now - t->want_sent_ms >= WANT_RESEND_MS) {
+                    send_start(tr, t, false);
+                    t->want_sent_ms = now;
+                }
+                call_arm(c, 200);
+                return;
+            }
+        }
+        {
+            df_register_res_t res = *c->reg;
+            df_register_cb cb = c->cb.reg;
+            void *a = c->arg;
+            call_free(c);
+            cb(&res, a);
+        }
+        return;
+    case CALL_PULL: {
+        df_pull_res_t *res = calloc(1, sizeof(*res));
+        df_pull_cb cb = c->cb.pull;
+        void *a = c->arg;
+        if (!res) {
+            df_pull_res_t oom = {.status = -ENOMEM};
+            call_free(c);
+            cb(&oom, a);
+            return;
+        }
+        if (!t)
+            res->state = DF_PULL_LOST;
+        else
+            fill_pull(tr, c, res);
+        call_free(c);
+        cb(res, a);
+        free(res);
+        return;
+    }
+    case CALL_DONE: {
+        df_tracker_done_cb cb = c->cb.done;
+        void *a = c->arg;
+        int st = c->status;
+        call_free(c);
+        cb(st, a);
+        return;
+    }
+    }
+}
+
+/* ------------------------------------------------------------ seeding */
+
+static void maybe_start_seed(gossip_tracker_t *tr, task_t *t)
+{
+    df_stored_task_t *st;
+    uint64_t now = df_now_ms();
+    int rc;
+
+    if (t->seeding || !t->url || !tr->o.start_seed || tr->leaving)
+        return;
+    if (t->seed_failed_ms && now - t->seed_failed_ms < SEED_RETRY_MS)
+        return;
+    if (!t->wanted_ms || now - t->wanted_ms > WANTED_RECENT_MS)
+        return;
+    st = task_stored(tr, t);
+    if (st && df_stored_task_complete(st))
+        return;
+    if (!is_owner(tr, t))
+        return;
+    DF_LOG_I("gossip: this node owns task %.16s: seeding %s", t->id, t->url);
+    t->seeding = true;
+    tr->stats.seeds_started++;
+    tr->seeding_now = t;
+    rc = tr->o.start_seed(tr->o.seed_arg, t->url, t->id);
+    tr->seeding_now = NULL;
+    if (rc < 0) {
+        DF_LOG_W("gossip: cannot start the seed of task %.16s: %s", t->id, df_strerror(rc));
+        t->seeding = false;
+        t->seed_failed_ms = now;
+    }
+}
+
+void df_tracker_gossip_seed_done(df_tracker_t *base, const char *task_id, int status)
+{
+    gossip_tracker_t *tr = (gossip_tracker_t *)base;
+    task_t *t = task_find(tr, task_id);
+
+    if (!t)
+        return;
+    t->seeding = false;
+    if (status < 0)
+        t->seed_failed_ms = df_now_ms();
+}
+
+/* ------------------------------------------------------------ events in */
+
+static void on_gev(gossip_tracker_t *tr, const df_gev_t *e)
+{
+    task_t *t;
+    holder_t *h;
+    uint64_t now = df_now_ms();
+    char owner[DF_GEV_SENDER_MAX + 1];
+
+    if (strcmp(e->sender, tr->name) == 0)
+        return; /* our own, relayed back */
+    if (e->kind == DF_GEV_RECOVER) {
+        /* Re-announce everything (bounded: at most once per RECOVER_QUIET_MS). */
+        if (now - tr->last_recover_ms < RECOVER_QUIET_MS)
+            return;
+        tr->last_recover_ms = now;
+        for (t = tr->tasks; t; t = t->next) {
+            if (!t->shaped)
+                continue;
+            memset(t->announced, 0, df_bitmap_bytes(t->piece_count));
+            t->announce_full = true;
+            if (is_owner(tr, t)) {
+                memset(t->digest_sent, 0, df_bitmap_bytes(t->piece_count));
+                send_start(tr, t, true);
+            }
+        }
+        return;
+    }
+    t = task_get_bin(tr, e->task);
+    if (!t)
+        return;
+    switch (e->kind) {
+    case DF_GEV_START:
+        if (e->url_len && !t->url) {
+            t->url = strndup(e->url, e->url_len);
+        }
+        holder_get(t, e->sender, NULL);
+        if (e->length) {
+            if (may_vouch(tr, t, e->sender) && task_shape(t, e->length, e->piece_size) == -EEXIST)
+                DF_LOG_W("gossip: %s announced another shape for task %.16s; ignored", e->sender, t->id);
+        } else {
+            t->wanted_ms = now;
+            if (t->shaped && now - t->repair_ms >= STARVED_MS) {
+                /* a late joiner, or a member that lost events: re-announce */
+                t->repair_ms = now;
+                memset(t->announced, 0, df_bitmap_bytes(t->piece_count));
+                t->announce_full = true;
+                if (is_owner(tr, t)) {
+                    memset(t->digest_sent, 0, df_bitmap_bytes(t->piece_count));
+                    send_start(tr, t, true);
+                }
+            }
+            maybe_start_seed(tr, t);
+        }
+        break;
+    case DF_GEV_HAVE:
+        h = holder_get(t, e->sender, NULL);
+        if (!h || !t->shaped)
+            break;
+        task_owner(tr, t, owner, sizeof(owner));
+        if (e->full)
+            memset(h->have, 0, df_bitmap_bytes(t->piece_count));
+        for (size_t i = 0; i < e->nruns; i++)
+            for (uint32_t p = e->runs[i].first; p - e->runs[i].first < e->runs[i].count && p < t->piece_count; p++) {
+                df_bitmap_set(h->have, p);
+                if (strcmp(e->sender, owner) == 0 && !t->owner_since[p])
+                    t->owner_since[p] = now;
+            }
+        break;
+    case DF_GEV_DIGEST:
+        if (!t->shaped || !may_vouch(tr, t, e->sender))
+            break;
+        for (size_t i = 0; i < e->ndigests && e->first + i < t->piece_count; i++) {
+            uint32_t p = e->first + (uint32_t)i;
+            if (df_bitmap_test(t->digest_known, p)) {
+                if (memcmp(t->digests + (size_t)p * 32, e->digests + i * 32, 32) != 0)
+                    DF_LOG_W("gossip: %s sent another digest for piece %u of task %.16s; kept the first",
+                             e->sender, p, t->id);
+                continue;
+            }
+            memcpy(t->digests + (size_t)p * 32, e->digests + i * 32, 32);
+            df_bitmap_set(t->digest_known, p);
+        }
+        break;
+    case DF_GEV_REMOVE:
+        for (size_t i = 0; i < t->nholders; i++)
+            if (strcmp(t->holders[i].name, e->sender) == 0 && t->holders[i].have)
+                memset(t->holders[i].have, 0, df_bitmap_bytes(t->piece_count));
+        break;
+    default:
+        break;
+    }
+}
+
+static void on_node_event(const df_gossip_event_t *ev, void *arg)
+{
+    gossip_tracker_t *tr = arg;
+    df_gev_t e;
+
+    switch (ev->kind) {
+    case DF_GOSSIP_EV_USER:
+        if (strcmp(ev->name, DF_GEV_NAME) != 0)
+            return;
+        tr->stats.events_received++;
+        if (df_gev_decode(ev->payload, ev->payload_len, &e) < 0) {
+            tr->stats.events_dropped++;
+            return;
+        }
+        on_gev(tr, &e);
+        break;
+    case DF_GOSSIP_EV_MEMBER_FAILED:
+        tr->stats.probe_failures++;
+        DF_LOG_I("gossip: member %s failed", ev->name);
+        break;
+    case DF_GOSSIP_EV_MEMBER_JOIN:
+        DF_LOG_D("gossip: member %s joined", ev->name);
+        break;
+    default:
+        break;
+    }
+}
+
+/* ------------------------------------------------------------ announce */
+
+static void flush_task(gossip_tracker_t *tr, task_t *t, unsigned *budget)
+{
+    df_stored_task_t *st = task_stored(tr, t);
+    uint8_t buf[512], *delta;
+    const uint8_t *bm;
+    size_t bytes;
+    bool any = false, owner;
+    uint32_t cursor = 0;
+
+    if (!st || !t->shaped || *budget == 0)
+        return;
+    bm = df_stored_task_bitmap(st);
+    bytes = df_bitmap_bytes(t->piece_count);
+    owner = is_owner(tr, t);
+    /* DIGEST first: a HAVE without digests is of no use to anyone. */
+    if (owner) {
+        size_t fit = df_gev_digests_fit(event_cap(), tr->name);
+        uint8_t dg[DF_GEV_DIGESTS_MAX * 32];
+        for (uint32_t p = 0; p < t->piece_count && *budget > 0;) {
+            uint32_t first, n = 0;
+            if (!df_bitmap_test(bm, p) || df_bitmap_test(t->digest_sent, p)) {
+                p++;
+                continue;
+            }
+            first = p;
+            while (p < t->piece_count && n < fit && df_bitmap_test(bm, p) && !df_bitmap_test(t->digest_sent, p) &&
+                   df_stored_task_piece_digest(st, p, dg + (size_t)n * 32)) {
+                df_bitmap_set(t->digest_sent, p);
+                /* our own digests are the task's from now on */
+                if (!df_bitmap_test(t->digest_known, p)) {
+                    memcpy(t->digests + (size_t)p * 32, dg + (size_t)n * 32, 32);
+                    df_bitmap_set(t->digest_known, p);
+                }
+                n++;
+                p++;
+            }
+            if (n == 0) {
+                p++;
+                continue;
+            }
+            send_event(tr, buf, df_gev_encode_digest(buf, event_cap(), tr->name, t->idb, first, dg, n));
+            (*budget)--;
+        }
+    }
+    delta = malloc(bytes);
+    if (!delta)
+        return;
+    for (size_t i = 0; i < bytes; i++) {
+        delta[i] = t->announce_full ? bm[i] : (uint8_t)(bm[i] & ~t->announced[i]);
+        any |= delta[i] != 0;
+    }
+    if (!owner) {
+        /* only pieces we can vouch for with the owner's digest... all of
+         * ours were verified against it, so everything we hold */
+    }
+    while (any && cursor < t->piece_count && *budget > 0) {
+        uint32_t from = cursor;
+        int n = df_gev_encode_have(buf, event_cap(), tr->name, t->idb, t->announce_full && from == 0, delta,
+                                   t->piece_count, &cursor);
+        if (n < 0)
+            break;
+        send_event(tr, buf, n);
+        (*budget)--;
+        for (uint32_t p = from; p < cursor; p++)
+            if (df_bitmap_test(delta, p))
+                df_bitmap_set(t->announced, p);
+        if (cursor == from)
+            break;
+    }
+    if (cursor >= t->piece_count)
+        t->announce_full = false;
+    free(delta);
+}
+
+/* ------------------------------------------------------------ tick */
+
+static int resolve_join(gossip_tracker_t *tr, const char *host, uint16_t port, size_t max)
+{
+    struct addrinfo hints = {.ai_socktype = SOCK_DGRAM}, *ai = NULL, *p;
+    char ps[8];
+    size_t n = 0;
+
+    snprintf(ps, sizeof(ps), "%u", port);
+    if (getaddrinfo(host, ps, &hints, &ai) != 0)
+        return -EHOSTUNREACH;
+    for (p = ai; p && n < max; p = p->ai_next) {
+        if (p->ai_family == AF_INET)
+            df_gossip_io_join(tr->io, (const uint8_t *)&((struct sockaddr_in *)p->ai_addr)->sin_addr, 4, port);
+        else if (p->ai_family == AF_INET6)
+            df_gossip_io_join(tr->io, (const uint8_t *)&((struct sockaddr_in6 *)p->ai_addr)->sin6_addr, 16, port);
+        else
+            continue;
+        n++;
+    }
+    freeaddrinfo(ai);
+    return (int)n;
+}
+
+static void do_joins(gossip_tracker_t *tr)
+{
+    char host[256];
+    uint16_t port;
+
+    for (size_t i = 0; i < tr->njoins; i++)
+        if (df_parse_hostport(tr->joins[i], host, sizeof(host), &port) == 0 &&
+            resolve_join(tr, host, port, 4) < 0)
+            DF_LOG_W("gossip: cannot resolve %s", tr->joins[i]);
+}
+
+static void tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+    gossip_tracker_t *tr = arg;
+    df_gossip_node_t *node = df_gossip_io_node(tr->io);
+    uint64_t now = df_now_ms();
+    unsigned budget = EVENTS_PER_FLUSH;
+    size_t alive = df_gossip_count(node, DF_GOSSIP_STATUS_ALIVE);
+
+    (void)fd;
+    (void)what;
+    if (tr->leaving)
+        return;
+    if (alive <= 1 && tr->njoins && now - tr->last_join_ms >= JOIN_RETRY_MS) {
+        tr->last_join_ms = now;
+        do_joins(tr);
+    }
+    if (tr->dns_name && now - tr->last_dns_ms >= DNS_EVERY_MS) {
+        /* getaddrinfo blocks the loop for at most the resolver's timeout
+         * (resolv.conf); done rarely and capped to DNS_ADDRS_MAX joins. */
+        char host[256];
+        uint16_t port;
+        tr->last_dns_ms = now;
+        if (df_parse_hostport(tr->dns_name, host, sizeof(host), &port) == 0 &&
+            resolve_join(tr, host, port, DNS_ADDRS_MAX) < 0)
+            DF_LOG_W("gossip: cannot resolve %s", tr->dns_name);
+    }
+    if (!tr->recover_sent && alive > 1) {
+        uint8_t buf[128];
+        tr->recover_sent = true;
+        send_event(tr, buf, df_gev_encode_simple(buf, sizeof(buf), DF_GEV_RECOVER, tr->name, NULL));
+    }
+    if (now - tr->last_flush_ms >= FLUSH_MS) {
+        tr->last_flush_ms = now;
+        for (task_t *t = tr->tasks; t; t = t->next) {
+            flush_task(tr, t, &budget);
+            maybe_start_seed(tr, t);
+        }
+    }
+    df_gossip_io_pump(tr->io);
+}
+
+/* ------------------------------------------------------------ lifecycle */
+
+static void gt_free(df_tracker_t *base)
+{
+    gossip_tracker_t *tr = (gossip_tracker_t *)base;
+
+    if (!tr)
+        return;
+    while (tr->calls)
+        call_free(tr->calls);
+    while (tr->tasks) {
+        task_t *t = tr->tasks;
+        tr->tasks = t->next;
+        task_release(tr, t);
+    }
+    if (tr->tick)
+        event_free(tr->tick);
+    df_gossip_io_free(tr->io);
+    for (size_t i = 0; i < tr->njoins; i++)
+        free(tr->joins[i]);
+    free(tr->joins);
+    free(tr->dns_name);
+    free(tr);
+}
+
+static const df_tracker_ops_t gossip_ops = {
+    .register_task = gt_register,
+    .pull_piece = gt_pull,
+    .report_piece = gt_report,
+    .service_down = gt_service_down,
+    .report_error = gt_report_error,
+    .heartbeat = gt_heartbeat,
+    .free = gt_free,
+};
+
+int df_tracker_gossip_new(const df_tracker_gossip_opts_t *o, df_tracker_t **out)
+{
+    gossip_tracker_t *tr;
+    df_gossip_io_opts_t io = {0};
+    df_gossip_keyring_t kr;
+    char port[8], host[256];
+    const char *keys[1] = {TAG_PORT}, *vals[1] = {port};
+    uint16_t bport;
+    struct timeval tv = {0, 50000};
+    int rc = -ENOMEM;
+
+    if (!o->base || !o->http || !o->store || !o->name || !o->name[0] || strlen(o->name) > DF_GEV_SENDER_MAX ||
+        !o->listen || !o->advertise_ip)
+        return -EINVAL;
+    tr = calloc(1, sizeof(*tr));
+    if (!tr)
+        return -ENOMEM;
+    df_gossip_keyring_init(&kr);
+    tr->base.ops = &gossip_ops;
+    tr->o = *o;
+    df_strlcpy(tr->name, o->name, sizeof(tr->name));
+    snprintf(tr->seed_id, sizeof(tr->seed_id), "%s%s", tr->name, SEED_SUFFIX);
+    df_strlcpy(tr->advertise_ip, o->advertise_ip, sizeof(tr->advertise_ip));
+    for (size_t i = 0; o->join && o->join[i]; i++) {
+        char **n = realloc(tr->joins, (tr->njoins + 1) * sizeof(*n));
+        if (!n)
+            goto fail;
+        tr->joins = n;
+        if (!(tr->joins[tr->njoins] = strdup(o->join[i])))
+            goto fail;
+        tr->njoins++;
+    }
+    if (o->dns_name && !(tr->dns_name = strdup(o->dns_name)))
+        goto fail;
+    tr->o.join = NULL;
+    tr->o.dns_name = NULL;
+    tr->o.listen = NULL;
+    tr->o.encrypt = NULL;
+    tr->o.advertise_ip = NULL;
+    tr->o.name = NULL;
+
+    rc = -EINVAL;
+    if (df_parse_hostport(o->listen, host, sizeof(host), &bport) < 0)
+        goto fail;
+    io.base = o->base;
+    if (inet_pton(AF_INET, host, &((struct sockaddr_in *)&io.bind)->sin_addr) == 1) {
+        ((struct sockaddr_in *)&io.bind)->sin_family = AF_INET;
+        ((struct sockaddr_in *)&io.bind)->sin_port = htons(bport);
+    } else if (inet_pton(AF_INET6, host, &((struct sockaddr_in6 *)&io.bind)->sin6_addr) == 1) {
+        ((struct sockaddr_in6 *)&io.bind)->sin6_family = AF_INET6;
+        ((struct sockaddr_in6 *)&io.bind)->sin6_port = htons(bport);
+    } else {
+        goto fail;
+    }
+    df_gossip_config_default(&io.cfg);
+    io.cfg.name = tr->name;
+    if (inet_pton(AF_INET, tr->advertise_ip, io.cfg.addr) == 1)
+        io.cfg.addr_len = 4;
+    else if (inet_pton(AF_INET6, tr->advertise_ip, io.cfg.addr) == 1)
+        io.cfg.addr_len = 16;
+    else
+        goto fail;
+    snprintf(port, sizeof(port), "%u", o->upload_port);
+    io.cfg.tag_keys = keys;
+    io.cfg.tag_values = vals;
+    io.cfg.ntags = 1;
+    io.cfg.seed = df_now_ms() ^ (uint64_t)(uintptr_t)tr;
+    if (o->encrypt && o->encrypt[0]) {
+        uint8_t key[32];
+        size_t klen;
+        if (df_gossip_key_parse_base64(o->encrypt, key, &klen) < 0 || df_gossip_keyring_add(&kr, key, klen, true) < 0)
+            goto fail;
+        io.cfg.keyring = &kr;
+    }
+    io.event_cb = on_node_event;
+    io.arg = tr;
+    rc = df_gossip_io_new(&io, &tr->io);
+    df_gossip_keyring_clear(&kr);
+    if (rc < 0)
+        goto fail;
+    tr->tick = event_new(o->base, -1, EV_PERSIST, tick_cb, tr);
+    if (!tr->tick) {
+        rc = -ENOMEM;
+        goto fail;
+    }
+    evtimer_add(tr->tick, &tv);
+    tr->last_join_ms = df_now_ms();
+    do_joins(tr);
+    DF_LOG_I("gossip: node %s on %s (gossip port %u), uploads on %s:%u", tr->name, o->listen,
+             df_gossip_io_port(tr->io), tr->advertise_ip, o->upload_port);
+    *out = &tr->base;
+    return 0;
+fail:
+    df_gossip_keyring_clear(&kr);
+    gt_free(&tr->base);
+    return rc;
+}
+
+void df_tracker_gossip_stats(df_tracker_t *base, df_tracker_gossip_stats_t *out)
+{
+    gossip_tracker_t *tr = (gossip_tracker_t *)base;
+    df_gossip_node_t *node = df_gossip_io_node(tr->io);
+
+    *out = tr->stats;
+    out->members_alive = df_gossip_count(node, DF_GOSSIP_STATUS_ALIVE);
+    out->members_leaving = df_gossip_count(node, DF_GOSSIP_STATUS_LEAVING);
+    out->members_left = df_gossip_count(node, DF_GOSSIP_STATUS_LEFT);
+    out->members_failed = df_gossip_count(node, DF_GOSSIP_STATUS_FAILED);
+    out->health_score = (uint32_t)df_gossip_health_score(node);
+    out->tasks_owned = 0;
+    for (task_t *t = tr->tasks; t; t = t->next)
+        if (t->local || t->seeding)
+            out->tasks_owned += is_owner(tr, t);
+}

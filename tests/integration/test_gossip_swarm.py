@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""Decentralized mode: dfdaemons in gossip mode (no supernode) on loopback,
+one nginx origin shaped as in test_swarm.  Every dfget through its own
+daemon gets the right bytes, the origin serves the file about once (the
+task's owner reads it), most bytes move between peers; and when the owner
+is killed mid-transfer the others still finish correctly."""
+
+import re
+import signal
+import time
+
+import dflytest as T
+
+SIZE = 64 * T.MiB
+NO_SUPERNODE = "127.0.0.1:1"  # --node is ignored in gossip mode
+
+
+def metric(d, name, labels=""):
+    st, _, body = T.http_request(d.port, "GET", "/metrics")
+    T.check(st == 200, f"/metrics of {d.port} -> {st}")
+    pat = re.compile(r"^" + re.escape(name + labels) + r" (\S+)$", re.M)
+    m = pat.search(body.decode())
+    return float(m.group(1)) if m else None
+
+
+def gossip_cluster(env, n):
+    ports = [T.free_port() for _ in range(n)]
+    daemons = []
+    for i in range(n):
+        extra = ["--mode", "gossip", "--gossip-listen", f"127.0.0.1:{ports[i]}", "--gossip-name", f"n{i}"]
+        if i > 0:
+            extra += ["--join", f"127.0.0.1:{ports[0]}"]
+        daemons.append(env.dfdaemon(NO_SUPERNODE, extra=extra))
+    for d in daemons:
+        T.wait_for(lambda d=d: metric(d, "dfly_dfdaemon_gossip_members", '{state="alive"}') == n, 20,
+                   what=f"{n} alive members seen by {d.port}", proc=d.proc)
+    return daemons
+
+
+def owner_of(daemons):
+    owners = [i for i, d in enumerate(daemons) if (metric(d, "dfly_dfdaemon_gossip_seeds_total") or 0) >= 1]
+    return owners
+
+
+def check_results(origin, info, url, results, label, owners, origin_max=1.1):
+    """owners: indexes in results of daemons that owned the task.  The owner's
+    own dfget finds the pieces its daemon's seed download wrote into the
+    shared store, so its bytes_from_* stay 0: its output is checked, and its
+    daemon's origin bytes instead."""
+    for i, r in enumerate(results):
+        try:
+            if i in owners:
+                T.check(r.rc == 0 and r.json and r.json["status"] == "ok", f"owner: {r.describe()}")
+                T.check(T.file_hash(r.out) == info.sha256, f"owner output differs: {r.describe()}")
+            else:
+                r.expect_ok(info)
+        except T.TestFailure as e:
+            raise T.TestFailure(f"{label} peer {i}: {e}")
+    served = origin.bytes_served(url)
+    got = sum(r.json["length"] for i, r in enumerate(results) if i not in owners)
+    from_peers = sum(r.json["bytes_from_peers"] for r in results)
+    T.log(f"{label}: origin served {served} B; peers gave {from_peers} of {got} B fetched over the network; "
+          + "; ".join(f"p{i}{'(owner)' if i in owners else ''}: peers={r.json['bytes_from_peers']}"
+                      f" owner={r.json['bytes_from_supernode']} origin={r.json['bytes_from_origin']}"
+                      f" {r.seconds:.1f}s" for i, r in enumerate(results)))
+    T.check(served <= origin_max * info.size,
+            f"{label}: origin served {served} bytes of {url}, more than {origin_max} x {info.size}")
+    ids = {r.json["task_id"] for r in results}
+    T.check(len(ids) == 1, f"{label}: peers disagree on the task id: {ids}")
+    return from_peers, got
+
+
+def run_swarm(env, n):
+    o = env.origin(slow_rate="16m")
+    info = o.add_file("swarm.bin", SIZE)
+    url = o.url("swarm.bin", "slow")
+    daemons = gossip_cluster(env, n)
+    t0 = time.monotonic()
+    runs = [env.start_dfget(url, env.path(f"out{i}.bin"), home=d.home) for i, d in enumerate(daemons)]
+    results = [r.wait() for r in runs]
+    T.log(f"{n} gossip peers: all done in {time.monotonic() - t0:.1f}s")
+    owners = owner_of(daemons)
+    T.check(len(owners) == 1, f"daemons that started a seed: {owners} (want exactly one owner)")
+    owner = owners[0]
+    from_peers, got = check_results(o, info, url, results, f"gossip swarm of {n}", [owner])
+    T.check(from_peers >= 0.5 * got, f"only {from_peers} of {got} bytes came from peers (want >= 50%)")
+    od = metric(daemons[owner], "dfly_dfdaemon_download_bytes_total", '{source="origin"}')
+    T.check(od == SIZE, f"the owner's daemon read {od} bytes from the origin, want {SIZE}")
+    for d in daemons:
+        T.check(d.proc.alive(), f"dfdaemon {d.port} died:\n{d.proc.tail()}")
+
+
+@T.timeout(120)
+def test_gossip_swarm_4(env):
+    run_swarm(env, 4)
+
+
+@T.timeout(150)
+def test_gossip_swarm_10(env):
+    run_swarm(env, 10)
+
+
+@T.timeout(150)
+def test_gossip_owner_killed(env):
+    """The owner dies mid-transfer: the next member in rendezvous order takes
+    over from the pieces that exist, the others finish correctly."""
+    o = env.origin(slow_rate="8m")
+    info = o.add_file("kill.bin", SIZE)
+    url = o.url("kill.bin", "slow")
+    daemons = gossip_cluster(env, 4)
+    runs = [env.start_dfget(url, env.path(f"out{i}.bin"), home=d.home) for i, d in enumerate(daemons)]
+    owner = None
+
+    def find_owner():
+        nonlocal owner
+        for i, d in enumerate(daemons):
+            if (metric(d, "dfly_dfdaemon_gossip_seeds_total") or 0) >= 1:
+                owner = i
+                return True
+        return False
+
+    T.wait_for(find_owner, 20, what="an owner seeding")
+    time.sleep(2.5)  # about a third of the file at 8 MiB/s
+    T.log(f"killing the owner n{owner}")
+    daemons[owner].proc.signal(signal.SIGKILL)
+    results = [r.wait() for i, r in enumerate(runs)]
+    survivors = [i for i in range(len(daemons)) if i != owner]
+    others = [results[i] for i in survivors]
+    new_owners = [k for k, i in enumerate(survivors)
+                  if (metric(daemons[i], "dfly_dfdaemon_gossip_seeds_total") or 0) >= 1]
+    T.log(f"survivors that took over the task: {[survivors[k] for k in new_owners]}")
+    T.check(len(new_owners) >= 1, "no survivor took the task over")
+    # Correct bytes everywhere; the origin may serve more than once here
+    # (the new owner reads from its first missing piece to the end).
+    check_results(o, info, url, others, "owner killed", new_owners, origin_max=2.1)
+
+
+if __name__ == "__main__":
+    T.main([test_gossip_swarm_4, test_gossip_owner_killed])
