@@ -323,6 +323,13 @@ typedef struct {
                                   * "http://host/..." requests go through the same rules to that
                                   * host.  Off by default: it lets any client that reaches the
                                   * port make requests to any host from this one */
+    const char *const *hijack_hosts; /* with http_proxy: CONNECTs whose "host:port" matches one of
+                                  * these POSIX extended regexes (NULL-terminated, at most 64)
+                                  * are TLS-terminated with a leaf minted from hijack_ca_* and
+                                  * their requests served like the mirror's (blobs by P2P);
+                                  * any other CONNECT is a plain TCP tunnel */
+    const char *hijack_ca_cert;  /* PEM CA certificate clients trust; NULL: no interception */
+    const char *hijack_ca_key;   /* its PEM private key */
     const char *const *rules;    /* "p2p GET REGEX" / "direct METHOD|* REGEX", first match
                                   * wins, no match = direct; NULL-terminated; NULL = the
                                   * default "p2p GET ^/v2/.+/blobs/sha256:[0-9a-f]{64}$" */
@@ -347,7 +354,9 @@ void df_proxy_attach(df_proxy_t *proxy, struct evhttp *http);
 
 /* Serves one request of the attached evhttp (the caller keeps its own
  * paths, e.g. /metrics, and hands everything else here).  The proxy then
- * owns the reply. */
+ * owns the reply.  A CONNECT (the caller must allow EVHTTP_REQ_CONNECT) is
+ * 405 without http_proxy; with it the proxy takes the connection over (a
+ * tunnel, or interception for hijack_hosts). */
 void df_proxy_handle(df_proxy_t *proxy, struct evhttp_request *req);
 
 /* What the mirror did since df_proxy_new(). */
@@ -365,6 +374,9 @@ typedef struct {
     uint64_t shared;             /* blob requests that joined a P2P download already running
                                   * for the same blob on this daemon (also counted in p2p when
                                   * served) */
+    uint64_t tunnels;            /* CONNECTs tunnelled untouched */
+    uint64_t intercepted;        /* CONNECTs TLS-terminated (--hijack-host) */
+    uint64_t intercepted_requests; /* requests read from intercepted connections */
 } df_proxy_stats_t;
 
 void df_proxy_stats(const df_proxy_t *proxy, df_proxy_stats_t *out);

@@ -59,7 +59,14 @@ typedef struct {
     char **hosts;           /* --registry-host specs, NULL-terminated, or NULL */
     size_t nhosts;
     bool hosts_from_flags;  /* likewise for --registry-host */
+    char **hijack;          /* --hijack-host regexes, NULL-terminated, or NULL */
+    size_t nhijack;
+    bool hijack_from_flags; /* likewise for --hijack-host */
+    char *hijack_ca_cert;
+    char *hijack_ca_key;
 } opts_t;
+
+#define HIJACK_MAX 64
 
 #define RULES_MAX 64
 
@@ -84,6 +91,11 @@ static void usage(FILE *f)
             "      --registry-insecure   do not verify the registry's TLS certificate\n"
             "      --http-proxy          also act as an HTTP proxy (http:// targets,\n"
             "                            same rules); off by default\n"
+            "      --hijack-host REGEX   with --http-proxy: CONNECTs to a matching HOST:PORT\n"
+            "                            are TLS-terminated and served like the mirror\n"
+            "                            (blobs by P2P); others are tunnelled (repeatable)\n"
+            "      --hijack-ca-cert FILE CA certificate (PEM) the clients trust\n"
+            "      --hijack-ca-key FILE  its private key (PEM)\n"
             "      --registry-host \"HOST[:PORT] [http|https] [insecure] [ca=FILE]\"\n"
             "                            how to reach a registry named by ?ns= (repeatable)\n"
             "      --rule \"ACTION METHOD REGEX\"\n"
@@ -135,30 +147,41 @@ static int add_rule(opts_t *o, const char *value)
     return 0;
 }
 
+/* Appends a copy of value to a NULL-terminated list of at most max. */
+static int add_str(char ***list, size_t *n, size_t max, const char *value)
+{
+    char **l;
+
+    if (*n >= max)
+        return -EINVAL;
+    l = realloc(*list, (*n + 2) * sizeof(*l));
+    if (!l)
+        return -ENOMEM;
+    *list = l;
+    l[*n] = strdup(value);
+    if (!l[*n])
+        return -ENOMEM;
+    l[++*n] = NULL;
+    return 0;
+}
+
+static void free_strs(char ***list, size_t *n)
+{
+    for (size_t i = 0; i < *n; i++)
+        free((*list)[i]);
+    free(*list);
+    *list = NULL;
+    *n = 0;
+}
+
 static int add_host(opts_t *o, const char *value)
 {
-    char **n;
-
-    if (o->nhosts >= DF_PROXY_HOSTS_MAX)
-        return -EINVAL;
-    n = realloc(o->hosts, (o->nhosts + 2) * sizeof(*n));
-    if (!n)
-        return -ENOMEM;
-    o->hosts = n;
-    o->hosts[o->nhosts] = strdup(value);
-    if (!o->hosts[o->nhosts])
-        return -ENOMEM;
-    o->hosts[++o->nhosts] = NULL;
-    return 0;
+    return add_str(&o->hosts, &o->nhosts, DF_PROXY_HOSTS_MAX, value);
 }
 
 static void free_hosts(opts_t *o)
 {
-    for (size_t i = 0; i < o->nhosts; i++)
-        free(o->hosts[i]);
-    free(o->hosts);
-    o->hosts = NULL;
-    o->nhosts = 0;
+    free_strs(&o->hosts, &o->nhosts);
 }
 
 static void free_rules(opts_t *o)
@@ -237,6 +260,16 @@ static int set_option(opts_t *o, const char *key, const char *value, const char 
             o->hosts_from_flags = true;
         }
         rc = add_host(o, value);
+    } else if (strcmp(key, "hijack-host") == 0 || strncmp(key, "hijack-hosts.", 13) == 0) {
+        if (*where == '\0' && !o->hijack_from_flags) {
+            free_strs(&o->hijack, &o->nhijack);
+            o->hijack_from_flags = true;
+        }
+        rc = *value ? add_str(&o->hijack, &o->nhijack, HIJACK_MAX, value) : -EINVAL;
+    } else if (strcmp(key, "hijack-ca-cert") == 0) {
+        rc = *value ? replace_str(&o->hijack_ca_cert, value) : -EINVAL;
+    } else if (strcmp(key, "hijack-ca-key") == 0) {
+        rc = *value ? replace_str(&o->hijack_ca_key, value) : -EINVAL;
     } else {
         fprintf(stderr, "dfdaemon: %sunknown setting \"%s\"\n", where, key);
         return -ENOENT;
@@ -274,6 +307,9 @@ static const struct option long_opts[] = {
     {"http-proxy", no_argument, NULL, 0},
     {"rule", required_argument, NULL, 0},
     {"registry-host", required_argument, NULL, 0},
+    {"hijack-host", required_argument, NULL, 0},
+    {"hijack-ca-cert", required_argument, NULL, 0},
+    {"hijack-ca-key", required_argument, NULL, 0},
     {"version", no_argument, NULL, 'V'},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
@@ -290,6 +326,9 @@ static void opts_free(opts_t *o)
     free(o->registry_ca);
     free_rules(o);
     free_hosts(o);
+    free_strs(&o->hijack, &o->nhijack);
+    free(o->hijack_ca_cert);
+    free(o->hijack_ca_key);
 }
 
 static int usage_error(void)
@@ -382,12 +421,16 @@ static int render_proxy_metrics(df_proxy_t *proxy, struct evbuffer *out)
         {"mirror_direct_bytes_total", "Body bytes relayed from the registry.", 0},
         {"mirror_shared_total", "Blob requests that joined a P2P download already running for the same blob.", 0},
         {"mirror_proxy_requests_total", "Requests received as an HTTP proxy (absolute-form target).", 0},
+        {"mirror_connect_tunnels_total", "CONNECTs tunnelled untouched (host not listed for interception).", 0},
+        {"mirror_connect_intercepted_total", "CONNECTs TLS-terminated with a minted certificate (--hijack-host).", 0},
+        {"mirror_intercepted_requests_total", "Requests read from intercepted CONNECTs.", 0},
     };
-    uint64_t v[10];
+    uint64_t v[13];
 
     df_proxy_stats(proxy, &s);
     v[0] = s.requests, v[1] = s.p2p, v[2] = s.direct, v[3] = s.fallbacks;
     v[4] = s.denied, v[5] = s.aborted, v[6] = s.p2p_bytes, v[7] = s.direct_bytes, v[8] = s.shared, v[9] = s.proxied;
+    v[10] = s.tunnels, v[11] = s.intercepted, v[12] = s.intercepted_requests;
     for (size_t i = 0; i < sizeof(m) / sizeof(m[0]); i++)
         if (evbuffer_add_printf(out, "# HELP dfly_dfdaemon_%s %s\n# TYPE dfly_dfdaemon_%s counter\ndfly_dfdaemon_%s %llu\n",
                                 m[i].name, m[i].help, m[i].name, m[i].name, (unsigned long long)v[i]) < 0)
@@ -528,6 +571,9 @@ int main(int argc, char **argv)
     xc.http_proxy = o.http_proxy;
     xc.rules = (const char *const *)o.rules;
     xc.hosts = (const char *const *)o.hosts;
+    xc.hijack_hosts = (const char *const *)o.hijack;
+    xc.hijack_ca_cert = o.hijack_ca_cert;
+    xc.hijack_ca_key = o.hijack_ca_key;
     rc = df_proxy_new(base, peer, &xc, &proxy, err, sizeof(err));
     if (rc < 0) {
         fprintf(stderr, "dfdaemon: registry mirror: %s\n", err[0] ? err : df_strerror(rc));
@@ -543,7 +589,8 @@ int main(int argc, char **argv)
      * cap (it serves pulls) and closes TLS attempts on this plain port. */
     evhttp_set_max_headers_size(http, 16 * 1024);
     evhttp_set_allowed_methods(http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST | EVHTTP_REQ_PUT |
-                                         EVHTTP_REQ_PATCH | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS);
+                                         EVHTTP_REQ_PATCH | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS |
+                                         EVHTTP_REQ_CONNECT);
     evhttp_set_timeout(http, 60);
     df_proxy_attach(proxy, http);
     ctx.peer = peer;
