@@ -179,6 +179,7 @@ typedef struct {
     uint64_t total_limit_bps;   /* host-wide download rate limit; 0 = none */
     uint64_t upload_limit_bps;  /* host-wide upload rate limit; 0 = none */
     uint64_t cache_limit_bytes; /* store budget; 0 = unlimited */
+    uint64_t cache_max_age_ms;  /* finished tasks unused this long are evicted; 0 = never */
     uint32_t fetch_parallel;    /* pieces in flight per download; default 8 */
     uint64_t stall_timeout_ms;  /* no progress this long -> P2P stalled; default 20 s */
     bool serve;                 /* run the upload server (pattern p2p); default true */
@@ -215,6 +216,7 @@ typedef struct {
     uint64_t upload_bytes;         /* piece bytes served to other peers */
     uint64_t store_bytes;          /* piece store size (every task's full length) */
     uint32_t store_tasks;          /* tasks in the piece store */
+    uint64_t store_evicted;        /* tasks evicted by the store's GC (budget or age) */
 } df_peer_stats_t;
 
 /* Fills *out.  Byte counters grow while transfers run, so they are current

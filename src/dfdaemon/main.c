@@ -48,6 +48,7 @@ typedef struct {
     char *advertise_ip;
     uint64_t total_limit;
     uint64_t cache_limit;
+    uint64_t cache_max_age_ms;
     df_log_level_t level;
     char *registry;
     char *registry_ca;
@@ -85,6 +86,7 @@ static void usage(FILE *f)
             "      --advertise-ip IP     address other peers use to reach this one\n"
             "      --totallimit RATE     host-wide download rate limit (e.g. 100M)\n"
             "      --cache-limit SIZE    piece store budget (e.g. 10G)\n"
+            "      --cache-max-age DUR   evict finished tasks unused this long (e.g. 24h)\n"
             "      --registry URL        upstream registry of the mirror\n"
             "                            (default " DF_PROXY_DEFAULT_REGISTRY ")\n"
             "      --registry-ca FILE    CA bundle for the registry's TLS certificate\n"
@@ -238,6 +240,8 @@ static int set_option(opts_t *o, const char *key, const char *value, const char 
         rc = df_parse_size(value, &o->total_limit);
     } else if (strcmp(key, "cache-limit") == 0) {
         rc = df_parse_size(value, &o->cache_limit);
+    } else if (strcmp(key, "cache-max-age") == 0) {
+        rc = df_parse_duration_ms(value, &o->cache_max_age_ms);
     } else if (strcmp(key, "log-level") == 0) {
         rc = df_parse_log_level(value, &o->level);
     } else if (strcmp(key, "registry") == 0) {
@@ -300,6 +304,7 @@ static const struct option long_opts[] = {
     {"advertise-ip", required_argument, NULL, 0},
     {"totallimit", required_argument, NULL, 0},
     {"cache-limit", required_argument, NULL, 0},
+    {"cache-max-age", required_argument, NULL, 0},
     {"log-level", required_argument, NULL, 0},
     {"registry", required_argument, NULL, 0},
     {"registry-ca", required_argument, NULL, 0},
@@ -549,6 +554,7 @@ int main(int argc, char **argv)
         pc.advertise_ip = o.advertise_ip;
     pc.total_limit_bps = o.total_limit;
     pc.cache_limit_bytes = o.cache_limit;
+    pc.cache_max_age_ms = o.cache_max_age_ms;
     pc.serve = true;
     rc = df_peer_new(base, &pc, &peer);
     if (rc < 0) {
