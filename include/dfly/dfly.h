@@ -179,6 +179,7 @@ typedef struct {
     uint64_t total_limit_bps;   /* host-wide download rate limit; 0 = none */
     uint64_t upload_limit_bps;  /* host-wide upload rate limit; 0 = none */
     uint64_t cache_limit_bytes; /* store budget; 0 = unlimited */
+    uint64_t cache_max_age_ms;  /* finished tasks unused this long are evicted; 0 = never */
     uint32_t fetch_parallel;    /* pieces in flight per download; default 8 */
     uint64_t stall_timeout_ms;  /* no progress this long -> P2P stalled; default 20 s */
     bool serve;                 /* run the upload server (pattern p2p); default true */
@@ -224,6 +225,7 @@ typedef struct {
     uint64_t upload_bytes;         /* piece bytes served to other peers */
     uint64_t store_bytes;          /* piece store size (every task's full length) */
     uint32_t store_tasks;          /* tasks in the piece store */
+    uint64_t store_evicted;        /* tasks evicted by the store's GC (budget or age) */
 } df_peer_stats_t;
 
 /* Fills *out.  Byte counters grow while transfers run, so they are current
@@ -344,6 +346,13 @@ typedef struct {
                                   * "http://host/..." requests go through the same rules to that
                                   * host.  Off by default: it lets any client that reaches the
                                   * port make requests to any host from this one */
+    const char *const *hijack_hosts; /* with http_proxy: CONNECTs whose "host:port" matches one of
+                                  * these POSIX extended regexes (NULL-terminated, at most 64)
+                                  * are TLS-terminated with a leaf minted from hijack_ca_* and
+                                  * their requests served like the mirror's (blobs by P2P);
+                                  * any other CONNECT is a plain TCP tunnel */
+    const char *hijack_ca_cert;  /* PEM CA certificate clients trust; NULL: no interception */
+    const char *hijack_ca_key;   /* its PEM private key */
     const char *const *rules;    /* "p2p GET REGEX" / "direct METHOD|* REGEX", first match
                                   * wins, no match = direct; NULL-terminated; NULL = the
                                   * default "p2p GET ^/v2/.+/blobs/sha256:[0-9a-f]{64}$" */
@@ -368,7 +377,9 @@ void df_proxy_attach(df_proxy_t *proxy, struct evhttp *http);
 
 /* Serves one request of the attached evhttp (the caller keeps its own
  * paths, e.g. /metrics, and hands everything else here).  The proxy then
- * owns the reply. */
+ * owns the reply.  A CONNECT (the caller must allow EVHTTP_REQ_CONNECT) is
+ * 405 without http_proxy; with it the proxy takes the connection over (a
+ * tunnel, or interception for hijack_hosts). */
 void df_proxy_handle(df_proxy_t *proxy, struct evhttp_request *req);
 
 /* What the mirror did since df_proxy_new(). */
@@ -386,6 +397,9 @@ typedef struct {
     uint64_t shared;             /* blob requests that joined a P2P download already running
                                   * for the same blob on this daemon (also counted in p2p when
                                   * served) */
+    uint64_t tunnels;            /* CONNECTs tunnelled untouched */
+    uint64_t intercepted;        /* CONNECTs TLS-terminated (--hijack-host) */
+    uint64_t intercepted_requests; /* requests read from intercepted connections */
 } df_proxy_stats_t;
 
 void df_proxy_stats(const df_proxy_t *proxy, df_proxy_stats_t *out);

@@ -446,6 +446,9 @@ static void finish(df_download_t *dl, int status, const char *fmt, ...)
         results_sent(dl, pr.nresults);
     }
     stop_all(dl);
+    /* The task is unreferenced now: it may push the store over its budget
+     * (or a full disk may have ended it), so GC at the next tick. */
+    dl->peer->gc_soon = true;
     if (status == 0)
         DF_LOG_I("task %.16s: done, %llu bytes in %.2fs (peers %llu, supernode %llu, origin %llu)",
                  dl->res.task_id, (unsigned long long)dl->res.length, dl->res.seconds,
@@ -659,7 +662,11 @@ static void fetch_done(df_http_req_t *req, const df_http_result_t *res, void *ar
         /* our own disk failed: nothing the source did */
         int err = f->err; /* f is gone after fetch_free */
         fetch_free(f);
-        finish(dl, err, "writing piece %u: %s", piece, df_strerror(err));
+        if (err == -ENOSPC || err == -EDQUOT)
+            finish(dl, err, "writing piece %u: the disk of the piece store is full (%s); free space or lower "
+                   "--cache-limit", piece, df_strerror(err));
+        else
+            finish(dl, err, "writing piece %u: %s", piece, df_strerror(err));
         return;
     } else {
         kind = res->http_code == 404 ? DF_REPORT_MISSING : DF_REPORT_IO;

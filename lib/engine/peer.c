@@ -93,7 +93,8 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
         peer->last_heartbeat_ms = now;
         peer->tracker->ops->heartbeat(peer->tracker, peer->peer_id, NULL, NULL);
     }
-    if (now - peer->last_gc_ms >= GC_MS) {
+    if (peer->gc_soon || now - peer->last_gc_ms >= GC_MS) {
+        peer->gc_soon = false;
         peer->last_gc_ms = now;
         df_store_flush(peer->store);
         df_store_gc(peer->store, evicted_cb, peer);
@@ -307,6 +308,7 @@ int df_peer_new(struct event_base *base, const df_peer_config_t *cfg, df_peer_t 
     rc = df_store_open(path, cfg->cache_limit_bytes, &peer->store);
     if (rc < 0)
         goto fail;
+    df_store_set_max_age(peer->store, cfg->cache_max_age_ms);
     rc = df_http_new(base, &peer->http);
     if (rc < 0)
         goto fail;
@@ -370,6 +372,7 @@ void df_peer_stats(const df_peer_t *peer, df_peer_stats_t *out)
     out->upload_bytes = up.bytes_served;
     out->store_bytes = df_store_bytes(peer->store);
     out->store_tasks = (uint32_t)df_store_task_count(peer->store);
+    out->store_evicted = df_store_evicted(peer->store);
 }
 
 void df_peer_free(df_peer_t *peer)

@@ -37,6 +37,7 @@ struct df_peer {
     struct event *tick;         /* heartbeat and GC */
     uint64_t last_heartbeat_ms;
     uint64_t last_gc_ms;
+    bool gc_soon;               /* a download ended: GC at the next tick, not in 30 s */
     struct event *leave_timer;  /* df_peer_leave() */
     void (*leave_cb)(void *arg);
     void *leave_arg;

@@ -120,6 +120,8 @@ int df_peer_metrics_render(const df_peer_t *peer, char **out, size_t *len_out)
          NULL, (double)st.store_bytes},
         {"dfly_dfdaemon_store_tasks", "Tasks in the piece store", DF_METRIC_GAUGE, NULL, NULL,
          (double)st.store_tasks},
+        {"dfly_dfdaemon_store_evicted_total", "Tasks evicted by the store's GC (over the budget or unused too long)",
+         DF_METRIC_COUNTER, NULL, NULL, (double)st.store_evicted},
     };
 
     df_buf_init(&b, METRICS_CAP);

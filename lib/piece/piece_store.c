@@ -86,6 +86,8 @@ struct df_store {
     char *dir;
     char *tasks_dir;
     uint64_t limit;            /* 0 = unlimited */
+    uint64_t max_age_ms;       /* 0 = no age limit */
+    uint64_t evicted;          /* tasks evicted since open */
     uint64_t bytes;            /* sum of the listed tasks' lengths */
     uint64_t seq;
     df_stored_task_t **tasks;
@@ -498,7 +500,7 @@ static int task_load(df_store_t *store, const char *id, df_stored_task_t **out)
         rc = -ENOMEM;
         goto out;
     }
-    t->last_use_ms = last_use;
+    t->last_use_ms = last_use ? last_use : wall_ms(); /* older metas: count from now */
 
     /* The data file must exist at full length; otherwise nothing in it can
      * be trusted and the task starts over (same shape, nothing verified). */
@@ -766,21 +768,50 @@ static bool task_complete(const df_stored_task_t *t)
     return t->nverified == t->piece_count;
 }
 
+/* A task GC may remove: complete (a download in progress has its whole
+ * size reserved and its pieces in use), unreferenced (being downloaded or
+ * served) and not empty (removing it frees nothing). */
+static bool evictable(const df_stored_task_t *t)
+{
+    return t->refs == 0 && task_complete(t) && t->length > 0;
+}
+
+static void evict(df_store_t *store, df_stored_task_t *victim, const char *why,
+                  void (*evicted_cb)(const char *task_id, void *arg), void *arg)
+{
+    char id[DF_TASK_ID_LEN + 1];
+
+    memcpy(id, victim->id, sizeof(id));
+    DF_LOG_I("store: evicting task %s (%llu bytes, %s)", id, (unsigned long long)victim->length, why);
+    df_store_task_remove(store, id);
+    store->evicted++;
+    if (evicted_cb)
+        evicted_cb(id, arg);
+}
+
 int df_store_gc(df_store_t *store, void (*evicted_cb)(const char *task_id, void *arg), void *arg)
 {
+    uint64_t now = wall_ms();
     int n = 0;
 
-    if (store->limit == 0)
-        return 0;
-    while (store->bytes > store->limit) {
+    /* Age first: unused for longer than the limit, whatever the budget. */
+    for (size_t i = 0; store->max_age_ms && i < store->ntasks;) {
+        df_stored_task_t *t = store->tasks[i];
+        if (evictable(t) && now > t->last_use_ms && now - t->last_use_ms > store->max_age_ms) {
+            evict(store, t, "unused too long", evicted_cb, arg);
+            n++;
+            i = 0; /* removal reorders the array */
+            continue;
+        }
+        i++;
+    }
+    /* Then the budget: least recently used first. */
+    while (store->limit && store->bytes > store->limit) {
         df_stored_task_t *victim = NULL;
-        char id[DF_TASK_ID_LEN + 1];
 
         for (size_t i = 0; i < store->ntasks; i++) {
             df_stored_task_t *t = store->tasks[i];
-            /* Empty tasks free nothing; referenced or incomplete ones are
-             * in use or still being downloaded. */
-            if (t->refs > 0 || !task_complete(t) || t->length == 0)
+            if (!evictable(t))
                 continue;
             if (!victim || t->last_use_ms < victim->last_use_ms ||
                 (t->last_use_ms == victim->last_use_ms && t->use_seq < victim->use_seq))
@@ -788,14 +819,20 @@ int df_store_gc(df_store_t *store, void (*evicted_cb)(const char *task_id, void 
         }
         if (!victim)
             break;
-        memcpy(id, victim->id, sizeof(id));
-        DF_LOG_I("store: evicting task %s (%llu bytes)", id, (unsigned long long)victim->length);
-        df_store_task_remove(store, id);
+        evict(store, victim, "over the budget", evicted_cb, arg);
         n++;
-        if (evicted_cb)
-            evicted_cb(id, arg);
     }
     return n;
+}
+
+void df_store_set_max_age(df_store_t *store, uint64_t max_age_ms)
+{
+    store->max_age_ms = max_age_ms;
+}
+
+uint64_t df_store_evicted(const df_store_t *store)
+{
+    return store->evicted;
 }
 
 uint64_t df_store_bytes(const df_store_t *store)

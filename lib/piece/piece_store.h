@@ -103,11 +103,18 @@ int df_stored_task_sync(df_stored_task_t *t);
 
 /* Writes meta.json of every dirty task. */
 void df_store_flush(df_store_t *store);
-/* Evicts least-recently-used complete, unreferenced tasks until the store is
- * within its budget.  Calls evicted_cb(task_id, arg) for each, after the
- * task is gone.  Returns the number evicted.  Incomplete or referenced tasks
- * are never evicted, so the store may stay over budget. */
+/* Evicts complete, unreferenced tasks: first those not used for longer than
+ * the store's max age (df_store_set_max_age), then least recently used ones
+ * until the store is within its budget.  Calls evicted_cb(task_id, arg) for
+ * each, after the task is gone.  Returns the number evicted.  Incomplete or
+ * referenced tasks (being downloaded or served) are never evicted, so the
+ * store may stay over budget. */
 int df_store_gc(df_store_t *store, void (*evicted_cb)(const char *task_id, void *arg), void *arg);
+/* Tasks unused (df_store_task_get, touch) for longer than max_age_ms are
+ * evicted by the next df_store_gc; 0 (the default) = no age limit. */
+void df_store_set_max_age(df_store_t *store, uint64_t max_age_ms);
+/* Tasks evicted by df_store_gc since the store was opened. */
+uint64_t df_store_evicted(const df_store_t *store);
 /* Sum of the lengths of all tasks, complete or not (an in-progress download
  * has its full size reserved). */
 uint64_t df_store_bytes(const df_store_t *store);

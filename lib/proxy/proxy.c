@@ -17,7 +17,11 @@
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/dns.h>
 #include <event2/keyvalq_struct.h>
+
+#include <arpa/inet.h>
+#include <sys/socket.h>
 
 #include <errno.h>
 #include <stdio.h>
@@ -61,6 +65,79 @@ static int parse_registry(const char *url, char *base, size_t basecap, char *aut
     for (char *p = base; *p != ':'; p++)
         if (*p >= 'A' && *p <= 'Z')
             *p = (char)(*p - 'A' + 'a');
+    return 0;
+}
+
+static void mitm_cb(struct evhttp_request *req, void *arg);
+
+/* The same caps and methods as dfdaemon's front listener. */
+static void setup_http(df_proxy_t *px, struct evhttp *http)
+{
+    evhttp_set_max_headers_size(http, 16 * 1024);
+    evhttp_set_max_body_size(http, DF_PROXY_MAX_BODY);
+    evhttp_set_allowed_methods(http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST | EVHTTP_REQ_PUT |
+                                         EVHTTP_REQ_PATCH | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS);
+    evhttp_set_timeout(http, 60);
+    evhttp_set_default_content_type(http, NULL);
+    evhttp_set_gencb(http, mitm_cb, px);
+}
+
+/* CONNECT support: the interception patterns and CA, the decrypting
+ * listener, a resolver for tunnel targets.  Nothing without http_proxy. */
+static int setup_connect(df_proxy_t *px, const df_proxy_config_t *cfg, char *err, size_t errcap)
+{
+    struct evhttp_bound_socket *bound;
+    socklen_t sl = sizeof(px->mitm_addr);
+    size_t n = 0;
+    int rc;
+
+    for (size_t i = 0; cfg->hijack_hosts && cfg->hijack_hosts[i]; i++)
+        n++;
+    if (!cfg->http_proxy) {
+        if (n || cfg->hijack_ca_cert || cfg->hijack_ca_key) {
+            if (err && errcap)
+                snprintf(err, errcap, "hijack settings need the HTTP proxy mode (http-proxy)");
+            return DF_ECONFIG;
+        }
+        return 0;
+    }
+    if (n > DF_PROXY_HIJACK_MAX || (n && (!cfg->hijack_ca_cert || !cfg->hijack_ca_key)) ||
+        (!cfg->hijack_ca_cert != !cfg->hijack_ca_key)) {
+        if (err && errcap)
+            snprintf(err, errcap, "hijack-host needs hijack-ca-cert and hijack-ca-key (and at most %d hosts)",
+                     DF_PROXY_HIJACK_MAX);
+        return DF_ECONFIG;
+    }
+    if (n) {
+        px->hijack = calloc(n, sizeof(*px->hijack));
+        if (!px->hijack)
+            return -ENOMEM;
+        for (; px->nhijack < n; px->nhijack++) {
+            if (regcomp(&px->hijack[px->nhijack], cfg->hijack_hosts[px->nhijack], REG_EXTENDED | REG_NOSUB) != 0) {
+                if (err && errcap)
+                    snprintf(err, errcap, "hijack-host \"%.200s\": bad regex", cfg->hijack_hosts[px->nhijack]);
+                return DF_ECONFIG;
+            }
+        }
+        rc = df__mint_new(cfg->hijack_ca_cert, cfg->hijack_ca_key, &px->mint, err, errcap);
+        if (rc < 0)
+            return rc;
+        px->mitm_http = evhttp_new(px->base);
+        if (!px->mitm_http)
+            return -ENOMEM;
+        setup_http(px, px->mitm_http);
+        bound = evhttp_bind_socket_with_handle(px->mitm_http, "127.0.0.1", 0);
+        if (!bound || getsockname(evhttp_bound_socket_get_fd(bound), (struct sockaddr *)&px->mitm_addr, &sl) < 0) {
+            if (err && errcap)
+                snprintf(err, errcap, "cannot listen on 127.0.0.1 for intercepted connections");
+            return -EADDRNOTAVAIL;
+        }
+    }
+    /* Nameservers from /etc/resolv.conf and names from /etc/hosts; with
+     * no resolv.conf libevent falls back to 127.0.0.1 as resolver. */
+    px->dns = evdns_base_new(px->base, EVDNS_BASE_INITIALIZE_NAMESERVERS | EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+    if (!px->dns)
+        return -ENOMEM;
     return 0;
 }
 
@@ -116,6 +193,9 @@ int df_proxy_new(struct event_base *base, df_peer_t *peer, const df_proxy_config
             goto fail;
         }
     }
+    rc = setup_connect(px, cfg, err, errcap);
+    if (rc < 0)
+        goto fail;
     rc = df_proxy_rules_new(cfg->rules, &px->rules, err, errcap);
     if (rc < 0) {
         rc = rc == -ENOMEM ? rc : DF_ECONFIG;
@@ -274,7 +354,9 @@ static const char *method_name(enum evhttp_cmd_type cmd)
     }
 }
 
-void df_proxy_handle(df_proxy_t *px, struct evhttp_request *req)
+/* One request of the front listener, or, with https_authority, of the
+ * decrypting listener (an intercepted CONNECT to that host). */
+static void serve(df_proxy_t *px, struct evhttp_request *req, const char *https_authority)
 {
     const char *target = evhttp_request_get_uri(req);
     const char *method = method_name(evhttp_request_get_command(req));
@@ -313,7 +395,10 @@ void df_proxy_handle(df_proxy_t *px, struct evhttp_request *req)
         df__proxy_send_error(x, 503, "out of memory");
         goto hook;
     }
-    if (target[0] == '/') {
+    if (https_authority) {
+        px->stats.intercepted_requests++;
+        rc = target[0] == '/' ? df__proxy_https_url(px, x, https_authority, target) : -EINVAL;
+    } else if (target[0] == '/') {
         rc = df__proxy_upstream_url(px, x, target);
     } else {
         /* HTTP proxy: the client names the origin; the rules see its path. */
@@ -342,6 +427,45 @@ hook:
     }
 }
 
+void df_proxy_handle(df_proxy_t *px, struct evhttp_request *req)
+{
+    if (evhttp_request_get_command(req) == EVHTTP_REQ_CONNECT) {
+        px->stats.requests++;
+        if (!px->http_proxy) {
+            evhttp_send_error(req, 405, NULL);
+            return;
+        }
+        df__proxy_connect(px, req);
+        return;
+    }
+    serve(px, req, NULL);
+}
+
+/* A request on the decrypting listener: only from our own intercepting
+ * tunnels, recognized by the peer port; anyone else on this host who
+ * finds the port gets 403. */
+static void mitm_cb(struct evhttp_request *req, void *arg)
+{
+    df_proxy_t *px = arg;
+    struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+    const char *authority = NULL;
+    char *addr = NULL;
+    ev_uint16_t port = 0;
+
+    if (evcon) {
+        evhttp_connection_get_peer(evcon, &addr, &port);
+        if (addr && strcmp(addr, "127.0.0.1") == 0)
+            authority = df__proxy_tunnel_authority(px, port);
+    }
+    if (!authority) {
+        DF_LOG_D("mirror: request on the decrypting listener from %s:%u: no such tunnel", addr ? addr : "?",
+                 (unsigned)port);
+        evhttp_send_error(req, 403, NULL);
+        return;
+    }
+    serve(px, req, authority);
+}
+
 void df_proxy_free(df_proxy_t *px)
 {
     if (!px)
@@ -357,6 +481,15 @@ void df_proxy_free(df_proxy_t *px)
         xch_free(x);
     }
     df__proxy_flights_free(px);
+    df__proxy_tunnels_free(px);
+    if (px->mitm_http)
+        evhttp_free(px->mitm_http);
+    if (px->dns)
+        evdns_base_free(px->dns, 0);
+    df__mint_free(px->mint);
+    for (size_t i = 0; i < px->nhijack; i++)
+        regfree(&px->hijack[i]);
+    free(px->hijack);
     df_proxy_rules_free(px->rules);
     df_http_free(px->http);
     free(px->registry_ca);

@@ -6,6 +6,9 @@
  *   upstream.c   which registry a request goes to, and its URL
  *   headers.c    header filtering both ways (hop-by-hop headers dropped)
  *   tls_sniff.c  closes connections that start with a TLS ClientHello
+ *   tunnel.c     CONNECT: plain TCP tunnels, or TLS interception into the
+ *                decrypting listener (HTTPS proxy use)
+ *   mint.c       leaf certificates for intercepted hosts, from a CA
  *   direct.c     relaying a request to the registry and its answer back
  *   blob.c       the P2P path: access check, download, streaming reply
  *
@@ -34,6 +37,10 @@
 #include <event2/event.h>
 #include <event2/http.h>
 
+#include <netinet/in.h>
+#include <openssl/ssl.h>
+#include <regex.h>
+
 /* Reply bytes queued in one client connection before we stop reading from
  * the source (the P2P file or the registry): the per-connection bound. */
 #define DF_PROXY_CONN_BUFFER (1u << 20)
@@ -46,6 +53,18 @@
 
 typedef struct xch xch_t;
 typedef struct flight flight_t;
+typedef struct tunnel tunnel_t;
+typedef struct df__mint df__mint_t;
+
+/* CONNECT tunnels at once; beyond, 503. */
+#define DF_PROXY_TUNNELS_MAX 1024
+/* Bytes queued towards one side of a tunnel before reading from the other
+ * stops: the per-tunnel bound, each way. */
+#define DF_PROXY_TUNNEL_BUFFER (256u * 1024u)
+/* Leaf certificates cached (one per intercepted host). */
+#define DF_PROXY_MINT_CACHE 128
+/* --hijack-host regexes. */
+#define DF_PROXY_HIJACK_MAX 64
 
 /* Key of a flight: the blob digest, or the URL for a p2p rule without one. */
 #define DF_PROXY_FLIGHT_KEY_MAX 2048
@@ -85,6 +104,16 @@ struct df_proxy {
     flight_t *flights;          /* P2P downloads in progress, by key */
     size_t nflights;
     df_proxy_stats_t stats;
+
+    /* CONNECT (with http_proxy) */
+    regex_t *hijack;            /* host:port patterns to intercept */
+    size_t nhijack;
+    df__mint_t *mint;           /* the CA; NULL: every CONNECT is a plain tunnel */
+    struct evhttp *mitm_http;   /* the decrypting listener (127.0.0.1, ephemeral port) */
+    struct sockaddr_in mitm_addr;
+    struct evdns_base *dns;     /* resolves tunnel targets without blocking the loop */
+    tunnel_t *tunnels;
+    size_t ntunnels;
 };
 
 typedef enum {
@@ -144,6 +173,11 @@ int df__proxy_upstream_url(df_proxy_t *px, xch_t *x, const char *target);
  * -ENOMEM. */
 int df__proxy_absolute_url(xch_t *x, const char *uri, char *origin, size_t cap);
 
+/* The same for a request read from an intercepted CONNECT to authority
+ * ("host[:port]"): x->url is https://authority + target, with the TLS
+ * settings of a host table entry for authority, else the system's. */
+int df__proxy_https_url(df_proxy_t *px, xch_t *x, const char *authority, const char *target);
+
 /* headers.c */
 /* The client's headers to pass to the registry (NULL-terminated "K: V"
  * lines, malloc'ed), without hop-by-hop ones and without those named in
@@ -156,6 +190,34 @@ int df__proxy_copy_response_headers(df_http_req_t *up, struct evkeyvalq *out);
 
 /* tls_sniff.c */
 struct bufferevent *df__proxy_tls_sniff_bevcb(struct event_base *base, void *arg);
+/* Removes the hook from a connection made by the callback above (a CONNECT
+ * tunnel carries TLS on purpose). */
+void df__proxy_tls_sniff_off(struct bufferevent *bev);
+
+/* tunnel.c */
+/* Serves a CONNECT request of the front evhttp (px->http_proxy on).  The
+ * request is answered (an error) or taken over: either way the caller is
+ * done with it. */
+void df__proxy_connect(df_proxy_t *px, struct evhttp_request *req);
+/* The https authority ("host[:port]") of the intercepted CONNECT whose
+ * connection to the decrypting listener has local port peer_port, or NULL.
+ * Valid until the next return to the event loop. */
+const char *df__proxy_tunnel_authority(const df_proxy_t *px, uint16_t peer_port);
+/* Ends every tunnel (df_proxy_free). */
+void df__proxy_tunnels_free(df_proxy_t *px);
+
+/* mint.c */
+/* Loads the CA (PEM certificate and key; the certificate must be a CA and
+ * match the key).  0, DF_ECONFIG with err (errcap bytes), or -ENOMEM.
+ * *out is the caller's (df__mint_free). */
+int df__mint_new(const char *cert_file, const char *key_file, df__mint_t **out, char *err, size_t errcap);
+void df__mint_free(df__mint_t *m);
+/* A new server-side SSL presenting a leaf for host (a name or an IP
+ * literal as parsed by df_proxy_parse_connect), cached per host.  The
+ * caller owns the SSL.  NULL on failure. */
+SSL *df__mint_ssl(df__mint_t *m, const char *host);
+/* Leaves in the cache (tests). */
+size_t df__mint_cached(const df__mint_t *m);
 
 /* direct.c: relays x's request to x->url.  0 or -errno (nothing started). */
 int df__proxy_direct_start(xch_t *x);

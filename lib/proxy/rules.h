@@ -16,6 +16,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 /* The default rule list: blob GETs through P2P, everything else direct. */
 #define DF_PROXY_DEFAULT_RULE "p2p GET ^/v2/.+/blobs/sha256:[0-9a-f]{64}$"
@@ -74,6 +75,22 @@ int df_proxy_parse_ns(const char *query, size_t qlen, char *host, size_t hostcap
  * CONNECT. */
 int df_proxy_parse_absolute(const char *uri, size_t len, char *base, size_t basecap, char *target,
                             size_t targetcap);
+
+/* A CONNECT request's authority-form target "HOST:PORT" or "[V6]:PORT"
+ * (len bytes, need not be NUL-terminated; the port is mandatory, 1..65535,
+ * at most 5 digits).  HOST is letters, digits, '.' and '-', neither starting
+ * nor ending with '.' or '-', at most 253 bytes; V6 is hex digits, ':' and
+ * '.'.  Nothing else is accepted (no userinfo, path, blanks or control
+ * bytes), so host may go into a URL, a DNS query or a certificate's
+ * subjectAltName as is.  Writes host in lower case, without brackets, into
+ * host (hostcap bytes) and the port.  0, -EINVAL, or -ENAMETOOLONG when host
+ * does not fit. */
+int df_proxy_parse_connect(const char *target, size_t len, char *host, size_t hostcap, uint16_t *port);
+
+/* "host:port", or "[host]:port" when host holds a ':' (IPv6), into out (cap
+ * bytes); with omit_443 the port is left out when it is 443 (an https URL's
+ * authority).  0 or -ENAMETOOLONG. */
+int df_proxy_format_authority(const char *host, uint16_t port, bool omit_443, char *out, size_t cap);
 
 /* One registry a ?ns= may name, with how to reach it. */
 typedef struct {

@@ -51,3 +51,8 @@ struct bufferevent *df__proxy_tls_sniff_bevcb(struct event_base *base, void *arg
     }
     return bev;
 }
+
+void df__proxy_tls_sniff_off(struct bufferevent *bev)
+{
+    evbuffer_remove_cb(bufferevent_get_input(bev), input_cb, bev);
+}

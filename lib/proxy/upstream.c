@@ -94,3 +94,22 @@ int df__proxy_upstream_url(df_proxy_t *px, xch_t *x, const char *target)
     x->url = url.data; /* the buffer's storage, NUL-terminated */
     return 0;
 }
+
+int df__proxy_https_url(df_proxy_t *px, xch_t *x, const char *authority, const char *target)
+{
+    const df_proxy_host_t *h = find_host(px, authority);
+    size_t n = strlen(authority) + strlen(target) + 9;
+    char *url;
+
+    if (target[0] != '/' || strlen(target) > TARGET_MAX)
+        return -EINVAL;
+    url = malloc(n);
+    if (!url)
+        return -ENOMEM;
+    snprintf(url, n, "https://%s%s", authority, target);
+    x->insecure = h ? h->insecure : false;
+    x->ca_file = h && h->ca_file[0] ? h->ca_file : NULL;
+    free(x->url);
+    x->url = url;
+    return 0;
+}

@@ -576,8 +576,15 @@ void df_sn_peer_remove(df_sn_swarm_t *sw, df_sn_peer_t *peer)
     free(peer);
 }
 
-static void member_down(df_sn_task_t *task, df_sn_member_t *m)
+static void member_down(df_sn_task_t *task, df_sn_member_t *m, bool dropped)
 {
+    /* ServiceDown for one task means the peer dropped its copy (its store
+     * evicted the task): if it joins again it starts from nothing, so the
+     * pieces must be scheduled to it again, not counted as had.  A peer
+     * going away altogether (ServiceDown for every task) keeps its store
+     * on disk and comes back with it. */
+    if (dropped && m->have)
+        memset(m->have, 0, df_bitmap_bytes(task->piece_count));
     if (m->down)
         return;
     m->down = true;
@@ -589,13 +596,13 @@ void df_sn_service_down(df_sn_swarm_t *sw, df_sn_peer_t *peer, df_sn_task_t *tas
     if (task) {
         df_sn_member_t *m = df_sn_task_member(task, peer);
         if (m)
-            member_down(task, m);
+            member_down(task, m, true);
         return;
     }
     for (df_sn_task_t *t = sw->tasks; t; t = t->next) {
         df_sn_member_t *m = df_sn_task_member(t, peer);
         if (m)
-            member_down(t, m);
+            member_down(t, m, false);
     }
 }
 

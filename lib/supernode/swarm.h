@@ -193,8 +193,11 @@ void df_sn_peer_touch(df_sn_peer_t *peer, uint64_t now_ms);
  * get rescheduled. */
 void df_sn_peer_remove(df_sn_swarm_t *sw, df_sn_peer_t *peer);
 /* ServiceDown: the peer stops serving task (or every task when NULL).  It
- * stays a member (it may still be downloading) but is never a source again
- * there; pieces others were fetching from it are freed. */
+ * stays a member but is never a source again there until it joins again;
+ * pieces others were fetching from it are freed.  For one task it also
+ * forgets the pieces the peer had (it evicted the task: a later join starts
+ * from nothing); for every task (the peer leaving) they are kept, since its
+ * store survives a restart. */
 void df_sn_service_down(df_sn_swarm_t *sw, df_sn_peer_t *peer, df_sn_task_t *task);
 
 /* ---- the piece protocol */

@@ -49,6 +49,7 @@ typedef struct {
     char *advertise_ip;
     uint64_t total_limit;
     uint64_t cache_limit;
+    uint64_t cache_max_age_ms;
     df_log_level_t level;
     char *registry;
     char *registry_ca;
@@ -66,7 +67,14 @@ typedef struct {
     char *encrypt;
     char *gossip_dns;
     char *gossip_name;
+    char **hijack;          /* --hijack-host regexes, NULL-terminated, or NULL */
+    size_t nhijack;
+    bool hijack_from_flags; /* likewise for --hijack-host */
+    char *hijack_ca_cert;
+    char *hijack_ca_key;
 } opts_t;
+
+#define HIJACK_MAX 64
 
 #define RULES_MAX 64
 
@@ -85,12 +93,18 @@ static void usage(FILE *f)
             "      --advertise-ip IP     address other peers use to reach this one\n"
             "      --totallimit RATE     host-wide download rate limit (e.g. 100M)\n"
             "      --cache-limit SIZE    piece store budget (e.g. 10G)\n"
+            "      --cache-max-age DUR   evict finished tasks unused this long (e.g. 24h)\n"
             "      --registry URL        upstream registry of the mirror\n"
             "                            (default " DF_PROXY_DEFAULT_REGISTRY ")\n"
             "      --registry-ca FILE    CA bundle for the registry's TLS certificate\n"
             "      --registry-insecure   do not verify the registry's TLS certificate\n"
             "      --http-proxy          also act as an HTTP proxy (http:// targets,\n"
             "                            same rules); off by default\n"
+            "      --hijack-host REGEX   with --http-proxy: CONNECTs to a matching HOST:PORT\n"
+            "                            are TLS-terminated and served like the mirror\n"
+            "                            (blobs by P2P); others are tunnelled (repeatable)\n"
+            "      --hijack-ca-cert FILE CA certificate (PEM) the clients trust\n"
+            "      --hijack-ca-key FILE  its private key (PEM)\n"
             "      --registry-host \"HOST[:PORT] [http|https] [insecure] [ca=FILE]\"\n"
             "                            how to reach a registry named by ?ns= (repeatable)\n"
             "      --rule \"ACTION METHOD REGEX\"\n"
@@ -150,30 +164,41 @@ static int add_rule(opts_t *o, const char *value)
     return 0;
 }
 
+/* Appends a copy of value to a NULL-terminated list of at most max. */
+static int add_str(char ***list, size_t *n, size_t max, const char *value)
+{
+    char **l;
+
+    if (*n >= max)
+        return -EINVAL;
+    l = realloc(*list, (*n + 2) * sizeof(*l));
+    if (!l)
+        return -ENOMEM;
+    *list = l;
+    l[*n] = strdup(value);
+    if (!l[*n])
+        return -ENOMEM;
+    l[++*n] = NULL;
+    return 0;
+}
+
+static void free_strs(char ***list, size_t *n)
+{
+    for (size_t i = 0; i < *n; i++)
+        free((*list)[i]);
+    free(*list);
+    *list = NULL;
+    *n = 0;
+}
+
 static int add_host(opts_t *o, const char *value)
 {
-    char **n;
-
-    if (o->nhosts >= DF_PROXY_HOSTS_MAX)
-        return -EINVAL;
-    n = realloc(o->hosts, (o->nhosts + 2) * sizeof(*n));
-    if (!n)
-        return -ENOMEM;
-    o->hosts = n;
-    o->hosts[o->nhosts] = strdup(value);
-    if (!o->hosts[o->nhosts])
-        return -ENOMEM;
-    o->hosts[++o->nhosts] = NULL;
-    return 0;
+    return add_str(&o->hosts, &o->nhosts, DF_PROXY_HOSTS_MAX, value);
 }
 
 static void free_hosts(opts_t *o)
 {
-    for (size_t i = 0; i < o->nhosts; i++)
-        free(o->hosts[i]);
-    free(o->hosts);
-    o->hosts = NULL;
-    o->nhosts = 0;
+    free_strs(&o->hosts, &o->nhosts);
 }
 
 static void free_rules(opts_t *o)
@@ -262,6 +287,8 @@ static int set_option(opts_t *o, const char *key, const char *value, const char 
             rc = replace_str(&o->gossip_dns, value);
     } else if (strcmp(key, "gossip-name") == 0) {
         rc = *value && strlen(value) <= 64 ? replace_str(&o->gossip_name, value) : -EINVAL;
+    } else if (strcmp(key, "cache-max-age") == 0) {
+        rc = df_parse_duration_ms(value, &o->cache_max_age_ms);
     } else if (strcmp(key, "log-level") == 0) {
         rc = df_parse_log_level(value, &o->level);
     } else if (strcmp(key, "registry") == 0) {
@@ -284,6 +311,16 @@ static int set_option(opts_t *o, const char *key, const char *value, const char 
             o->hosts_from_flags = true;
         }
         rc = add_host(o, value);
+    } else if (strcmp(key, "hijack-host") == 0 || strncmp(key, "hijack-hosts.", 13) == 0) {
+        if (*where == '\0' && !o->hijack_from_flags) {
+            free_strs(&o->hijack, &o->nhijack);
+            o->hijack_from_flags = true;
+        }
+        rc = *value ? add_str(&o->hijack, &o->nhijack, HIJACK_MAX, value) : -EINVAL;
+    } else if (strcmp(key, "hijack-ca-cert") == 0) {
+        rc = *value ? replace_str(&o->hijack_ca_cert, value) : -EINVAL;
+    } else if (strcmp(key, "hijack-ca-key") == 0) {
+        rc = *value ? replace_str(&o->hijack_ca_key, value) : -EINVAL;
     } else {
         fprintf(stderr, "dfdaemon: %sunknown setting \"%s\"\n", where, key);
         return -ENOENT;
@@ -314,6 +351,7 @@ static const struct option long_opts[] = {
     {"advertise-ip", required_argument, NULL, 0},
     {"totallimit", required_argument, NULL, 0},
     {"cache-limit", required_argument, NULL, 0},
+    {"cache-max-age", required_argument, NULL, 0},
     {"log-level", required_argument, NULL, 0},
     {"mode", required_argument, NULL, 0},
     {"gossip-listen", required_argument, NULL, 0},
@@ -327,6 +365,9 @@ static const struct option long_opts[] = {
     {"http-proxy", no_argument, NULL, 0},
     {"rule", required_argument, NULL, 0},
     {"registry-host", required_argument, NULL, 0},
+    {"hijack-host", required_argument, NULL, 0},
+    {"hijack-ca-cert", required_argument, NULL, 0},
+    {"hijack-ca-key", required_argument, NULL, 0},
     {"version", no_argument, NULL, 'V'},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
@@ -347,6 +388,9 @@ static void opts_free(opts_t *o)
     free(o->encrypt);
     free(o->gossip_dns);
     free(o->gossip_name);
+    free_strs(&o->hijack, &o->nhijack);
+    free(o->hijack_ca_cert);
+    free(o->hijack_ca_key);
 }
 
 static int usage_error(void)
@@ -440,12 +484,16 @@ static int render_proxy_metrics(df_proxy_t *proxy, struct evbuffer *out)
         {"mirror_direct_bytes_total", "Body bytes relayed from the registry.", 0},
         {"mirror_shared_total", "Blob requests that joined a P2P download already running for the same blob.", 0},
         {"mirror_proxy_requests_total", "Requests received as an HTTP proxy (absolute-form target).", 0},
+        {"mirror_connect_tunnels_total", "CONNECTs tunnelled untouched (host not listed for interception).", 0},
+        {"mirror_connect_intercepted_total", "CONNECTs TLS-terminated with a minted certificate (--hijack-host).", 0},
+        {"mirror_intercepted_requests_total", "Requests read from intercepted CONNECTs.", 0},
     };
-    uint64_t v[10];
+    uint64_t v[13];
 
     df_proxy_stats(proxy, &s);
     v[0] = s.requests, v[1] = s.p2p, v[2] = s.direct, v[3] = s.fallbacks;
     v[4] = s.denied, v[5] = s.aborted, v[6] = s.p2p_bytes, v[7] = s.direct_bytes, v[8] = s.shared, v[9] = s.proxied;
+    v[10] = s.tunnels, v[11] = s.intercepted, v[12] = s.intercepted_requests;
     for (size_t i = 0; i < sizeof(m) / sizeof(m[0]); i++)
         if (evbuffer_add_printf(out, "# HELP dfly_dfdaemon_%s %s\n# TYPE dfly_dfdaemon_%s counter\ndfly_dfdaemon_%s %llu\n",
                                 m[i].name, m[i].help, m[i].name, m[i].name, (unsigned long long)v[i]) < 0)
@@ -571,6 +619,7 @@ int main(int argc, char **argv)
         pc.advertise_ip = o.advertise_ip;
     pc.total_limit_bps = o.total_limit;
     pc.cache_limit_bytes = o.cache_limit;
+    pc.cache_max_age_ms = o.cache_max_age_ms;
     pc.serve = true;
     rc = df_peer_new(base, &pc, &peer);
     if (rc < 0) {
@@ -593,6 +642,9 @@ int main(int argc, char **argv)
     xc.http_proxy = o.http_proxy;
     xc.rules = (const char *const *)o.rules;
     xc.hosts = (const char *const *)o.hosts;
+    xc.hijack_hosts = (const char *const *)o.hijack;
+    xc.hijack_ca_cert = o.hijack_ca_cert;
+    xc.hijack_ca_key = o.hijack_ca_key;
     rc = df_proxy_new(base, peer, &xc, &proxy, err, sizeof(err));
     if (rc < 0) {
         fprintf(stderr, "dfdaemon: registry mirror: %s\n", err[0] ? err : df_strerror(rc));
@@ -608,7 +660,8 @@ int main(int argc, char **argv)
      * cap (it serves pulls) and closes TLS attempts on this plain port. */
     evhttp_set_max_headers_size(http, 16 * 1024);
     evhttp_set_allowed_methods(http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST | EVHTTP_REQ_PUT |
-                                         EVHTTP_REQ_PATCH | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS);
+                                         EVHTTP_REQ_PATCH | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS |
+                                         EVHTTP_REQ_CONNECT);
     evhttp_set_timeout(http, 60);
     df_proxy_attach(proxy, http);
     ctx.peer = peer;

@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -477,6 +478,42 @@ static void test_gc(void **state)
     df_store_close(s);
 }
 
+static void test_gc_max_age(void **state)
+{
+    fixture_t *f = *state;
+    df_store_t *s;
+    df_stored_task_t *a, *b, *c;
+    evicted_t ev = {.n = 0};
+    struct timespec ms20 = {0, 20 * 1000 * 1000};
+
+    /* No budget, an age limit only. */
+    assert_int_equal(df_store_open(f->store_dir, 0, &s), 0);
+    df_store_set_max_age(s, 10);
+    a = create(s, ID_A, 2 * PS); /* complete, unreferenced: goes */
+    b = create(s, ID_B, 2 * PS); /* complete, in use (referenced): stays */
+    c = create(s, ID_C, 2 * PS); /* incomplete (being downloaded): stays */
+    fill_all(a, 1);
+    fill_all(b, 1);
+    df_stored_task_unref(a);
+    df_stored_task_unref(c);
+    assert_int_equal(df_store_gc(s, on_evict, &ev), 0); /* all young */
+    nanosleep(&ms20, NULL);
+    assert_int_equal(df_store_gc(s, on_evict, &ev), 1);
+    assert_string_equal(ev.ids[0], ID_A);
+    assert_int_equal(df_store_evicted(s), 1);
+    assert_int_equal(df_store_task_get(s, ID_C, &c), 0); /* a get is a use */
+    df_stored_task_unref(c);
+    df_stored_task_unref(b);
+    /* b is old and free now; c was just used. */
+    assert_int_equal(df_store_gc(s, on_evict, &ev), 1);
+    assert_string_equal(ev.ids[1], ID_B);
+    df_store_set_max_age(s, 0);
+    nanosleep(&ms20, NULL);
+    assert_int_equal(df_store_gc(s, on_evict, &ev), 0); /* no limit */
+    assert_int_equal(df_store_task_count(s), 1);
+    df_store_close(s);
+}
+
 static void test_gc_respects_refs(void **state)
 {
     fixture_t *f = *state;
@@ -781,6 +818,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_empty_task, setup, teardown),
         cmocka_unit_test_setup_teardown(test_gc, setup, teardown),
         cmocka_unit_test_setup_teardown(test_gc_respects_refs, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_gc_max_age, setup, teardown),
         cmocka_unit_test_setup_teardown(test_remove, setup, teardown),
         cmocka_unit_test_setup_teardown(test_export, setup, teardown),
         cmocka_unit_test_setup_teardown(test_copy_methods, setup, teardown),

@@ -151,6 +151,50 @@ static void test_absolute_uri(void **state)
     assert_int_equal(df_proxy_parse_absolute("http://h/abcdef", 15, base, 300, target, 4), -ENAMETOOLONG);
 }
 
+static int conn(const char *t, char *host, uint16_t *port)
+{
+    return df_proxy_parse_connect(t, strlen(t), host, 256, port);
+}
+
+static void test_connect_target(void **state)
+{
+    char host[256], auth[300];
+    uint16_t port = 0;
+
+    (void)state;
+    assert_int_equal(conn("Registry.Example:443", host, &port), 0);
+    assert_string_equal(host, "registry.example");
+    assert_int_equal(port, 443);
+    assert_int_equal(df_proxy_format_authority(host, port, true, auth, sizeof(auth)), 0);
+    assert_string_equal(auth, "registry.example");
+    assert_int_equal(conn("[::1]:5000", host, &port), 0);
+    assert_string_equal(host, "::1");
+    assert_int_equal(df_proxy_format_authority(host, port, true, auth, sizeof(auth)), 0);
+    assert_string_equal(auth, "[::1]:5000");
+    assert_int_equal(conn("10.0.0.1:65535", host, &port), 0);
+    assert_int_equal(port, 65535);
+    assert_int_equal(conn("h", host, &port), -EINVAL);            /* port is mandatory */
+    assert_int_equal(conn("h:", host, &port), -EINVAL);
+    assert_int_equal(conn("h:0", host, &port), -EINVAL);
+    assert_int_equal(conn("h:65536", host, &port), -EINVAL);
+    assert_int_equal(conn("h:000443", host, &port), -EINVAL);     /* at most 5 digits */
+    assert_int_equal(conn("h:+443", host, &port), -EINVAL);
+    assert_int_equal(conn("u@h:443", host, &port), -EINVAL);
+    assert_int_equal(conn("h:443/x", host, &port), -EINVAL);
+    assert_int_equal(conn("-h:443", host, &port), -EINVAL);
+    assert_int_equal(conn("h.:443", host, &port), -EINVAL);
+    assert_int_equal(conn("h,DNS:evil:443", host, &port), -EINVAL); /* nothing that could reach a SAN string */
+    assert_int_equal(conn("[]:443", host, &port), -EINVAL);
+    assert_int_equal(conn("[1.2.3.4]:443", host, &port), -EINVAL);
+    assert_int_equal(conn("[::1:443", host, &port), -EINVAL);
+    assert_int_equal(conn("[g::1]:443", host, &port), -EINVAL);
+    assert_int_equal(conn(":443", host, &port), -EINVAL);
+    assert_int_equal(df_proxy_parse_connect("h:443\r\n", 7, host, 256, &port), -EINVAL);
+    assert_int_equal(df_proxy_parse_connect("h:4435", 5, host, 256, &port), 0); /* len bounds the parse */
+    assert_int_equal(port, 443);
+    assert_int_equal(df_proxy_parse_connect("abcdef:1", 8, host, 4, &port), -ENAMETOOLONG);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -160,6 +204,7 @@ int main(void)
         cmocka_unit_test(test_ns),
         cmocka_unit_test(test_host_spec),
         cmocka_unit_test(test_absolute_uri),
+        cmocka_unit_test(test_connect_target),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

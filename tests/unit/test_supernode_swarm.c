@@ -326,9 +326,18 @@ static void test_service_down_rejoin_sweep(void **state)
     assert_int_equal(n, 1); /* the seed's one slot */
     check(f.t);
 
-    /* Registering again brings it back up, with its pieces. */
+    /* Registering again brings it back up, without the pieces it dropped
+     * (a per-task ServiceDown is an eviction). */
     again = join(&f, "h", 40001, 12);
     assert_ptr_equal(again, h);
+    assert_false(h->down);
+    assert_int_equal(df_bitmap_count(h->have, NP), 0);
+    /* A peer leaving altogether keeps its store: back with its pieces. */
+    for (uint32_t i = 0; i < NP; i++)
+        df_bitmap_set(h->have, i);
+    df_sn_service_down(f.sw, h->peer, NULL);
+    assert_true(h->down);
+    again = join(&f, "h", 40001, 12);
     assert_false(h->down);
     assert_int_equal(df_bitmap_count(h->have, NP), NP);
     assert_int_equal(f.t->nmembers, 2);
