@@ -143,6 +143,9 @@ typedef struct {
     uint64_t origin_timeout_ms; /* origin stalls longer than this fail the seed; default 30 s */
     uint32_t peer_upload_slots; /* concurrent uploads a peer is given; default 4 */
     uint32_t seed_upload_slots; /* concurrent pieces the seed serves; default 8 */
+    uint32_t seed_piece_limit;  /* the seed does not send a piece that this many uploading
+                                 * peers hold or fetch (they will spread it); 0 = the seed
+                                 * serves whatever the policy picks; default 1 */
     uint32_t batch_pieces;      /* max pieces in one PullPiece answer; default 8 */
     uint64_t piece_size;        /* force a piece size; 0 = by file length */
 } df_supernode_config_t;

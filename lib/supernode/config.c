@@ -114,6 +114,11 @@ int df_supernode_config_load(df_supernode_config_t *cfg, const char *path, char 
             what = "a positive integer";
         } else if (strcmp(k, "seed-upload-slots") == 0) {
             bad = parse_u32(v, &cfg->seed_upload_slots) < 0;
+        } else if (strcmp(k, "seed-piece-limit") == 0) {
+            uint64_t n;
+            bad = df_parse_u64(v, &n) < 0 || n > 1024;
+            if (!bad)
+                cfg->seed_piece_limit = (uint32_t)n;
             what = "a positive integer";
         } else if (strcmp(k, "batch-pieces") == 0) {
             bad = parse_u32(v, &cfg->batch_pieces) < 0;

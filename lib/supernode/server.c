@@ -1035,6 +1035,7 @@ void df_supernode_config_init(df_supernode_config_t *cfg)
     cfg->origin_timeout_ms = 30000;
     cfg->peer_upload_slots = 4;
     cfg->seed_upload_slots = 8;
+    cfg->seed_piece_limit = 1;
     cfg->batch_pieces = 8;
     cfg->piece_size = 0;
 }
@@ -1116,7 +1117,7 @@ int df_supernode_new(struct event_base *base, const df_supernode_config_t *cfg, 
     so.peer_upload_slots = sn->cfg.peer_upload_slots;
     so.seed_upload_slots = sn->cfg.seed_upload_slots;
     so.batch_pieces = sn->cfg.batch_pieces;
-    so.seed_piece_limit = 1;
+    so.seed_piece_limit = sn->cfg.seed_piece_limit;
     rc = df_sn_swarm_new(&so, on_task_free, sn, &sn->swarm);
     if (rc < 0)
         goto fail;

@@ -28,6 +28,8 @@ static void usage(FILE *f)
             "  --origin-timeout DUR     origin connect/stall limit (default 30s)\n"
             "  --peer-upload-slots N    concurrent uploads per peer (default 4)\n"
             "  --seed-upload-slots N    concurrent uploads from the seed (default 8)\n"
+            "  --seed-piece-limit N     the seed does not send a piece N uploading peers hold\n"
+            "                           or fetch (default 1; 0 = no such rule)\n"
             "  --batch-pieces N         max pieces in one pull answer (default 8, at most 64)\n"
             "  --piece-size SIZE        force a piece size (default: by file length)\n"
             "  --config FILE            YAML file, keys as the long flags; flags override it\n"
@@ -55,7 +57,7 @@ static int parse_slots(const char *s, uint32_t *out)
 enum {
     OPT_LISTEN = 256, OPT_DATA_DIR, OPT_ADVERTISE, OPT_CACHE_LIMIT, OPT_PEER_TIMEOUT,
     OPT_ORIGIN_TIMEOUT, OPT_PIECE_SIZE, OPT_CONFIG, OPT_LOG_LEVEL, OPT_VERSION, OPT_HELP,
-    OPT_PEER_SLOTS, OPT_SEED_SLOTS, OPT_BATCH,
+    OPT_PEER_SLOTS, OPT_SEED_SLOTS, OPT_SEED_PIECE_LIMIT, OPT_BATCH,
 };
 
 int main(int argc, char **argv)
@@ -69,6 +71,7 @@ int main(int argc, char **argv)
         {"origin-timeout", required_argument, NULL, OPT_ORIGIN_TIMEOUT},
         {"peer-upload-slots", required_argument, NULL, OPT_PEER_SLOTS},
         {"seed-upload-slots", required_argument, NULL, OPT_SEED_SLOTS},
+        {"seed-piece-limit", required_argument, NULL, OPT_SEED_PIECE_LIMIT},
         {"batch-pieces", required_argument, NULL, OPT_BATCH},
         {"piece-size", required_argument, NULL, OPT_PIECE_SIZE},
         {"config", required_argument, NULL, OPT_CONFIG},
@@ -134,6 +137,14 @@ int main(int argc, char **argv)
             break;
         case OPT_PEER_SLOTS: bad = parse_slots(optarg, &cfg.peer_upload_slots) < 0; break;
         case OPT_SEED_SLOTS: bad = parse_slots(optarg, &cfg.seed_upload_slots) < 0; break;
+        case OPT_SEED_PIECE_LIMIT: {
+            char *end;
+            unsigned long n = strtoul(optarg, &end, 10);
+            bad = !*optarg || *end || optarg[0] == '-' || n > 1024;
+            if (!bad)
+                cfg.seed_piece_limit = (uint32_t)n;
+            break;
+        }
         case OPT_BATCH: bad = parse_slots(optarg, &cfg.batch_pieces) < 0; break;
         case OPT_LOG_LEVEL:
             bad = df_parse_log_level(optarg, &level) < 0;
