@@ -238,6 +238,13 @@ struct df_gossip_node {
 /* memcpy/memcmp that accept (NULL, 0): decoded fields absent from a
  * message have no buffer, and passing NULL to the libc functions is
  * undefined even for zero bytes (found by the node fuzzer). */
+/* An IPv4 or IPv6 address as memberlist carries it (4 or 16 raw bytes):
+ * anything else from the network is refused, never sent to. */
+static inline bool addr_ok(size_t len)
+{
+    return len == 4 || len == 16;
+}
+
 static inline void cpy(void *dst, const void *src, size_t n)
 {
     if (n)
@@ -1171,7 +1178,7 @@ static bool serf_query(df_gossip_node_t *n, const df_serf_query_t *q, uint64_t n
     rebroadcast = !(q->flags & 2);
     if (!query_selects_us(n, q))
         return rebroadcast;
-    if (q->addr.len == 0 || q->addr.len > 16)
+    if (!addr_ok(q->addr.len))
         return rebroadcast;
     if (q->flags & 1)
         send_query_response(n, q->addr.p, q->addr.len, q->port, q->ltime, q->id, 1, B(NULL, 0));
@@ -1258,8 +1265,8 @@ static void serf_notify_msg(df_gossip_node_t *n, const uint8_t *msg, size_t len,
         /* Forward the inner message to its destination, without CRC. */
         df_serf_relay_t m;
         uint8_t *fw;
-        if (df_serf_relay_decode(msg, len, &m) < 0 || m.inner.len == 0 || m.dest_ip.len == 0 ||
-            m.dest_ip.len > 16 || m.dest_port <= 0 || m.dest_port > 65535)
+        if (df_serf_relay_decode(msg, len, &m) < 0 || m.inner.len == 0 || !addr_ok(m.dest_ip.len) ||
+            m.dest_port <= 0 || m.dest_port > 65535)
             return;
         fw = malloc(m.inner.len + 1);
         if (!fw)
@@ -1326,7 +1333,7 @@ static void alive_node(df_gossip_node_t *n, const df_gossip_alive_t *a, bool boo
     uint8_t old_state;
     bool meta_changed, updates_addr = false, local;
 
-    if (a->node.len == 0 || a->node.len > DF_GOSSIP_NAME_MAX || a->addr.len == 0 || a->addr.len > 16 ||
+    if (a->node.len == 0 || a->node.len > DF_GOSSIP_NAME_MAX || !addr_ok(a->addr.len) ||
         a->meta.len > DF_GOSSIP_META_MAX)
         return;
     if (n->leave >= LEAVE_DEAD && bytes_is(a->node, n->name, n->name_len))
@@ -2051,7 +2058,7 @@ static int handle_msg(const uint8_t *msg, size_t len, void *arg)
             return 0;
         if (p.node.len && !bytes_is(p.node, n->name, n->name_len))
             return 0; /* "Got ping for unexpected node" */
-        if (p.source_addr.len && p.source_addr.len <= 16 && p.source_port)
+        if (addr_ok(p.source_addr.len) && p.source_port)
             send_ack(n, p.source_addr.p, p.source_addr.len, p.source_port, p.seq_no);
         else
             send_ack(n, rx->from, rx->from_len, rx->from_port, p.seq_no);
@@ -2062,7 +2069,7 @@ static int handle_msg(const uint8_t *msg, size_t len, void *arg)
         relay_t *r = NULL;
         size_t i;
         const member_t *me = &n->m[n->self];
-        if (df_gossip_indirect_ping_decode(msg, len, &ip) < 0 || ip.target.len == 0 || ip.target.len > 16)
+        if (df_gossip_indirect_ping_decode(msg, len, &ip) < 0 || !addr_ok(ip.target.len) || !ip.port)
             return 0;
         for (i = 0; i < DF_GOSSIP_RELAYS_MAX && !r; i++)
             if (!n->relays[i].used)
@@ -2074,7 +2081,7 @@ static int handle_msg(const uint8_t *msg, size_t len, void *arg)
         r->orig_seq = ip.seq_no;
         r->nack = ip.nack;
         r->deadline = rx->now + n->cfg.probe_timeout_ms;
-        if (ip.source_addr.len && ip.source_addr.len <= 16 && ip.source_port) {
+        if (addr_ok(ip.source_addr.len) && ip.source_port) {
             cpy(r->addr, ip.source_addr.p, ip.source_addr.len);
             r->addr_len = ip.source_addr.len;
             r->port = ip.source_port;
@@ -2141,7 +2148,7 @@ int df_gossip_recv_packet(df_gossip_node_t *n, const uint8_t *from_addr, size_t 
     size_t plen;
     int rc = 0;
 
-    if (!n || !buf || len == 0 || len > DF_GOSSIP_PACKET_MAX || from_addr_len > 16)
+    if (!n || !buf || len == 0 || len > DF_GOSSIP_PACKET_MAX || !addr_ok(from_addr_len))
         return 0;
     if (n->encrypt) {
         /* GossipVerifyIncoming: a packet no key opens is dropped. */
@@ -2206,7 +2213,8 @@ int df_gossip_recv_stream(df_gossip_node_t *n, uint64_t stream_id, bool inbound,
 
     (void)from_port;
     (void)from_addr;
-    (void)from_addr_len;
+    if (!n || !addr_ok(from_addr_len))
+        return -EINVAL; /* a reply goes back to this address */
     df_buf_init(&dec, DF_GOSSIP_STREAM_MAX);
     df_buf_init(&unz, DF_GOSSIP_STREAM_UNZIP_MAX);
     df_buf_init(&reply, DF_GOSSIP_STREAM_MAX);
