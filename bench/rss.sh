@@ -12,30 +12,11 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${1:-$ROOT/build}
 SIZE_MIB=${2:-1024}
 PEERS=${3:-1000}
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/dfly-bench.XXXXXX")
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    [ -f "$WORK/nginx/nginx.pid" ] && kill "$(cat "$WORK/nginx/nginx.pid")" 2>/dev/null || true
-    sleep 0.3
-    rm -rf "$WORK"
-}
-trap cleanup EXIT INT TERM
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-wait_http() { for _ in $(seq 1 100); do curl -sf "$1" >/dev/null && return 0; sleep 0.1; done; echo "no answer from $1"; exit 1; }
-hwm() { awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
-
-mkdir -p "$WORK/nginx/www" "$WORK/out"
-chmod 755 "$WORK" "$WORK/nginx" "$WORK/nginx/www"
-head -c $((SIZE_MIB * 1024 * 1024)) /dev/urandom > "$WORK/nginx/www/file"
+. "$ROOT/bench/lib.sh"
+start_origin "$SIZE_MIB"
 echo small > "$WORK/nginx/www/small"
-NPORT=$(free_port); SPORT=$(free_port); DPORT=$(free_port)
-cat > "$WORK/nginx/nginx.conf" <<CONF
-daemon on; pid $WORK/nginx/nginx.pid; error_log $WORK/nginx/error.log;
-events { worker_connections 1024; }
-http { access_log off; server { listen 127.0.0.1:$NPORT; root $WORK/nginx/www; } }
-CONF
-nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf"
+SPORT=$(free_port); DPORT=$(free_port)
+hwm() { awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
 "$BIN/supernode" --listen 127.0.0.1:$SPORT --data-dir "$WORK/sn" --advertise-ip 127.0.0.1 --log-level warn &
 SN=$!; PIDS+=($SN)
 wait_http "http://127.0.0.1:$SPORT/healthz"

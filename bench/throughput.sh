@@ -13,33 +13,10 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${1:-$ROOT/build}
 SIZE_MIB=${2:-1024}
 RUNS=${3:-3}
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/dfly-bench.XXXXXX")
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    [ -f "$WORK/nginx/nginx.pid" ] && kill "$(cat "$WORK/nginx/nginx.pid")" 2>/dev/null || true
-    sleep 0.2
-    rm -rf "$WORK"
-}
-trap cleanup EXIT INT TERM
-
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-
-mkdir -p "$WORK/nginx/www" "$WORK/out"
-chmod 755 "$WORK" "$WORK/nginx" "$WORK/nginx/www"
-head -c $((SIZE_MIB * 1024 * 1024)) /dev/urandom > "$WORK/nginx/www/file"
-NPORT=$(free_port)
-cat > "$WORK/nginx/nginx.conf" <<CONF
-daemon on; pid $WORK/nginx/nginx.pid; error_log $WORK/nginx/error.log;
-worker_processes 1;
-events { worker_connections 1024; }
-http { access_log off; sendfile on;
-  server { listen 127.0.0.1:$NPORT; root $WORK/nginx/www; } }
-CONF
-nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf"
+. "$ROOT/bench/lib.sh"
+start_origin "$SIZE_MIB"
 URL=http://127.0.0.1:$NPORT/file
 
-median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 : > "$WORK/curl.t"; : > "$WORK/dfget.t"
 for i in $(seq 1 "$RUNS"); do
     rm -f "$WORK/out/"*

@@ -20,30 +20,9 @@ CONNS=${3:-64}
 SECS=${4:-10}
 ROUNDS=${5:-3}
 command -v wrk >/dev/null || { echo "wrk is missing (apt-get install wrk)"; exit 2; }
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/dfly-bench.XXXXXX")
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    [ -f "$WORK/nginx/nginx.pid" ] && kill "$(cat "$WORK/nginx/nginx.pid")" 2>/dev/null || true
-    sleep 0.3
-    rm -rf "$WORK"
-}
-trap cleanup EXIT INT TERM
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-wait_http() { for _ in $(seq 1 100); do curl -sf "$1" >/dev/null && return 0; sleep 0.1; done; echo "no answer from $1"; exit 1; }
-
-mkdir -p "$WORK/nginx/www" "$WORK/out"
-chmod 755 "$WORK" "$WORK/nginx" "$WORK/nginx/www"
-head -c $((SIZE_MIB * 1024 * 1024)) /dev/urandom > "$WORK/nginx/www/file"
-NPORT=$(free_port); SPORT=$(free_port); DPORT=$(free_port); UPORT=$(free_port)
-cat > "$WORK/nginx/nginx.conf" <<CONF
-daemon on; pid $WORK/nginx/nginx.pid; error_log $WORK/nginx/error.log;
-worker_processes 1;
-events { worker_connections 4096; }
-http { access_log off; sendfile on; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$NPORT; root $WORK/nginx/www; } }
-CONF
-nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf"
+. "$ROOT/bench/lib.sh"
+start_origin "$SIZE_MIB"
+SPORT=$(free_port); DPORT=$(free_port); UPORT=$(free_port)
 URL=http://127.0.0.1:$NPORT/file
 "$BIN/supernode" --listen 127.0.0.1:$SPORT --data-dir "$WORK/sn" --advertise-ip 127.0.0.1 --log-level warn &
 PIDS+=($!)
@@ -79,7 +58,6 @@ if bad:
 print(f"{rps:.1f} {float(m.group(1)) * mult:.1f}")
 PY
 }
-median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 : > "$WORK/n.t"; : > "$WORK/d.t"
 for i in $(seq 1 "$ROUNDS"); do
     N=$(run "$URL"); D=$(run "http://127.0.0.1:$UPORT/peer/file/$TASK")
