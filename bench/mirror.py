@@ -255,7 +255,7 @@ def main():
             db, fb = [x["reg_bytes"] / total for x in d], [x["reg_bytes"] / total for x in f]
             T.log(f"| {n} | {spread(dw)} | {spread([x['mean'] for x in d])} | {spread(fw)} | "
                   f"{spread([x['mean'] for x in f])} | {statistics.median(fw) / statistics.median(dw):.2f} | "
-                  f"{spread(db)} | {spread(fb)} | {statistics.median(fb) / statistics.median(db):.2f} |")
+                  f"{spread(db)} | {spread(fb)} | {statistics.median(fb) / statistics.median(db):.3f} |")
         if a.ttfb_rounds:
             dt = [x["ttfb"] * 1000 for x in tt["direct"]]
             ft = [x["ttfb"] * 1000 for x in tt["dfly"]]
