@@ -16,6 +16,16 @@
  * but our on_headers/on_data callbacks run there and may start or cancel
  * requests.  Such adds and frees are deferred to a libevent callback
  * (run_deferred) that runs right after, outside curl.
+ *
+ * Fairness: while its socket stays readable, one curl_multi_socket_action
+ * call keeps reading (up to 100 buffers of 256 KiB: 25 MiB), and every byte
+ * goes through on_data on the loop's thread.  A fast origin on a fast link
+ * (a registry on loopback) thus held the supernode's loop for ~80 ms per
+ * call, and Register and PullPiece answers waited for the seed to finish
+ * (measured: a peer's first piece after 0.3-0.5 s for 100 MiB).  So a
+ * streamed transfer gives the loop back every DF_HTTP_YIELD_BYTES: the
+ * write callback pauses it and a zero timer, which runs only after the loop
+ * polled its sockets again, resumes it.
  */
 #include "net/http_client.h"
 
@@ -39,6 +49,7 @@ struct df_http {
     int in_check;               /* check_done() re-entrancy guard */
     int in_curl_cb;             /* >0 while inside a curl callback */
     struct event *deferred;     /* runs deferred adds and frees, outside curl */
+    struct event *yield;        /* resumes transfers paused to give the loop a turn */
 };
 
 struct df_http_req {
@@ -53,6 +64,8 @@ struct df_http_req {
     bool headers_fired;
     bool follow;
     bool paused;
+    bool yielded;               /* paused by us for a loop turn, not by on_data */
+    uint64_t turn_bytes;        /* streamed since the last turn */
     bool cancelled;             /* no more callbacks; freed by run_deferred */
     bool pending_add;           /* started inside a curl callback; added later */
     int abort_rc;               /* set when a callback aborted */
@@ -93,6 +106,26 @@ static void run_deferred(evutil_socket_t fd, short what, void *arg)
         }
     }
     curl_multi_socket_action(http->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    check_done(http);
+}
+
+/* Zero timer: libevent runs due timers after it polled the sockets, so
+ * whatever else was ready gets its turn first. */
+static void yield_cb(evutil_socket_t fd, short what, void *arg)
+{
+    df_http_t *http = arg;
+    df_http_req_t *req, *next;
+
+    for (req = http->reqs; req; req = next) {
+        next = req->next; /* on_data may start requests (added at the head) */
+        if (!req->yielded || req->cancelled)
+            continue;
+        req->yielded = false;
+        req->turn_bytes = 0;
+        /* May deliver the held chunk through on_data at once; curl's own
+         * timer and socket events carry on from there. */
+        curl_easy_pause(req->easy, CURLPAUSE_CONT);
+    }
     check_done(http);
 }
 
@@ -185,7 +218,8 @@ int df_http_new(struct event_base *base, df_http_t **out)
     http->multi = curl_multi_init();
     http->timer = evtimer_new(base, timer_event_cb, http);
     http->deferred = event_new(base, -1, 0, run_deferred, http);
-    if (!http->multi || !http->timer || !http->deferred) {
+    http->yield = evtimer_new(base, yield_cb, http);
+    if (!http->multi || !http->timer || !http->deferred || !http->yield) {
         df_http_free(http);
         return -ENOMEM;
     }
@@ -238,6 +272,8 @@ void df_http_free(df_http_t *http)
         event_free(http->timer);
     if (http->deferred)
         event_free(http->deferred);
+    if (http->yield)
+        event_free(http->yield);
     free(http);
 }
 
@@ -303,6 +339,14 @@ static size_t body_chunk(df_http_req_t *req, char *data, size_t len)
     if (req->cancelled)
         return 0;
     if (req->streaming) {
+        if (req->turn_bytes >= DF_HTTP_YIELD_BYTES) {
+            static const struct timeval now = {0, 0};
+            /* Not consumed: curl holds the chunk and hands it over again
+             * when yield_cb resumes the transfer. */
+            req->yielded = true;
+            evtimer_add(req->http->yield, &now);
+            return CURL_WRITEFUNC_PAUSE;
+        }
         rc = req->cbs.on_data(req, data, len, req->arg);
         if (rc == DF_EAGAIN) {
             req->paused = true;
@@ -312,6 +356,7 @@ static size_t body_chunk(df_http_req_t *req, char *data, size_t len)
             req->abort_rc = rc;
             return 0;
         }
+        req->turn_bytes += len;
     } else if (df_buf_append(&req->body, data, len) < 0) {
         req->abort_rc = DF_ETOOBIG;
         return 0;

@@ -22,6 +22,11 @@
 
 struct event_base;
 
+/* A streamed transfer (on_data) hands over at most about this many bytes
+ * (plus one chunk from curl) before it lets the loop poll its other
+ * sockets and timers; then it goes on by itself. */
+#define DF_HTTP_YIELD_BYTES (1u << 20)
+
 typedef struct df_http df_http_t;
 typedef struct df_http_req df_http_req_t;
 

@@ -156,13 +156,15 @@ def _tar(files):
     return buf.getvalue()
 
 
-def make_oci_image(layout, big_size, tag="1"):
-    """An OCI image layout with one layer of big_size random bytes and two
-    small layers.  Returns {"layers": [digest...], "big": digest, "sizes": {..}}."""
+def make_oci_image(layout, big_size, tag="1", more=()):
+    """An OCI image layout with one layer of big_size random bytes, one more
+    layer of random bytes per size in `more`, and two small layers.  Returns
+    {"layers": [digest...], "big": digest, "sizes": {..}}."""
     os.makedirs(os.path.join(layout, "blobs", "sha256"), exist_ok=True)
     layers = [
         _tar([("etc/dfly-hello.txt", b"hello from the dfly mirror test\n")]),
         _tar([("data/big.bin", os.urandom(big_size))]),
+    ] + [_tar([(f"data/more{i}.bin", os.urandom(n))]) for i, n in enumerate(more)] + [
         _tar([("etc/dfly-small.txt", os.urandom(3000))]),
     ]
     descs = [dict(_blob(layout, l), mediaType=OCI_LAYER) for l in layers]
