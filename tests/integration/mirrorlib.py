@@ -26,13 +26,19 @@ def need(*progs):
 
 
 class Registry:
-    """docker-registry serve CONFIG; access log (combined format) on stdout."""
+    """docker-registry serve CONFIG; access log (combined format) on stdout.
+    auth: htpasswd (Basic); token: a started TokenServer (Bearer auth, the
+    same user and password at the token server); redirect: a base URL the
+    blob GETs and HEADs are redirected to (307, the `redirect` storage
+    middleware: BASE/docker/registry/v2/blobs/sha256/XX/HEX/data under the
+    storage root, as Docker Hub sends clients to its CDN)."""
 
     USER, PASSWORD = "dfly", "s3cret-pw"
 
-    def __init__(self, env, auth=False, tls=None):
+    def __init__(self, env, auth=False, tls=None, token=None, redirect=None):
         need("docker-registry")
-        self.env, self.auth, self.tls = env, auth, tls
+        self.env, self.auth, self.tls = env, auth or token is not None, tls
+        self.token, self.redirect = token, redirect
         self.port = T.free_port()
         self.dir = env.mkdir(f"registry-{self.port}")
         self.proc = None
@@ -53,6 +59,14 @@ class Registry:
             rc, _, err = self.env.run(["htpasswd", "-Bbc", pw, self.USER, self.PASSWORD])
             T.check(rc == 0, f"htpasswd failed: {err}")
             auth = f"auth:\n  htpasswd:\n    realm: dfly-test\n    path: {pw}\n"
+        if self.token:
+            t = self.token
+            auth = (f"auth:\n  token:\n    realm: {t.realm}\n    service: {t.SERVICE}\n"
+                    f"    issuer: {t.ISSUER}\n    rootcertbundle: {t.cert}\n")
+        middleware = ""
+        if self.redirect:
+            middleware = (f"middleware:\n  storage:\n    - name: redirect\n"
+                          f"      options:\n        baseurl: {self.redirect}\n")
         tls = ""
         if self.tls:
             tls = f"  tls:\n    certificate: {self.tls.cert}\n    key: {self.tls.key}\n"
@@ -74,7 +88,7 @@ storage:
       enabled: false
 http:
   addr: {self.addr}
-{tls}{auth}""")
+{tls}{auth}{middleware}""")
         self.proc = self.env.procs.start("registry", ["docker-registry", "serve", conf])
 
         def ready():
@@ -87,9 +101,21 @@ http:
         T.wait_for(ready, timeout, what=f"registry on {self.addr}", proc=self.proc)
         return self
 
+    @property
+    def data(self):
+        """The storage root (what a redirect's base URL serves)."""
+        return os.path.join(self.dir, "data")
+
     def basic(self):
         import base64
         return "Basic " + base64.b64encode(f"{self.USER}:{self.PASSWORD}".encode()).decode()
+
+    def credentials(self, repo="test/img", actions="pull"):
+        """The Authorization value a client with the password sends: Basic,
+        or a Bearer token from the token server for repository:REPO:ACTIONS."""
+        if self.token:
+            return "Bearer " + self.token.get(f"repository:{repo}:{actions}", self.basic())
+        return self.basic()
 
     def access(self):
         """[(method, path, status)] from the access log (stdout)."""
@@ -101,6 +127,56 @@ http:
     def count(self, method, path_suffix, status=None):
         return sum(1 for m, p, s in self.access()
                    if m == method and p.endswith(path_suffix) and (status is None or s == status))
+
+
+class TokenServer:
+    """tokenserver.py on a loopback port: an RSA key and a self-signed
+    certificate (the registry's rootcertbundle) made with openssl; tokens for
+    Registry.USER / PASSWORD grant what they ask, anonymous ones nothing."""
+
+    SERVICE, ISSUER = "dfly-test-registry", "dfly-test-token-issuer"
+
+    def __init__(self, env):
+        need("openssl")
+        self.env = env
+        self.port = T.free_port()
+        d = env.mkdir(f"token-{self.port}")
+        self.key, self.cert = os.path.join(d, "key.pem"), os.path.join(d, "cert.pem")
+        rc, _, err = env.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", self.key,
+                              "-out", self.cert, "-days", "2", "-subj", "/CN=dfly test token issuer"])
+        T.check(rc == 0, f"openssl (token key) failed: {err}")
+        self.proc = None
+
+    @property
+    def realm(self):
+        return f"http://{T.LOCALHOST}:{self.port}/token"
+
+    def start(self, timeout=15.0):
+        import sys
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tokenserver.py")
+        self.proc = self.env.procs.start("tokenserver", [
+            sys.executable, script, str(self.port), self.key, self.cert, self.SERVICE, self.ISSUER,
+            f"{Registry.USER}:{Registry.PASSWORD}"])
+        T.wait_for(lambda: T.port_open(self.port), timeout, what="token server", proc=self.proc)
+        return self
+
+    def get(self, scope, authorization=None):
+        """A token for scope (anonymous without authorization)."""
+        import urllib.parse
+        q = urllib.parse.urlencode({"service": self.SERVICE, "scope": scope})
+        hdrs = {"Authorization": authorization} if authorization else {}
+        st, _, body = T.http_request(self.port, "GET", f"/token?{q}", headers=hdrs)
+        T.check(st == 200, f"token server -> {st} {body[:200]!r}")
+        return json.loads(body)["token"]
+
+    def issued(self):
+        """[(user, status, scopes)] of the requests so far ('-' = anonymous)."""
+        out = []
+        for line in self.proc.stdout().splitlines():
+            parts = line.split(" ")
+            if len(parts) >= 3 and parts[0] == "token":
+                out.append((parts[1], int(parts[2]), parts[3:]))
+        return out
 
 
 class TestCA:
@@ -207,7 +283,7 @@ def push(env, reg, layout, ref="test/img:1"):
     name, tag = ref.rsplit(":", 1)
     hdrs = {"Accept": OCI_MANIFEST}
     if reg.auth:
-        hdrs["Authorization"] = reg.basic()
+        hdrs["Authorization"] = reg.credentials(name)
     if reg.tls:
         st, body = reg.tls.get(reg.port, f"/v2/{name}/manifests/{tag}", hdrs)
     else:
