@@ -179,6 +179,76 @@ class TokenServer:
         return out
 
 
+class Storage:
+    """nginx serving a registry's storage root, where the registry's
+    `redirect` middleware sends blob requests (Docker Hub's CDN).  Access
+    log: request, status, body bytes, and whether an Authorization header
+    came (a client's registry token must not leak to storage)."""
+
+    def __init__(self, env):
+        self.env = env
+        self.port = T.free_port()
+        self.dir = env.mkdir(f"storage-{self.port}")
+        self.log = os.path.join(self.dir, "access.log")
+        self.proc = None
+
+    @property
+    def url(self):
+        return f"http://{T.LOCALHOST}:{self.port}"
+
+    def start(self, root, timeout=15.0):
+        d = self.dir
+        os.makedirs(root, exist_ok=True)
+        for t in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            os.makedirs(os.path.join(d, "tmp", t), exist_ok=True)
+        user = "user root root;\n" if os.geteuid() == 0 else ""
+        conf = os.path.join(d, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(f"""{user}daemon off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log info;
+events {{ worker_connections 256; }}
+http {{
+    default_type application/octet-stream;
+    types {{ }}
+    sendfile on;
+    client_body_temp_path {d}/tmp/client_body;
+    proxy_temp_path {d}/tmp/proxy;
+    fastcgi_temp_path {d}/tmp/fastcgi;
+    uwsgi_temp_path {d}/tmp/uwsgi;
+    scgi_temp_path {d}/tmp/scgi;
+    log_format dfly "$request\\t$status\\t$body_bytes_sent\\t[$http_authorization]";
+    access_log {self.log} dfly;
+    server {{
+        listen {T.LOCALHOST}:{self.port};
+        root {root};
+        location / {{ }}
+    }}
+}}
+""")
+        self.proc = self.env.procs.start("storage-nginx", [T.find_nginx(), "-p", d + "/", "-c", conf,
+                                                           "-e", f"{d}/error.log"])
+        T.wait_for(lambda: T.port_open(self.port), timeout, what="storage nginx", proc=self.proc)
+        return self
+
+    def requests(self):
+        """[(method, path, status, bytes, authorization)]; nginx logs a
+        request as it ends, so settle first when counting just-served ones."""
+        out = []
+        try:
+            with open(self.log) as f:
+                lines = f.read().splitlines()
+        except OSError:
+            return out
+        for line in lines:
+            parts = line.split("\t")
+            if len(parts) == 4 and len(parts[0].split()) >= 2:
+                m, p = parts[0].split()[:2]
+                out.append((m, p, int(parts[1]), int(parts[2]), parts[3][1:-1]))
+        return out
+
+
 class TestCA:
     """A throw-away CA (EC P-256, made with openssl) and a server certificate
     it signed for 127.0.0.1 / localhost."""
