@@ -9,8 +9,9 @@ BUILD_PKGS=(build-essential cmake pkg-config clang libevent-dev libcurl4-openssl
             libmsgpack-dev zlib1g-dev libyaml-dev libjansson-dev libcmocka-dev)
 # docker-registry, skopeo, containerd (ctr), openssl and apache2-utils (htpasswd -B): the
 # registry-mirror tests (they run their own containerd; the packaged service is not needed).
+# podman: pulls through a registries.conf mirror entry (its own root and vfs storage).
 # serf (0.9.4, Debian 12): the gossip interop test against a real Serf agent.
-TEST_PKGS=(curl python3 iproute2 procps docker-registry skopeo containerd openssl apache2-utils serf)
+TEST_PKGS=(curl python3 iproute2 procps docker-registry skopeo containerd openssl apache2-utils serf podman)
 
 installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'

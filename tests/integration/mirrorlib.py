@@ -377,12 +377,28 @@ def start_pull(env, mirror_port, out, creds=None, ref="test/img:1"):
                            [f"docker://{T.LOCALHOST}:{mirror_port}/{ref}", f"dir:{out}"], env=e)
 
 
+def registries_conf(registry, mirror):
+    """containers-registries.conf(5) text: registry (host:port) pulled
+    through mirror (dfdaemon's host:port), both plain HTTP
+    (docs/examples/registries.conf is the same)."""
+    return (f'unqualified-search-registries = []\n\n'
+            f'[[registry]]\nlocation = "{registry}"\ninsecure = true\n\n'
+            f'[[registry.mirror]]\nlocation = "{mirror}"\ninsecure = true\n')
+
+
 def check_pulled(out, image):
     for d in image["layers"] + [image["config"]]:
         path = os.path.join(out, d.split(":", 1)[1])
         T.check(os.path.isfile(path), f"pulled image lacks blob {d} in {out}")
         got = "sha256:" + T.file_hash(path)
         T.check(got == d, f"blob {d} pulled with digest {got}")
+
+
+def daemon_metrics(d):
+    """A dfdaemon's /metrics text."""
+    st, _, body = T.http_request(d.port, "GET", "/metrics")
+    T.check(st == 200, f"dfdaemon /metrics -> {st}")
+    return body.decode()
 
 
 def metric(text, series):

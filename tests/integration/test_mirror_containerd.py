@@ -13,11 +13,6 @@ import mirrorlib as M
 BIG = 50 * T.MiB
 
 
-def daemon_metrics(d):
-    st, _, body = T.http_request(d.port, "GET", "/metrics")
-    T.check(st == 200, f"dfdaemon /metrics -> {st}")
-    return body.decode()
-
 
 @T.timeout(300)
 def test_mirror_containerd_pull(env):
@@ -52,7 +47,7 @@ def test_mirror_containerd_pull(env):
     gets = reg.count("GET", "/blobs/" + big)
     p2p = 0
     for d in ds:
-        m = daemon_metrics(d)
+        m = M.daemon_metrics(d)
         p2p += M.metric(m, "dfly_dfdaemon_mirror_p2p_bytes_total") or 0
         T.check(M.metric(m, "dfly_dfdaemon_mirror_fallbacks_total") == 0, f"fallbacks:\n{m}")
         T.check((M.metric(m, 'dfly_dfdaemon_download_bytes_total{source="origin"}') or 0) == 0,

@@ -14,11 +14,6 @@ import mirrorlib as M
 BIG = 30 * T.MiB
 
 
-def metrics(d):
-    st, _, body = T.http_request(d.port, "GET", "/metrics")
-    T.check(st == 200, f"dfdaemon /metrics -> {st}")
-    return body.decode()
-
 
 @T.timeout(300)
 def test_mirror_redirect_to_storage(env):
@@ -56,7 +51,7 @@ def test_mirror_redirect_to_storage(env):
         M.check_pulled(env.path(f"pull{i}"), image)
     p2p = 0
     for d in ds:
-        m = metrics(d)
+        m = M.daemon_metrics(d)
         p2p += M.metric(m, "dfly_dfdaemon_mirror_p2p_bytes_total") or 0
         T.check(M.metric(m, "dfly_dfdaemon_mirror_p2p_total") >= 3, f"blobs not served by P2P:\n{m}")
         T.check(M.metric(m, "dfly_dfdaemon_mirror_fallbacks_total") == 0, f"fallbacks:\n{m}")

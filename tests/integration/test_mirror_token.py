@@ -14,11 +14,6 @@ import mirrorlib as M
 BIG = 30 * T.MiB
 
 
-def metrics(d):
-    st, _, body = T.http_request(d.port, "GET", "/metrics")
-    T.check(st == 200, f"dfdaemon /metrics -> {st}")
-    return body.decode()
-
 
 def challenge_fields(value):
     return dict(re.findall(r'(\w+)="([^"]*)"', value))
@@ -76,7 +71,7 @@ def test_mirror_token_auth(env):
         M.check_pulled(env.path(f"pull{i}"), image)
     p2p = 0
     for d in ds:
-        m = metrics(d)
+        m = M.daemon_metrics(d)
         p2p += M.metric(m, "dfly_dfdaemon_mirror_p2p_bytes_total") or 0
         T.check(M.metric(m, "dfly_dfdaemon_mirror_p2p_total") >= 3, f"blobs not served by P2P:\n{m}")
         T.check(M.metric(m, "dfly_dfdaemon_mirror_fallbacks_total") == 0, f"fallbacks:\n{m}")
@@ -92,7 +87,7 @@ def test_mirror_token_auth(env):
 
     # The layer is cached on both daemons now: refusals are unchanged.
     check_refusals("cached")
-    m = metrics(ds[0])
+    m = M.daemon_metrics(ds[0])
     T.check(M.metric(m, "dfly_dfdaemon_mirror_denied_total") >= 6, f"denied counter:\n{m}")
     p = M.start_pull(env, ds[0].port, env.path("nocreds"))
     T.check(p.wait(120.0) not in (0, None), "a skopeo pull without credentials succeeded")
@@ -109,13 +104,13 @@ def test_mirror_token_auth(env):
                             f"service={f['service']}", "--data-urlencode", f"scope={f['scope']}"])
     T.check(rc == 0, f"curl token request: {err}")
     tok = __import__("json").loads(tok)["token"]
-    before = M.metric(metrics(ds[1]), "dfly_dfdaemon_mirror_p2p_total")
+    before = M.metric(M.daemon_metrics(ds[1]), "dfly_dfdaemon_mirror_p2p_total")
     out = env.path("curl-big.bin")
     rc, _, err = env.run(["curl", "-sS", "-f", "-H", f"Authorization: Bearer {tok}", "-o", out, base + path],
                          timeout=120.0)
     T.check(rc == 0, f"curl with the token: {err}")
     T.check("sha256:" + T.file_hash(out) == big, "blob by curl has the wrong digest")
-    T.check(M.metric(metrics(ds[1]), "dfly_dfdaemon_mirror_p2p_total") == before + 1, "curl's blob not by P2P")
+    T.check(M.metric(M.daemon_metrics(ds[1]), "dfly_dfdaemon_mirror_p2p_total") == before + 1, "curl's blob not by P2P")
     T.check(reg.count("GET", "/blobs/" + big, 200) == 1, f"registry: {reg.access()}")
 
 
