@@ -251,16 +251,16 @@ http {{
 
 class TestCA:
     """A throw-away CA (EC P-256, made with openssl) and a server certificate
-    it signed for 127.0.0.1 / localhost."""
+    it signed for 127.0.0.1 / localhost and the host names given."""
 
-    def __init__(self, env, name="ca"):
+    def __init__(self, env, name="ca", names=()):
         need("openssl")
         d = env.mkdir(name)
         self.ca_key, self.ca = os.path.join(d, "ca.key"), os.path.join(d, "ca.pem")
         self.key, self.cert = os.path.join(d, "server.key"), os.path.join(d, "server.pem")
         csr, ext = os.path.join(d, "server.csr"), os.path.join(d, "ext.cnf")
         with open(ext, "w") as f:
-            f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+            f.write("subjectAltName=IP:127.0.0.1,DNS:localhost" + "".join(f",DNS:{n}" for n in names) + "\n"
                     "basicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n")
         ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
         for argv in (["openssl", "req", "-x509"] + ec + ["-keyout", self.ca_key, "-out", self.ca, "-days", "2",
@@ -283,6 +283,38 @@ class TestCA:
             return r.status, r.read()
         finally:
             c.close()
+
+
+HOSTS_NS_VAR = "DF_TEST_HOSTS_NS"
+
+
+def private_hosts(names):
+    """Re-executes this test script in a private mount namespace whose
+    /etc/hosts also maps names to 127.0.0.1, so that clients which never
+    proxy or mirror a loopback literal (Go's HTTP_PROXY rules, Docker Hub's
+    host names) can be pointed at servers on this machine, and nothing is
+    asked of a real name server.  Every process the test starts inherits the
+    namespace; the machine's /etc/hosts is untouched.  Returns only inside
+    the namespace (needs root: unshare(CLONE_NEWNS) and a bind mount)."""
+    import sys
+    import tempfile
+    if os.environ.get(HOSTS_NS_VAR) == "1":
+        return
+    need("unshare", "mount")
+    with open("/etc/hosts") as f:
+        base = f.read()
+    fd, path = tempfile.mkstemp(prefix="dfly-hosts-")
+    with os.fdopen(fd, "w") as f:
+        f.write(base.rstrip("\n") + "\n# dfly test names\n" + "".join(f"127.0.0.1 {n}\n" for n in names))
+    os.chmod(path, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.environ[HOSTS_NS_VAR] = "1"
+    # The bind mount keeps the file's inode: the name can go at once.
+    os.execvp("unshare", ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                          'mount --bind "$0" /etc/hosts; rc=$?; rm -f "$0"; [ "$rc" = 0 ] || '
+                          '{ echo "cannot bind-mount a hosts file over /etc/hosts" >&2; exit 1; }; exec "$@"',
+                          path, sys.executable, os.path.abspath(sys.argv[0])] + sys.argv[1:])
 
 
 def _blob(layout, data):
