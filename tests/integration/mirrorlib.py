@@ -409,13 +409,26 @@ def start_pull(env, mirror_port, out, creds=None, ref="test/img:1"):
                            [f"docker://{T.LOCALHOST}:{mirror_port}/{ref}", f"dir:{out}"], env=e)
 
 
+def example(*parts):
+    """The text of a file of docs/examples (the tests use the documented
+    configurations, with this machine's addresses put in)."""
+    with open(os.path.join(T.SOURCE_DIR, "docs", "examples", *parts)) as f:
+        return f.read()
+
+
+def swap(text, old, new):
+    """text with old replaced by new; old must be there."""
+    T.check(old in text, f"the example no longer contains {old!r}")
+    return text.replace(old, new)
+
+
 def registries_conf(registry, mirror):
-    """containers-registries.conf(5) text: registry (host:port) pulled
-    through mirror (dfdaemon's host:port), both plain HTTP
-    (docs/examples/registries.conf is the same)."""
-    return (f'unqualified-search-registries = []\n\n'
-            f'[[registry]]\nlocation = "{registry}"\ninsecure = true\n\n'
-            f'[[registry.mirror]]\nlocation = "{mirror}"\ninsecure = true\n')
+    """docs/examples/registries.conf for registry (host:port) pulled through
+    mirror (dfdaemon's host:port); the test registry speaks plain HTTP, so
+    its own entry gets insecure = true as well."""
+    text = swap(example("registries.conf"), 'location = "docker.io"',
+                f'location = "{registry}"\ninsecure = true')
+    return swap(text, "127.0.0.1:65001", mirror)
 
 
 def check_pulled(out, image):
@@ -482,13 +495,14 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             return False
 
     def hosts_dir(self, registry_addr, mirror_port, name="hosts"):
-        """A hosts.toml for registry_addr whose first host is the dfdaemon
-        mirror (containerd then adds ?ns=<registry_addr> to its requests)."""
+        """docs/examples/containerd/certs.d/docker.io/hosts.toml for
+        registry_addr (plain HTTP) whose host is the dfdaemon mirror
+        (containerd then adds ?ns=<registry_addr> to its requests)."""
         d = self.env.mkdir(name, registry_addr)
+        text = swap(example("containerd", "certs.d", "docker.io", "hosts.toml"),
+                    'server = "https://registry-1.docker.io"', f'server = "http://{registry_addr}"')
         with open(os.path.join(d, "hosts.toml"), "w") as f:
-            f.write(f'server = "http://{registry_addr}"\n\n'
-                    f'[host."http://{T.LOCALHOST}:{mirror_port}"]\n'
-                    f'  capabilities = ["pull", "resolve"]\n')
+            f.write(swap(text, "127.0.0.1:65001", f"{T.LOCALHOST}:{mirror_port}"))
         return os.path.dirname(d)
 
     def start_pull(self, namespace, ref, hosts_dir):

@@ -28,11 +28,11 @@ def docker_cli():
 
 
 def daemon_json(mirror_port, data_root, short):
-    """The daemon.json of this test: docs/examples/daemon.json plus what a
+    """docs/examples/docker-daemon.json with dfdaemon's port, plus what a
     second engine on a shared machine needs (own roots and socket, no
     network setup)."""
-    return {
-        "registry-mirrors": [f"http://{T.LOCALHOST}:{mirror_port}"],
+    conf = json.loads(M.swap(M.example("docker-daemon.json"), "127.0.0.1:65001", f"{T.LOCALHOST}:{mirror_port}"))
+    conf.update({
         "data-root": data_root,
         "exec-root": f"{short}/exec",
         "pidfile": f"{short}/docker.pid",
@@ -43,7 +43,8 @@ def daemon_json(mirror_port, data_root, short):
         "ip-masq": False,
         "bridge": "none",
         "log-level": "info",
-    }
+    })
+    return conf
 
 
 def run_docker(env, sock, args, timeout=60.0):

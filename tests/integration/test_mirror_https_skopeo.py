@@ -54,10 +54,16 @@ def test_mirror_https_proxy_skopeo(env):
     big, nblobs = image["big"], len(image["layers"]) + 1
     authority = f"{NAME}:{reg.port}"
     sn = env.supernode()
-    d = env.dfdaemon(sn.addr, extra=["--registry", "http://127.0.0.1:9", "--http-proxy",
-                                     "--hijack-host", "^" + authority.replace(".", r"\.") + "$",
-                                     "--hijack-ca-cert", hj.ca, "--hijack-ca-key", hj.ca_key,
-                                     "--registry-host", f"{authority} ca={ca.ca}"])
+    # docs/examples/dfdaemon-https-proxy.yml with this test's names and files
+    # (the harness's flags override its listen address).
+    conf = M.example("dfdaemon-https-proxy.yml")
+    conf = M.swap(conf, r"^registry\.example\.com:5000$", "^" + authority.replace(".", r"\.") + "$")
+    for old, new in (("registry.example.com:5000", authority), ("/etc/dfly/hijack-ca.pem", hj.ca),
+                     ("/etc/dfly/hijack-ca.key", hj.ca_key), ("/etc/dfly/registry-ca.pem", ca.ca)):
+        conf = M.swap(conf, old, new)
+    with open(env.path("dfdaemon.yml"), "w") as f:
+        f.write(conf)
+    d = env.dfdaemon(sn.addr, extra=["--config", env.path("dfdaemon.yml"), "--registry", "http://127.0.0.1:9"])
     ref = f"{authority}/test/img:1"
     out = env.path("pull")
     rc, p = skopeo_proxy_pull(env, d.port, ref, out, cert_dir(env, "certs-hijack", hj.ca))
