@@ -484,11 +484,14 @@ static void test_gc_max_age(void **state)
     df_store_t *s;
     df_stored_task_t *a, *b, *c;
     evicted_t ev = {.n = 0};
-    struct timespec ms20 = {0, 20 * 1000 * 1000};
+    /* The age limit leaves ample room for a loaded machine between the
+     * steps that must count as young (create, a get), then the sleep makes
+     * them old. */
+    struct timespec past_limit = {0, 400 * 1000 * 1000};
 
     /* No budget, an age limit only. */
     assert_int_equal(df_store_open(f->store_dir, 0, &s), 0);
-    df_store_set_max_age(s, 10);
+    df_store_set_max_age(s, 300);
     a = create(s, ID_A, 2 * PS); /* complete, unreferenced: goes */
     b = create(s, ID_B, 2 * PS); /* complete, in use (referenced): stays */
     c = create(s, ID_C, 2 * PS); /* incomplete (being downloaded): stays */
@@ -497,7 +500,7 @@ static void test_gc_max_age(void **state)
     df_stored_task_unref(a);
     df_stored_task_unref(c);
     assert_int_equal(df_store_gc(s, on_evict, &ev), 0); /* all young */
-    nanosleep(&ms20, NULL);
+    nanosleep(&past_limit, NULL);
     assert_int_equal(df_store_gc(s, on_evict, &ev), 1);
     assert_string_equal(ev.ids[0], ID_A);
     assert_int_equal(df_store_evicted(s), 1);
@@ -508,7 +511,7 @@ static void test_gc_max_age(void **state)
     assert_int_equal(df_store_gc(s, on_evict, &ev), 1);
     assert_string_equal(ev.ids[1], ID_B);
     df_store_set_max_age(s, 0);
-    nanosleep(&ms20, NULL);
+    nanosleep(&past_limit, NULL);
     assert_int_equal(df_store_gc(s, on_evict, &ev), 0); /* no limit */
     assert_int_equal(df_store_task_count(s), 1);
     df_store_close(s);
