@@ -431,6 +431,33 @@ def registries_conf(registry, mirror):
     return swap(text, "127.0.0.1:65001", mirror)
 
 
+def tls_registry(env, big_size, names=()):
+    """A TLS registry (its own CA; the certificate also names names) holding
+    test/img:1 with a big layer of big_size, and a second, hijack CA for a
+    dfdaemon that intercepts it: (ca, hijack, registry, image)."""
+    ca = TestCA(env, names=names)
+    hj = TestCA(env, name="hijack-ca")
+    reg = Registry(env, tls=ca).start()
+    layout = env.mkdir("oci")
+    make_oci_image(layout, big_size)
+    return ca, hj, reg, push(env, reg, layout)
+
+
+def https_proxy_conf(env, authority, hijack, registry_ca):
+    """docs/examples/dfdaemon-https-proxy.yml (path of a copy) intercepting
+    authority ("host:port") with the hijack TestCA, reaching the registry
+    with registry_ca (the harness's flags override its listen address)."""
+    conf = swap(example("dfdaemon-https-proxy.yml"), r"^registry\.example\.com:5000$",
+                "^" + authority.replace(".", r"\.") + "$")
+    for old, new in (("registry.example.com:5000", authority), ("/etc/dfly/hijack-ca.pem", hijack.ca),
+                     ("/etc/dfly/hijack-ca.key", hijack.ca_key), ("/etc/dfly/registry-ca.pem", registry_ca)):
+        conf = swap(conf, old, new)
+    path = env.path("dfdaemon-https-proxy.yml")
+    with open(path, "w") as f:
+        f.write(conf)
+    return path
+
+
 def check_pulled(out, image):
     for d in image["layers"] + [image["config"]]:
         path = os.path.join(out, d.split(":", 1)[1])

@@ -35,12 +35,7 @@ def curl(env, d, cacert, *args, timeout=120.0):
 def hijack_setup(env, big_size):
     """A TLS registry (own CA) holding test/img:1 and a dfdaemon proxy that
     intercepts localhost:PORT with a leaf from a second, hijack CA."""
-    ca = M.TestCA(env)
-    hj = M.TestCA(env, name="hijack-ca")
-    reg = M.Registry(env, tls=ca).start()
-    layout = env.mkdir("oci")
-    M.make_oci_image(layout, big_size)
-    image = M.push(env, reg, layout)
+    ca, hj, reg, image = M.tls_registry(env, big_size)
     sn = env.supernode()
     d = env.dfdaemon(sn.addr, extra=["--registry", "http://127.0.0.1:9", "--http-proxy",
                                      "--hijack-host", rf"^localhost:{reg.port}$",

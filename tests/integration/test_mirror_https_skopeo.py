@@ -45,25 +45,12 @@ def test_mirror_https_proxy_skopeo(env):
     the registry's CA, the same pull fails on the certificate: the
     connection really was intercepted."""
     M.need("skopeo")
-    ca = M.TestCA(env, names=[NAME])
-    hj = M.TestCA(env, name="hijack-ca")
-    reg = M.Registry(env, tls=ca).start()
-    layout = env.mkdir("oci")
-    M.make_oci_image(layout, BIG)
-    image = M.push(env, reg, layout)
+    ca, hj, reg, image = M.tls_registry(env, BIG, names=[NAME])
     big, nblobs = image["big"], len(image["layers"]) + 1
     authority = f"{NAME}:{reg.port}"
     sn = env.supernode()
-    # docs/examples/dfdaemon-https-proxy.yml with this test's names and files
-    # (the harness's flags override its listen address).
-    conf = M.example("dfdaemon-https-proxy.yml")
-    conf = M.swap(conf, r"^registry\.example\.com:5000$", "^" + authority.replace(".", r"\.") + "$")
-    for old, new in (("registry.example.com:5000", authority), ("/etc/dfly/hijack-ca.pem", hj.ca),
-                     ("/etc/dfly/hijack-ca.key", hj.ca_key), ("/etc/dfly/registry-ca.pem", ca.ca)):
-        conf = M.swap(conf, old, new)
-    with open(env.path("dfdaemon.yml"), "w") as f:
-        f.write(conf)
-    d = env.dfdaemon(sn.addr, extra=["--config", env.path("dfdaemon.yml"), "--registry", "http://127.0.0.1:9"])
+    conf = M.https_proxy_conf(env, authority, hj, ca.ca)
+    d = env.dfdaemon(sn.addr, extra=["--config", conf, "--registry", "http://127.0.0.1:9"])
     ref = f"{authority}/test/img:1"
     out = env.path("pull")
     rc, p = skopeo_proxy_pull(env, d.port, ref, out, cert_dir(env, "certs-hijack", hj.ca))
