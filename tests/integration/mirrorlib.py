@@ -132,13 +132,14 @@ http:
 class TokenServer:
     """tokenserver.py on a loopback port: an RSA key and a self-signed
     certificate (the registry's rootcertbundle) made with openssl; tokens for
-    Registry.USER / PASSWORD grant what they ask, anonymous ones nothing."""
+    Registry.USER / PASSWORD grant what they ask, anonymous ones nothing but
+    pull on repositories under public (a name prefix), if given."""
 
     SERVICE, ISSUER = "dfly-test-registry", "dfly-test-token-issuer"
 
-    def __init__(self, env):
+    def __init__(self, env, public=None):
         need("openssl")
-        self.env = env
+        self.env, self.public = env, public
         self.port = T.free_port()
         d = env.mkdir(f"token-{self.port}")
         self.key, self.cert = os.path.join(d, "key.pem"), os.path.join(d, "cert.pem")
@@ -156,7 +157,7 @@ class TokenServer:
         script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tokenserver.py")
         self.proc = self.env.procs.start("tokenserver", [
             sys.executable, script, str(self.port), self.key, self.cert, self.SERVICE, self.ISSUER,
-            f"{Registry.USER}:{Registry.PASSWORD}"])
+            f"{Registry.USER}:{Registry.PASSWORD}"] + ([self.public] if self.public else []))
         T.wait_for(lambda: T.port_open(self.port), timeout, what="token server", proc=self.proc)
         return self
 

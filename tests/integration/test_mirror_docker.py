@@ -4,7 +4,9 @@ docker.io) with its own data root, exec root, pid file and socket, no
 iptables and no bridge, pulling through dfdaemon two ways:
 
   - registry-mirrors = [dfdaemon] (docs/examples/docker-daemon.json):
-    `docker pull NAME:TAG` means docker.io/library/NAME:TAG;
+    `docker pull NAME:TAG` means docker.io/library/NAME:TAG, from a registry
+    built like Docker Hub (token auth, anonymous pulls of library/*, blobs
+    redirected to storage);
   - HTTPS_PROXY = dfdaemon intercepting a TLS registry
     (docs/examples/dfdaemon-https-proxy.yml), the hijack CA in
     /etc/docker/certs.d/HOST:PORT/ca.crt.
@@ -21,6 +23,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 
 import dflytest as T
 import mirrorlib as M
@@ -128,19 +131,19 @@ def check_image(env, sock, ref, image):
     os.unlink(out)
 
 
-def check_p2p(reg, d, image, what):
+def check_p2p(reg, d, image, what, status=200):
     big, nblobs = image["big"], len(image["layers"]) + 1
     m = M.daemon_metrics(d)
     T.log(f"dockerd via {what}: {M.metric(m, 'dfly_dfdaemon_mirror_requests_total')} requests to the "
           f"mirror, {M.metric(m, 'dfly_dfdaemon_mirror_p2p_total')} blobs / "
           f"{M.metric(m, 'dfly_dfdaemon_mirror_p2p_bytes_total')} B by P2P; registry GETs of the big layer: "
-          f"{reg.count('GET', '/blobs/' + big)}")
+          f"{reg.count('GET', '/blobs/' + big, status)}")
     T.check(M.metric(m, "dfly_dfdaemon_mirror_p2p_total") >= nblobs, f"blobs not by P2P:\n{m}")
     T.check(M.metric(m, "dfly_dfdaemon_mirror_p2p_bytes_total") >= BIG, f"P2P bytes:\n{m}")
     T.check(M.metric(m, "dfly_dfdaemon_mirror_fallbacks_total") == 0, f"fallbacks:\n{m}")
     T.check((M.metric(m, 'dfly_dfdaemon_download_bytes_total{source="origin"}') or 0) == 0,
             f"the daemon fetched from the registry itself:\n{m}")
-    T.check(reg.count("GET", "/blobs/" + big) == 1, f"registry: {reg.access()}")
+    T.check(reg.count("GET", "/blobs/" + big, status) == 1, f"registry: {reg.access()}")
     return m
 
 
@@ -152,13 +155,22 @@ def pull(env, sock, proc, ref):
 @T.timeout(300)
 def test_mirror_dockerd_pull(env):
     """dockerd with registry-mirrors = dfdaemon pulls dflytest:1
-    (docker.io/library/dflytest:1): the image's id is its config digest,
-    every blob came through dfdaemon by P2P (its counters), and the registry
-    served the big layer once, to the supernode's seed."""
-    reg = M.Registry(env).start()
+    (docker.io/library/dflytest:1) from a registry built like Docker Hub:
+    token auth with anonymous pulls of library/*, blobs redirected (307) to
+    storage.  The engine does the anonymous token dance through the mirror's
+    challenge; the image's id is its config digest, every blob came through
+    dfdaemon by P2P (its counters), the registry answered the big layer's
+    GET once (the seed's, with the engine's token) and storage served each
+    blob once."""
+    ts = M.TokenServer(env, public="library/").start()
+    storage = M.Storage(env)
+    reg = M.Registry(env, token=ts, redirect=storage.url)
+    storage.start(reg.data)
+    reg.start()
     layout = env.mkdir("oci")
     M.make_oci_image(layout, BIG)
     image = M.push(env, reg, layout, ref="library/dflytest:1")
+    before = len(storage.requests())
     sn = env.supernode()
     d = env.dfdaemon(sn.addr, extra=["--registry", reg.url])
     conf = json.loads(M.swap(M.example("docker-daemon.json"), "127.0.0.1:65001", f"{T.LOCALHOST}:{d.port}"))
@@ -169,7 +181,14 @@ def test_mirror_dockerd_pull(env):
         pull(env, sock, proc, "dflytest:1")
         check_image(env, sock, "dflytest:1", image)
     with_dockerd(env, conf, env.mkdir("etc-docker"), body)
-    check_p2p(reg, d, image, "registry-mirrors")
+    check_p2p(reg, d, image, "registry-mirrors", status=307)
+    anon = [sc for u, st, sc in ts.issued() if u == "-" and st == 200]
+    T.check(any("repository:library/dflytest:pull" in sc for sc in anon), f"no anonymous token: {ts.issued()}")
+    time.sleep(0.5)  # nginx logs a request when it ends
+    for dg in image["layers"] + [image["config"]]:
+        h = dg.split(":", 1)[1]
+        n = sum(1 for r in storage.requests()[before:] if r[1].endswith(f"/{h}/data"))
+        T.check(n == 1, f"storage served {dg} {n} times (want 1, to the seed): {storage.requests()}")
 
 
 @T.timeout(300)

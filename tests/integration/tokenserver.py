@@ -2,13 +2,15 @@
 """A Docker registry token server for the mirror tests (the "token" auth of
 Docker Distribution, as auth.docker.io is for Docker Hub).
 
-    tokenserver.py PORT KEY CERT SERVICE ISSUER USER:PASSWORD
+    tokenserver.py PORT KEY CERT SERVICE ISSUER USER:PASSWORD [PUBLIC_PREFIX]
 
 GET /token?service=S&scope=repository:NAME:ACTIONS[&scope=...]
   - with Basic credentials matching USER:PASSWORD: a token granting every
     action asked for;
-  - without credentials: an anonymous token granting nothing (Docker Hub's
-    answer for a private repository), so the registry refuses it;
+  - without credentials: an anonymous token granting "pull" on repositories
+    whose name starts with PUBLIC_PREFIX (Docker Hub's public images, e.g.
+    "library/") and nothing else (its answer for a private repository), so
+    the registry refuses it there;
   - with wrong credentials, or another service: 401.
 The token is a JWT signed RS256 with KEY (by `openssl dgst`), whose header
 carries CERT (self-signed; the registry's rootcertbundle) as x5c: Docker
@@ -25,6 +27,7 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 PORT, KEY, CERT, SERVICE, ISSUER, CREDS = sys.argv[1:7]
+PUBLIC = sys.argv[7] if len(sys.argv) > 7 else None
 USER, PASSWORD = CREDS.split(":", 1)
 
 
@@ -100,12 +103,14 @@ class Handler(BaseHTTPRequestHandler):
                 return self.reply(401, {"details": "bad credentials"}, u or "?", scopes)
             user = u
         access = []
-        if user != "-":
-            for s in scopes:
-                for one in s.split(" "):
-                    a = parse_scope(one)
-                    if a:
-                        access.append(a)
+        for s in scopes:
+            for one in s.split(" "):
+                a = parse_scope(one)
+                if a and user == "-":
+                    public = PUBLIC and a["type"] == "repository" and a["name"].startswith(PUBLIC)
+                    a["actions"] = [x for x in a["actions"] if x == "pull"] if public else []
+                if a and a["actions"]:
+                    access.append(a)
         tok = make_token(user if user != "-" else "", access)
         self.reply(200, {"token": tok, "access_token": tok, "expires_in": 600,
                          "issued_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, user, scopes)
