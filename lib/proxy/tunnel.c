@@ -226,8 +226,11 @@ static void end_when_flushed(tunnel_t *t, struct bufferevent *to)
         kill_tunnel(t);
         return;
     }
-    if (to == t->tls && t->raw && !t->raw_drain)
+    if (to == t->tls && t->raw && !t->raw_drain) {
         t->raw_drain = evbuffer_add_cb(bufferevent_get_output(t->raw), raw_drain_cb, t);
+        if (!t->raw_drain)
+            kill_tunnel(t); /* ENOMEM: nothing would tell us when it drained */
+    }
 }
 
 static void splice_write_cb(struct bufferevent *to, void *arg)
