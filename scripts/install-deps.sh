@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the build and test dependencies of dfly on Debian 12.
 # Idempotent: does nothing (not even `apt-get update`) when everything is there.
-# Never leaves nginx running as a service: the tests start their own nginx.
+# Never leaves nginx or dockerd running as a service: the tests start their own.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
@@ -9,8 +9,11 @@ BUILD_PKGS=(build-essential cmake pkg-config clang libevent-dev libcurl4-openssl
             libmsgpack-dev zlib1g-dev libyaml-dev libjansson-dev libcmocka-dev)
 # docker-registry, skopeo, containerd (ctr), openssl and apache2-utils (htpasswd -B): the
 # registry-mirror tests (they run their own containerd; the packaged service is not needed).
+# podman: pulls through a registries.conf mirror entry (its own root and vfs storage).
+# docker.io: a private dockerd with registry-mirrors (the test starts its own; the packaged
+# service is never started: see policy-rc.d below).
 # serf (0.9.4, Debian 12): the gossip interop test against a real Serf agent.
-TEST_PKGS=(curl python3 iproute2 procps docker-registry skopeo containerd openssl apache2-utils serf)
+TEST_PKGS=(curl python3 iproute2 procps docker-registry skopeo containerd openssl apache2-utils serf podman docker.io)
 
 installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
@@ -37,7 +40,7 @@ if [ ${#missing[@]} -eq 0 ]; then
 fi
 echo "install-deps: missing: ${missing[*]}"
 
-# Keep package scripts from starting services (nginx) while installing.
+# Keep package scripts from starting services (nginx, docker) while installing.
 policy=/usr/sbin/policy-rc.d
 created_policy=0
 if [ ! -e "$policy" ]; then

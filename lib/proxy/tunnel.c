@@ -71,6 +71,7 @@ struct tunnel {
     struct bufferevent *raw;          /* evcon's bufferevent (freed with evcon) */
     struct bufferevent *tls;          /* TLS server filter over raw, or NULL */
     SSL *ssl;                         /* tls's session, freed after it */
+    struct evbuffer_cb_entry *raw_drain; /* closing: watches raw's output (intercept) */
     struct bufferevent *client;       /* raw or tls: the client side we splice */
     struct bufferevent *up;           /* the origin, or the decrypting listener */
     struct event *reap;
@@ -101,6 +102,10 @@ static void unlist(tunnel_t *t)
 /* Releases everything but evcon (the caller's business: see below). */
 static void release_io(tunnel_t *t)
 {
+    if (t->raw_drain) {
+        evbuffer_remove_cb_entry(bufferevent_get_output(t->raw), t->raw_drain);
+        t->raw_drain = NULL;
+    }
     if (t->up) {
         bufferevent_free(t->up);
         t->up = NULL;
@@ -192,14 +197,49 @@ static void splice_read_cb(struct bufferevent *from, void *arg)
     }
 }
 
+/* Everything for `to` has reached the kernel.  The TLS filter's output
+ * empties into raw's (encrypted), which raw writes: for the intercepted
+ * client side both must be empty, or ending the tunnel drops the tail of
+ * the last reply (clients that send "Connection: close", as skopeo does,
+ * see a short body). */
+static bool flushed(const tunnel_t *t, struct bufferevent *to)
+{
+    if (evbuffer_get_length(bufferevent_get_output(to)) > 0)
+        return false;
+    return to != t->tls || !t->raw || evbuffer_get_length(bufferevent_get_output(t->raw)) == 0;
+}
+
+static void raw_drain_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+    tunnel_t *t = arg;
+
+    (void)buf, (void)info;
+    if (t->state == TS_CLOSING && t->tls && flushed(t, t->tls))
+        kill_tunnel(t);
+}
+
+/* Closing: ends the tunnel once `to` is flushed, else waits for it (its
+ * write callback, and for the TLS side raw's output callback). */
+static void end_when_flushed(tunnel_t *t, struct bufferevent *to)
+{
+    if (flushed(t, to)) {
+        kill_tunnel(t);
+        return;
+    }
+    if (to == t->tls && t->raw && !t->raw_drain) {
+        t->raw_drain = evbuffer_add_cb(bufferevent_get_output(t->raw), raw_drain_cb, t);
+        if (!t->raw_drain)
+            kill_tunnel(t); /* ENOMEM: nothing would tell us when it drained */
+    }
+}
+
 static void splice_write_cb(struct bufferevent *to, void *arg)
 {
     tunnel_t *t = arg;
     struct bufferevent *from = other(t, to);
 
     if (t->state == TS_CLOSING) {
-        if (evbuffer_get_length(bufferevent_get_output(to)) == 0)
-            kill_tunnel(t);
+        end_when_flushed(t, to);
         return;
     }
     if (t->state == TS_OPEN && from) {
@@ -226,14 +266,11 @@ static void splice_event_cb(struct bufferevent *bev, short what, void *arg)
     /* EOF: pass on what is left, then end both sides (HTTP clients do not
      * half-close; a TLS close_notify has already gone through as data). */
     evbuffer_add_buffer(bufferevent_get_output(to), bufferevent_get_input(bev));
-    if (evbuffer_get_length(bufferevent_get_output(to)) == 0) {
-        kill_tunnel(t);
-        return;
-    }
     t->state = TS_CLOSING;
     bufferevent_disable(bev, EV_READ);
     bufferevent_setwatermark(to, EV_WRITE, 0, 0);
     bufferevent_enable(to, EV_WRITE);
+    end_when_flushed(t, to);
 }
 
 static void setup_splice(tunnel_t *t, struct bufferevent *bev)
@@ -288,6 +325,10 @@ static int hijack(tunnel_t *t)
         if (!t->tls)
             return -ENOMEM;
         bufferevent_openssl_set_allow_dirty_shutdown(t->tls, 1);
+        /* The filter moves its output into raw's, encrypted, as far as
+         * raw's write high-water mark lets it (none by default): without
+         * one a stalled client would have the whole reply queued here. */
+        bufferevent_setwatermark(t->raw, EV_WRITE, 0, DF_PROXY_TUNNEL_BUFFER);
         t->client = t->tls;
         px->stats.intercepted++;
     }

@@ -26,13 +26,19 @@ def need(*progs):
 
 
 class Registry:
-    """docker-registry serve CONFIG; access log (combined format) on stdout."""
+    """docker-registry serve CONFIG; access log (combined format) on stdout.
+    auth: htpasswd (Basic); token: a started TokenServer (Bearer auth, the
+    same user and password at the token server); redirect: a base URL the
+    blob GETs and HEADs are redirected to (307, the `redirect` storage
+    middleware: BASE/docker/registry/v2/blobs/sha256/XX/HEX/data under the
+    storage root, as Docker Hub sends clients to its CDN)."""
 
     USER, PASSWORD = "dfly", "s3cret-pw"
 
-    def __init__(self, env, auth=False, tls=None):
+    def __init__(self, env, auth=False, tls=None, token=None, redirect=None):
         need("docker-registry")
-        self.env, self.auth, self.tls = env, auth, tls
+        self.env, self.auth, self.tls = env, auth or token is not None, tls
+        self.token, self.redirect = token, redirect
         self.port = T.free_port()
         self.dir = env.mkdir(f"registry-{self.port}")
         self.proc = None
@@ -53,6 +59,14 @@ class Registry:
             rc, _, err = self.env.run(["htpasswd", "-Bbc", pw, self.USER, self.PASSWORD])
             T.check(rc == 0, f"htpasswd failed: {err}")
             auth = f"auth:\n  htpasswd:\n    realm: dfly-test\n    path: {pw}\n"
+        if self.token:
+            t = self.token
+            auth = (f"auth:\n  token:\n    realm: {t.realm}\n    service: {t.SERVICE}\n"
+                    f"    issuer: {t.ISSUER}\n    rootcertbundle: {t.cert}\n")
+        middleware = ""
+        if self.redirect:
+            middleware = (f"middleware:\n  storage:\n    - name: redirect\n"
+                          f"      options:\n        baseurl: {self.redirect}\n")
         tls = ""
         if self.tls:
             tls = f"  tls:\n    certificate: {self.tls.cert}\n    key: {self.tls.key}\n"
@@ -74,7 +88,7 @@ storage:
       enabled: false
 http:
   addr: {self.addr}
-{tls}{auth}""")
+{tls}{auth}{middleware}""")
         self.proc = self.env.procs.start("registry", ["docker-registry", "serve", conf])
 
         def ready():
@@ -87,9 +101,21 @@ http:
         T.wait_for(ready, timeout, what=f"registry on {self.addr}", proc=self.proc)
         return self
 
+    @property
+    def data(self):
+        """The storage root (what a redirect's base URL serves)."""
+        return os.path.join(self.dir, "data")
+
     def basic(self):
         import base64
         return "Basic " + base64.b64encode(f"{self.USER}:{self.PASSWORD}".encode()).decode()
+
+    def credentials(self, repo="test/img", actions="pull"):
+        """The Authorization value a client with the password sends: Basic,
+        or a Bearer token from the token server for repository:REPO:ACTIONS."""
+        if self.token:
+            return "Bearer " + self.token.get(f"repository:{repo}:{actions}", self.basic())
+        return self.basic()
 
     def access(self):
         """[(method, path, status)] from the access log (stdout)."""
@@ -103,18 +129,139 @@ http:
                    if m == method and p.endswith(path_suffix) and (status is None or s == status))
 
 
+class TokenServer:
+    """tokenserver.py on a loopback port: an RSA key and a self-signed
+    certificate (the registry's rootcertbundle) made with openssl; tokens for
+    Registry.USER / PASSWORD grant what they ask, anonymous ones nothing but
+    pull on repositories under public (a name prefix), if given."""
+
+    SERVICE, ISSUER = "dfly-test-registry", "dfly-test-token-issuer"
+
+    def __init__(self, env, public=None):
+        need("openssl")
+        self.env, self.public = env, public
+        self.port = T.free_port()
+        d = env.mkdir(f"token-{self.port}")
+        self.key, self.cert = os.path.join(d, "key.pem"), os.path.join(d, "cert.pem")
+        rc, _, err = env.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", self.key,
+                              "-out", self.cert, "-days", "2", "-subj", "/CN=dfly test token issuer"])
+        T.check(rc == 0, f"openssl (token key) failed: {err}")
+        self.proc = None
+
+    @property
+    def realm(self):
+        return f"http://{T.LOCALHOST}:{self.port}/token"
+
+    def start(self, timeout=15.0):
+        import sys
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tokenserver.py")
+        self.proc = self.env.procs.start("tokenserver", [
+            sys.executable, script, str(self.port), self.key, self.cert, self.SERVICE, self.ISSUER,
+            f"{Registry.USER}:{Registry.PASSWORD}"] + ([self.public] if self.public else []))
+        T.wait_for(lambda: T.port_open(self.port), timeout, what="token server", proc=self.proc)
+        return self
+
+    def get(self, scope, authorization=None):
+        """A token for scope (anonymous without authorization)."""
+        import urllib.parse
+        q = urllib.parse.urlencode({"service": self.SERVICE, "scope": scope})
+        hdrs = {"Authorization": authorization} if authorization else {}
+        st, _, body = T.http_request(self.port, "GET", f"/token?{q}", headers=hdrs)
+        T.check(st == 200, f"token server -> {st} {body[:200]!r}")
+        return json.loads(body)["token"]
+
+    def issued(self):
+        """[(user, status, scopes)] of the requests so far ('-' = anonymous)."""
+        out = []
+        for line in self.proc.stdout().splitlines():
+            parts = line.split(" ")
+            if len(parts) >= 3 and parts[0] == "token":
+                out.append((parts[1], int(parts[2]), parts[3:]))
+        return out
+
+
+class Storage:
+    """nginx serving a registry's storage root, where the registry's
+    `redirect` middleware sends blob requests (Docker Hub's CDN).  Access
+    log: request, status, body bytes, and whether an Authorization header
+    came (a client's registry token must not leak to storage)."""
+
+    def __init__(self, env):
+        self.env = env
+        self.port = T.free_port()
+        self.dir = env.mkdir(f"storage-{self.port}")
+        self.log = os.path.join(self.dir, "access.log")
+        self.proc = None
+
+    @property
+    def url(self):
+        return f"http://{T.LOCALHOST}:{self.port}"
+
+    def start(self, root, timeout=15.0):
+        d = self.dir
+        os.makedirs(root, exist_ok=True)
+        for t in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            os.makedirs(os.path.join(d, "tmp", t), exist_ok=True)
+        user = "user root root;\n" if os.geteuid() == 0 else ""
+        conf = os.path.join(d, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(f"""{user}daemon off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log info;
+events {{ worker_connections 256; }}
+http {{
+    default_type application/octet-stream;
+    types {{ }}
+    sendfile on;
+    client_body_temp_path {d}/tmp/client_body;
+    proxy_temp_path {d}/tmp/proxy;
+    fastcgi_temp_path {d}/tmp/fastcgi;
+    uwsgi_temp_path {d}/tmp/uwsgi;
+    scgi_temp_path {d}/tmp/scgi;
+    log_format dfly "$request\\t$status\\t$body_bytes_sent\\t[$http_authorization]";
+    access_log {self.log} dfly;
+    server {{
+        listen {T.LOCALHOST}:{self.port};
+        root {root};
+        location / {{ }}
+    }}
+}}
+""")
+        self.proc = self.env.procs.start("storage-nginx", [T.find_nginx(), "-p", d + "/", "-c", conf,
+                                                           "-e", f"{d}/error.log"])
+        T.wait_for(lambda: T.port_open(self.port), timeout, what="storage nginx", proc=self.proc)
+        return self
+
+    def requests(self):
+        """[(method, path, status, bytes, authorization)]; nginx logs a
+        request as it ends, so settle first when counting just-served ones."""
+        out = []
+        try:
+            with open(self.log) as f:
+                lines = f.read().splitlines()
+        except OSError:
+            return out
+        for line in lines:
+            parts = line.split("\t")
+            if len(parts) == 4 and len(parts[0].split()) >= 2:
+                m, p = parts[0].split()[:2]
+                out.append((m, p, int(parts[1]), int(parts[2]), parts[3][1:-1]))
+        return out
+
+
 class TestCA:
     """A throw-away CA (EC P-256, made with openssl) and a server certificate
-    it signed for 127.0.0.1 / localhost."""
+    it signed for 127.0.0.1 / localhost and the host names given."""
 
-    def __init__(self, env, name="ca"):
+    def __init__(self, env, name="ca", names=()):
         need("openssl")
         d = env.mkdir(name)
         self.ca_key, self.ca = os.path.join(d, "ca.key"), os.path.join(d, "ca.pem")
         self.key, self.cert = os.path.join(d, "server.key"), os.path.join(d, "server.pem")
         csr, ext = os.path.join(d, "server.csr"), os.path.join(d, "ext.cnf")
         with open(ext, "w") as f:
-            f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+            f.write("subjectAltName=IP:127.0.0.1,DNS:localhost" + "".join(f",DNS:{n}" for n in names) + "\n"
                     "basicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n")
         ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
         for argv in (["openssl", "req", "-x509"] + ec + ["-keyout", self.ca_key, "-out", self.ca, "-days", "2",
@@ -137,6 +284,38 @@ class TestCA:
             return r.status, r.read()
         finally:
             c.close()
+
+
+HOSTS_NS_VAR = "DF_TEST_HOSTS_NS"
+
+
+def private_hosts(names):
+    """Re-executes this test script in a private mount namespace whose
+    /etc/hosts also maps names to 127.0.0.1, so that clients which never
+    proxy or mirror a loopback literal (Go's HTTP_PROXY rules, Docker Hub's
+    host names) can be pointed at servers on this machine, and nothing is
+    asked of a real name server.  Every process the test starts inherits the
+    namespace; the machine's /etc/hosts is untouched.  Returns only inside
+    the namespace (needs root: unshare(CLONE_NEWNS) and a bind mount)."""
+    import sys
+    import tempfile
+    if os.environ.get(HOSTS_NS_VAR) == "1":
+        return
+    need("unshare", "mount")
+    with open("/etc/hosts") as f:
+        base = f.read()
+    fd, path = tempfile.mkstemp(prefix="dfly-hosts-")
+    with os.fdopen(fd, "w") as f:
+        f.write(base.rstrip("\n") + "\n# dfly test names\n" + "".join(f"127.0.0.1 {n}\n" for n in names))
+    os.chmod(path, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.environ[HOSTS_NS_VAR] = "1"
+    # The bind mount keeps the file's inode: the name can go at once.
+    os.execvp("unshare", ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                          'mount --bind "$0" /etc/hosts; rc=$?; rm -f "$0"; [ "$rc" = 0 ] || '
+                          '{ echo "cannot bind-mount a hosts file over /etc/hosts" >&2; exit 1; }; exec "$@"',
+                          path, sys.executable, os.path.abspath(sys.argv[0])] + sys.argv[1:])
 
 
 def _blob(layout, data):
@@ -209,7 +388,7 @@ def push(env, reg, layout, ref="test/img:1"):
     name, tag = ref.rsplit(":", 1)
     hdrs = {"Accept": OCI_MANIFEST}
     if reg.auth:
-        hdrs["Authorization"] = reg.basic()
+        hdrs["Authorization"] = reg.credentials(name)
     if reg.tls:
         st, body = reg.tls.get(reg.port, f"/v2/{name}/manifests/{tag}", hdrs)
     else:
@@ -233,12 +412,68 @@ def start_pull(env, mirror_port, out, creds=None, ref="test/img:1"):
                            [f"docker://{T.LOCALHOST}:{mirror_port}/{ref}", f"dir:{out}"], env=e)
 
 
+def example(*parts):
+    """The text of a file of docs/examples (the tests use the documented
+    configurations, with this machine's addresses put in)."""
+    with open(os.path.join(T.SOURCE_DIR, "docs", "examples", *parts)) as f:
+        return f.read()
+
+
+def swap(text, old, new):
+    """text with old replaced by new; old must be there."""
+    T.check(old in text, f"the example no longer contains {old!r}")
+    return text.replace(old, new)
+
+
+def registries_conf(registry, mirror):
+    """docs/examples/registries.conf for registry (host:port) pulled through
+    mirror (dfdaemon's host:port); the test registry speaks plain HTTP, so
+    its own entry gets insecure = true as well."""
+    text = swap(example("registries.conf"), 'location = "docker.io"',
+                f'location = "{registry}"\ninsecure = true')
+    return swap(text, "127.0.0.1:65001", mirror)
+
+
+def tls_registry(env, big_size, names=()):
+    """A TLS registry (its own CA; the certificate also names names) holding
+    test/img:1 with a big layer of big_size, and a second, hijack CA for a
+    dfdaemon that intercepts it: (ca, hijack, registry, image)."""
+    ca = TestCA(env, names=names)
+    hj = TestCA(env, name="hijack-ca")
+    reg = Registry(env, tls=ca).start()
+    layout = env.mkdir("oci")
+    make_oci_image(layout, big_size)
+    return ca, hj, reg, push(env, reg, layout)
+
+
+def https_proxy_conf(env, authority, hijack, registry_ca):
+    """docs/examples/dfdaemon-https-proxy.yml (path of a copy) intercepting
+    authority ("host:port") with the hijack TestCA, reaching the registry
+    with registry_ca (the harness's flags override its listen address)."""
+    conf = swap(example("dfdaemon-https-proxy.yml"), r"^registry\.example\.com:5000$",
+                "^" + authority.replace(".", r"\.") + "$")
+    for old, new in (("registry.example.com:5000", authority), ("/etc/dfly/hijack-ca.pem", hijack.ca),
+                     ("/etc/dfly/hijack-ca.key", hijack.ca_key), ("/etc/dfly/registry-ca.pem", registry_ca)):
+        conf = swap(conf, old, new)
+    path = env.path("dfdaemon-https-proxy.yml")
+    with open(path, "w") as f:
+        f.write(conf)
+    return path
+
+
 def check_pulled(out, image):
     for d in image["layers"] + [image["config"]]:
         path = os.path.join(out, d.split(":", 1)[1])
         T.check(os.path.isfile(path), f"pulled image lacks blob {d} in {out}")
         got = "sha256:" + T.file_hash(path)
         T.check(got == d, f"blob {d} pulled with digest {got}")
+
+
+def daemon_metrics(d):
+    """A dfdaemon's /metrics text."""
+    st, _, body = T.http_request(d.port, "GET", "/metrics")
+    T.check(st == 200, f"dfdaemon /metrics -> {st}")
+    return body.decode()
 
 
 def metric(text, series):
@@ -290,13 +525,14 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             return False
 
     def hosts_dir(self, registry_addr, mirror_port, name="hosts"):
-        """A hosts.toml for registry_addr whose first host is the dfdaemon
-        mirror (containerd then adds ?ns=<registry_addr> to its requests)."""
+        """docs/examples/containerd/certs.d/docker.io/hosts.toml for
+        registry_addr (plain HTTP) whose host is the dfdaemon mirror
+        (containerd then adds ?ns=<registry_addr> to its requests)."""
         d = self.env.mkdir(name, registry_addr)
+        text = swap(example("containerd", "certs.d", "docker.io", "hosts.toml"),
+                    'server = "https://registry-1.docker.io"', f'server = "http://{registry_addr}"')
         with open(os.path.join(d, "hosts.toml"), "w") as f:
-            f.write(f'server = "http://{registry_addr}"\n\n'
-                    f'[host."http://{T.LOCALHOST}:{mirror_port}"]\n'
-                    f'  capabilities = ["pull", "resolve"]\n')
+            f.write(swap(text, "127.0.0.1:65001", f"{T.LOCALHOST}:{mirror_port}"))
         return os.path.dirname(d)
 
     def start_pull(self, namespace, ref, hosts_dir):

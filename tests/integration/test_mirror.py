@@ -25,11 +25,6 @@ def setup(env, auth=False, daemons=3):
     return reg, image, sn, ds
 
 
-def daemon_metrics(d):
-    st, _, body = T.http_request(d.port, "GET", "/metrics")
-    T.check(st == 200, f"dfdaemon /metrics -> {st}")
-    return body.decode()
-
 
 @T.timeout(300)
 def test_mirror_skopeo_pull_p2p(env):
@@ -50,7 +45,7 @@ def test_mirror_skopeo_pull_p2p(env):
     heads = reg.count("HEAD", "/blobs/" + big)
     peers = sn_bytes = origin = 0
     for d in ds:
-        m = daemon_metrics(d)
+        m = M.daemon_metrics(d)
         peers += M.metric(m, 'dfly_dfdaemon_download_bytes_total{source="peer"}') or 0
         sn_bytes += M.metric(m, 'dfly_dfdaemon_download_bytes_total{source="supernode"}') or 0
         origin += M.metric(m, 'dfly_dfdaemon_download_bytes_total{source="origin"}') or 0
@@ -195,7 +190,7 @@ def test_mirror_shared_download(env):
                 f"client {i}: {results[i]}")
     T.check(results[4] is not None and results[4][0] == 206 and results[4][2] == size - size // 2,
             f"range client: {results[4]}")
-    m = daemon_metrics(d)
+    m = M.daemon_metrics(d)
     shared = M.metric(m, "dfly_dfdaemon_mirror_shared_total")
     dls = M.metric(m, 'dfly_dfdaemon_downloads_total{result="ok"}')
     T.log(f"5 concurrent requests for one {size >> 20} MiB blob: {dls} download(s), {shared} joined")
@@ -224,7 +219,7 @@ def test_mirror_http_proxy(env):
     rc, man, err = env.run(["curl", "-sS", "-f", "--noproxy", "", "--proxy", f"http://{T.LOCALHOST}:{d.port}",
                             "-H", f"Accept: {M.OCI_MANIFEST}", f"http://{reg.addr}/v2/test/img/manifests/1"])
     T.check(rc == 0 and big in man, f"manifest through the proxy: rc={rc} {err}")
-    m = daemon_metrics(d)
+    m = M.daemon_metrics(d)
     T.log(f"HTTP proxy: {M.metric(m, 'dfly_dfdaemon_mirror_proxy_requests_total')} requests, "
           f"{M.metric(m, 'dfly_dfdaemon_mirror_p2p_bytes_total')} B from P2P")
     T.check(M.metric(m, "dfly_dfdaemon_mirror_p2p_total") == 2, f"blob not served by P2P:\n{m}")
@@ -263,7 +258,7 @@ def test_mirror_tls_registry_hosts(env):
         st, h, body = T.http_request(d.port, "GET", f"/v2/test/img/blobs/{big}?ns={reg.addr}", timeout=60.0)
         T.check(st == 200 and len(body) == image["sizes"][big], f"blob over TLS -> {st}, {len(body)} B")
         T.check("sha256:" + __import__("hashlib").sha256(body).hexdigest() == big, "blob bytes differ")
-        m = daemon_metrics(d)
+        m = M.daemon_metrics(d)
         T.check(M.metric(m, "dfly_dfdaemon_mirror_p2p_total") == 1, f"blob not served by the P2P path:\n{m}")
         # the supernode's seed used the CA (or insecure) it was sent: no back-source
         T.check((M.metric(m, 'dfly_dfdaemon_download_bytes_total{source="origin"}') or 0) == 0,

@@ -4,6 +4,7 @@
 minted from the hijack CA and its blob GETs go through P2P; any other host
 is a plain tunnel (the client talks TLS with the registry itself)."""
 
+import os
 import socket
 
 import dflytest as T
@@ -31,6 +32,18 @@ def curl(env, d, cacert, *args, timeout=120.0):
                     "--cacert", cacert] + list(args), timeout=timeout)
 
 
+def hijack_setup(env, big_size):
+    """A TLS registry (own CA) holding test/img:1 and a dfdaemon proxy that
+    intercepts localhost:PORT with a leaf from a second, hijack CA."""
+    ca, hj, reg, image = M.tls_registry(env, big_size)
+    sn = env.supernode()
+    d = env.dfdaemon(sn.addr, extra=["--registry", "http://127.0.0.1:9", "--http-proxy",
+                                     "--hijack-host", rf"^localhost:{reg.port}$",
+                                     "--hijack-ca-cert", hj.ca, "--hijack-ca-key", hj.ca_key,
+                                     "--registry-host", f"localhost:{reg.port} ca={ca.ca}"])
+    return ca, hj, reg, image, sn, d
+
+
 @T.timeout(300)
 def test_mirror_https_connect(env):
     """curl --proxy dfdaemon https://localhost:PORT/v2/.../blobs/...: the
@@ -39,18 +52,8 @@ def test_mirror_https_connect(env):
     the connection was intercepted); the manifest on the same connection is
     relayed; https://127.0.0.1:PORT (not listed) is tunnelled: only the
     registry's CA verifies it."""
-    ca = M.TestCA(env)
-    hj = M.TestCA(env, name="hijack-ca")
-    reg = M.Registry(env, tls=ca).start()
-    layout = env.mkdir("oci")
-    M.make_oci_image(layout, 6 * T.MiB)
-    image = M.push(env, reg, layout)
+    ca, hj, reg, image, sn, d = hijack_setup(env, 6 * T.MiB)
     big = image["big"]
-    sn = env.supernode()
-    d = env.dfdaemon(sn.addr, extra=["--registry", "http://127.0.0.1:9", "--http-proxy",
-                                     "--hijack-host", rf"^localhost:{reg.port}$",
-                                     "--hijack-ca-cert", hj.ca, "--hijack-ca-key", hj.ca_key,
-                                     "--registry-host", f"localhost:{reg.port} ca={ca.ca}"])
     base = f"https://localhost:{reg.port}/v2/test/img"
     out, man = env.path("big.bin"), env.path("manifest.json")
     # two requests on one intercepted connection (curl reuses it)
@@ -103,5 +106,74 @@ def test_mirror_https_connect(env):
     T.check(bad[0] == 2 and "CA" in bad[2], f"a leaf certificate as hijack CA -> {bad}")
 
 
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+@T.timeout(240)
+def test_mirror_https_slow_client_close(env):
+    """An intercepted client that asks for a 40 MiB blob with "Connection:
+    close" (as skopeo and podman do: a new CONNECT per request) and then
+    reads nothing for 3 s: the tunnel holds at most its buffer of the reply
+    (dfdaemon's RSS grows by far less than the blob), and once the client
+    reads, it gets the whole body although the decrypting side closed its
+    end long before the client had it all."""
+    import hashlib
+    import ssl
+    import time
+    # Under AddressSanitizer freed memory waits in a quarantine (256 MiB),
+    # so RSS would count every chunk that went through: none, here.
+    saved = os.environ.get("ASAN_OPTIONS")
+    os.environ["ASAN_OPTIONS"] = (saved or "") + ":quarantine_size_mb=0:thread_local_quarantine_size_kb=0"
+    try:
+        ca, hj, reg, image, sn, d = hijack_setup(env, 40 * T.MiB)
+    finally:
+        if saved is None:
+            del os.environ["ASAN_OPTIONS"]
+        else:
+            os.environ["ASAN_OPTIONS"] = saved
+    big = image["big"]
+    size = image["sizes"][big]
+    # Cache the blob first, so the reply runs at disk speed.
+    st, _, body = T.http_request(d.port, "GET", f"/v2/test/img/blobs/{big}?ns=localhost:{reg.port}", timeout=60.0)
+    T.check(st == 200 and len(body) == size, f"warm-up GET -> {st}")
+    del body
+    rss0 = rss_kib(d.proc.pid)
+    raw = socket.create_connection((T.LOCALHOST, d.port), timeout=60.0)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    raw.sendall(f"CONNECT localhost:{reg.port} HTTP/1.1\r\nHost: localhost:{reg.port}\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = raw.recv(1)
+        T.check(chunk, "CONNECT answer cut")
+        head += chunk
+    T.check(head.startswith(b"HTTP/1.1 200"), f"CONNECT -> {head!r}")
+    s = ssl.create_default_context(cafile=hj.ca).wrap_socket(raw, server_hostname="localhost")
+    try:
+        s.sendall(f"GET /v2/test/img/blobs/{big} HTTP/1.1\r\nHost: localhost:{reg.port}\r\n"
+                  "Connection: close\r\n\r\n".encode())
+        time.sleep(3.0)
+        grown = rss_kib(d.proc.pid) - rss0
+        data = bytearray()
+        while True:
+            chunk = s.recv(1 << 20)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        s.close()
+    hdr, _, body = bytes(data).partition(b"\r\n\r\n")
+    T.log(f"slow client: dfdaemon RSS grew {grown} KiB while the client read nothing; "
+          f"got {len(body)} of {size} B after the pause")
+    T.check(hdr.startswith(b"HTTP/1.1 200"), f"reply head: {hdr[:200]!r}")
+    T.check(len(body) == size, f"body cut: {len(body)} of {size} B")
+    T.check("sha256:" + hashlib.sha256(body).hexdigest() == big, "body has the wrong digest")
+    T.check(grown < 16 * 1024, f"dfdaemon buffered {grown} KiB for one stalled client (blob {size >> 10} KiB)")
+
+
 if __name__ == "__main__":
-    T.main([test_mirror_https_connect])
+    T.main([test_mirror_https_connect, test_mirror_https_slow_client_close])
