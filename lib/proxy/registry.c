@@ -476,9 +476,10 @@ static const char *param_value(const char *p, char *out, size_t cap)
         }
         p++;
     } else {
-        if (!tchar(*p) && *p != '/')
+        /* A token; '/' and ':' also, for servers that leave a URL unquoted. */
+        if (!tchar(*p) && *p != '/' && *p != ':')
             return NULL;
-        for (; tchar(*p) || *p == '/'; p++) {
+        for (; tchar(*p) || *p == '/' || *p == ':'; p++) {
             if (out) {
                 if (n + 1 >= cap)
                     return NULL;
@@ -500,7 +501,7 @@ int df_registry_parse_bearer(const char *value, char *realm, size_t realm_cap, c
     if (realm_cap < 2 || service_cap < 1 || scope_cap < 1)
         return -EINVAL;
     realm[0] = service[0] = scope[0] = '\0';
-    if (strncasecmp(p, "Bearer", 6) != 0 || (p[6] != ' ' && p[6] != '\t'))
+    if (strncasecmp(p, "Bearer", 6) != 0 || (p[6] != ' ' && p[6] != '\t' && p[6] != '\0'))
         return -ENOENT;
     p = skip_ws(p + 6);
     while (*p) {
