@@ -721,7 +721,8 @@ static void manifest_done(df_http_req_t *req, const df_http_result_t *res, void 
             return;
     }
     if (res->http_code != 200) {
-        finish(p, DF_SN_PREHEAT_FAILED, "GET %s: the registry answered %ld", p->fetching, res->http_code);
+        finish(p, DF_SN_PREHEAT_FAILED, "GET %s: the registry answered %ld%s", p->fetching, res->http_code,
+               res->http_code == 401 && p->auth ? " (with a token from its realm)" : "");
         return;
     }
     if (take_manifest(p, res->body, df_http_header(req, "Content-Type")))

@@ -1022,8 +1022,10 @@ static int metrics_setup(df_supernode_t *sn)
         char st[16];
         df_metric_label_t status = {"status", st};
         const char *name = df_sn_preheat_state_name((df_sn_preheat_state_t)i);
-        for (size_t k = 0; k < sizeof(st); k++)
+        size_t k = 0;
+        for (; name[k] && k + 1 < sizeof(st); k++)
             st[k] = (char)(name[k] >= 'A' && name[k] <= 'Z' ? name[k] + 32 : name[k]);
+        st[k] = '\0';
         rc = df_metrics_gauge(sn->metrics, "dfly_supernode_preheats",
                               "Preheats in the table, by status", &status, 1, &sn->m_preheats[i]);
     }
