@@ -290,20 +290,21 @@ static void on_task_free(df_sn_task_t *task, void *arg)
 }
 
 /* Finds the task of (url, filter, digest, identifier) -- its id is the
- * task id rule of docs/API.md -- or creates it with these origin headers,
- * then makes sure its seed runs (df_sn_seed_start).  Register and preheat
- * both come through here.  0 (*created says whether it is new), or -EEXIST
- * (the id belongs to a different task), -ENOSPC, -ENOMEM with a message. */
+ * task id rule of docs/API.md -- or creates it with these origin headers
+ * and TLS settings (*root_ca, PEM or NULL, is moved into a new task), then
+ * makes sure its seed runs (df_sn_seed_start).  Register and preheat both
+ * come through here.  0, or -EEXIST (the id belongs to a different task),
+ * -ENOSPC, -ENOMEM with a message in err. */
 static int open_task(df_supernode_t *sn, const char *url, char *const *filter, size_t nfilter, const char *digest,
                      const char *identifier, char *const *headers, size_t nheaders, df_pattern_t pattern,
-                     uint64_t now, df_sn_task_t **out, bool *created, char *err, size_t errcap)
+                     bool insecure, char **root_ca, size_t root_ca_len, uint64_t now, df_sn_task_t **out, char *err,
+                     size_t errcap)
 {
     char *task_url = df_sn_task_url(url, filter, nfilter);
     df_sn_task_t *task;
     char id[65];
     int rc = 0;
 
-    *created = false;
     if (!task_url || df_sn_task_id(task_url, digest, identifier, id) < 0) {
         rc = -ENOMEM;
         snprintf(err, errcap, "out of memory");
@@ -324,7 +325,14 @@ static int open_task(df_supernode_t *sn, const char *url, char *const *filter, s
             snprintf(err, errcap, "%s", rc == -ENOSPC ? "too many tasks" : df_strerror(rc));
             goto out;
         }
-        *created = true;
+        /* Like the headers, the first registrant's TLS settings are the
+         * seed's: the digest a registrant may give still checks the bytes. */
+        task->insecure = insecure;
+        if (root_ca) {
+            task->root_ca = *root_ca;
+            task->root_ca_len = root_ca_len;
+            *root_ca = NULL;
+        }
         DF_LOG_I("task %.12s: new, url %s", id, task_url);
     }
     task->last_access_ms = now;
@@ -344,7 +352,6 @@ static void h_register(df_supernode_t *sn, struct evhttp_request *req)
     const char *body;
     size_t len;
     uint64_t now = df_now_ms();
-    bool created = false;
     int rc;
 
     body = body_of(req, &len);
@@ -357,20 +364,12 @@ static void h_register(df_supernode_t *sn, struct evhttp_request *req)
         send_error(sn, req, route, rc == DF_EPROTO ? 400 : 500, "bad_request", err);
         return;
     }
-    rc = open_task(sn, r.url, r.filter, r.nfilter, r.digest, r.identifier, r.headers, r.nheaders, r.pattern, now,
-                   &task, &created, err, sizeof(err));
+    rc = open_task(sn, r.url, r.filter, r.nfilter, r.digest, r.identifier, r.headers, r.nheaders, r.pattern,
+                   r.insecure, &r.root_ca, r.root_ca_len, now, &task, err, sizeof(err));
     if (rc < 0) {
         send_error(sn, req, route, rc == -EEXIST ? 409 : rc == -ENOSPC ? 503 : 500,
                    rc == -EEXIST ? "conflict" : rc == -ENOSPC ? "busy" : "internal", err);
         goto out;
-    }
-    if (created) {
-        /* Like the headers, the first registrant's TLS settings are the
-         * seed's: the digest a registrant may give still checks the bytes. */
-        task->insecure = r.insecure;
-        task->root_ca = r.root_ca;
-        task->root_ca_len = r.root_ca_len;
-        r.root_ca = NULL;
     }
     task->last_access_ms = now;
     if (df_sn_seed_ready(task)) {
@@ -774,13 +773,13 @@ static int preheat_seed(const df_download_req_t *r, char *const *headers, size_t
     df_supernode_t *sn = arg;
     size_t nfilter = 0;
     df_sn_task_t *task;
-    bool created;
     int rc;
 
     while (r->filter && r->filter[nfilter])
         nfilter++;
+    /* The supernode's own trust store, as for a Register without TLS settings. */
     rc = open_task(sn, r->url, (char *const *)r->filter, nfilter, r->digest, r->identifier, headers, nheaders,
-                   DF_PATTERN_P2P, df_now_ms(), &task, &created, err, errcap);
+                   DF_PATTERN_P2P, false, NULL, 0, df_now_ms(), &task, err, errcap);
     if (rc == 0)
         memcpy(id, task->id, 65);
     return rc;
