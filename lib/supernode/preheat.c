@@ -43,7 +43,7 @@ typedef enum { PH_RESOLVE = 0, PH_SEED } phase_t;
 typedef struct {
     char digest[72];
     char id[65];
-    bool done;
+    bool started, done;
     uint8_t reseeds;           /* times its task vanished and was started again */
 } blob_t;
 
@@ -491,25 +491,36 @@ static bool seed_blob(preheat_t *p, blob_t *b)
     return true;
 }
 
+static void check_seeds(preheat_t *p);
+
 static void start_seeding(preheat_t *p)
 {
     p->phase = PH_SEED;
     DF_LOG_I("preheat %.12s: seeding %zu blob(s) of %s", p->id, p->nblobs, p->req.url);
-    for (size_t i = 0; i < p->nblobs; i++)
-        if (!seed_blob(p, &p->blobs[i]))
-            return;
-    df_sn_preheats_kick(p->ph);
+    check_seeds(p);
 }
 
-/* Reads the seeds' states: SUCCESS when all are complete, FAILED with the
+/* Starts seeds up to DF_SN_PREHEAT_SEEDS_MAX at a time (an image of
+ * thousands of layers must not open thousands of origin requests at once)
+ * and reads their states: SUCCESS when all are complete, FAILED with the
  * first failure. */
 static void check_seeds(preheat_t *p)
 {
+    size_t active = 0;
+
     for (size_t i = 0; i < p->nblobs; i++) {
         blob_t *b = &p->blobs[i];
         df_sn_task_t *t;
         if (b->done)
             continue;
+        if (!b->started) {
+            if (active >= DF_SN_PREHEAT_SEEDS_MAX)
+                continue;
+            b->started = true;
+            if (!seed_blob(p, b))
+                return;
+        }
+        active++;
         t = df_sn_task_find(p->ph->o.swarm, b->id);
         if (!t) {
             /* Forgotten meanwhile (idle sweep, or a failed task retired):
@@ -529,6 +540,7 @@ static void check_seeds(preheat_t *p)
         if (t->state == DF_SN_TASK_COMPLETE && !df_sn_seed_active(t)) {
             b->done = true;
             p->ndone++;
+            active--;
         }
     }
     if (p->ndone == p->nblobs)

@@ -37,6 +37,7 @@
 #define DF_SN_PREHEAT_RUNNING_MAX 8u
 #define DF_SN_PREHEAT_BLOBS_MAX 4096u          /* blobs of one preheat, all platforms */
 #define DF_SN_PREHEAT_MANIFESTS_MAX 64u        /* manifests fetched for one preheat */
+#define DF_SN_PREHEAT_SEEDS_MAX 16u            /* seeds one preheat runs at once */
 #define DF_SN_PREHEAT_KEEP_MS (24u * 3600u * 1000u)
 #define DF_SN_PREHEAT_TIMEOUT_MS (30u * 60u * 1000u)
 

@@ -182,6 +182,34 @@ def test_preheat_index_platforms(env):
             f"the registry served blob bytes after the preheat: {reg.access()[mark:]}")
 
 
+@T.timeout(180)
+def test_preheat_file(env):
+    """Type "file" (nginx origin, a filtered query key): the preheat seeds the
+    task a Register of that url and filter gets; a dfget afterwards reads
+    nothing from the origin.  A second POST while it runs joins it (200, same
+    ID); a missing file ends FAILED with the origin's 404."""
+    o = env.origin(slow_rate="8m")
+    info = o.add_file("f.bin", 12 * T.MiB)
+    sn = env.supernode()
+    url = o.url("f.bin", "slow") + "?token=abc"
+    pid = preheat(sn, {"type": "file", "url": url, "filter": "token"})
+    pid2 = preheat(sn, {"type": "file", "url": o.url("f.bin", "slow") + "?token=other", "filter": "token"},
+                   want=(200,))
+    T.check(pid2 == pid, "a running preheat was not joined")
+    doc = wait_preheat(sn, pid)
+    T.check(doc["status"] == "SUCCESS" and "token" not in doc["url"], f"file preheat: {doc}")
+    served = o.bytes_served(url)
+    T.check(served == info.size, f"the origin served {served} B for the preheat, want {info.size}")
+    r = env.dfget(o.url("f.bin", "slow") + "?token=xyz", env.path("f.bin"), node=sn.addr,
+                  extra=["--filter", "token"], timeout=90)
+    r.expect_ok(info)
+    T.check(r.json["bytes_from_origin"] == 0 and o.bytes_served(url) == info.size,
+            f"dfget after the preheat read the origin: {r.describe()}")
+    gone = preheat(sn, {"type": "file", "url": o.url("nope.bin", "missing")})
+    doc = wait_preheat(sn, gone)
+    T.check(doc["status"] == "FAILED" and "404" in doc["errorMsg"], f"missing file: {doc}")
+
+
 @T.timeout(120)
 def test_preheat_errors(env):
     """A missing tag ends FAILED with the registry's 404 in errorMsg; a dead
@@ -229,4 +257,4 @@ def test_preheat_errors(env):
 
 
 if __name__ == "__main__":
-    T.main([test_preheat_image_then_pull, test_preheat_index_platforms, test_preheat_errors])
+    T.main([test_preheat_image_then_pull, test_preheat_index_platforms, test_preheat_file, test_preheat_errors])
