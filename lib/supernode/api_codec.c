@@ -188,7 +188,7 @@ static bool is_ip(const char *s)
 /* "insecure" (bool) and "rootCAs" (array of base64 strings, Go's []byte in
  * JSON): the TLS settings the seed uses for this task's origin.  The decoded
  * certificates are concatenated, capped at DF_SN_ROOT_CA_MAX in all. */
-static int decode_tls(json_t *root, df_sn_register_req_t *out, char *err, size_t errcap)
+int df_sn_decode_tls(json_t *root, bool *insecure, char **root_ca, size_t *root_ca_len, char *err, size_t errcap)
 {
     json_t *ins = json_object_get(root, "insecure"), *cas = json_object_get(root, "rootCAs"), *e;
     size_t i;
@@ -198,7 +198,7 @@ static int decode_tls(json_t *root, df_sn_register_req_t *out, char *err, size_t
             df_errf(err, errcap, "%s", "field \"insecure\" must be a boolean");
             return DF_EPROTO;
         }
-        out->insecure = json_is_true(ins);
+        *insecure = json_is_true(ins);
     }
     if (!cas || json_is_null(cas))
         return 0;
@@ -213,25 +213,25 @@ static int decode_tls(json_t *root, df_sn_register_req_t *out, char *err, size_t
         char *grown;
         int got;
 
-        if (!s || n % 4 != 0 || n / 4 * 3 > DF_SN_ROOT_CA_MAX - out->root_ca_len) {
+        if (!s || n % 4 != 0 || n / 4 * 3 > DF_SN_ROOT_CA_MAX - *root_ca_len) {
             df_errf(err, errcap, "%s", "field \"rootCAs\": bad base64 or more than 32 KiB");
             return DF_EPROTO;
         }
         if (n == 0)
             continue;
-        grown = realloc(out->root_ca, out->root_ca_len + n / 4 * 3 + 2);
+        grown = realloc(*root_ca, *root_ca_len + n / 4 * 3 + 2);
         if (!grown)
             return -ENOMEM;
-        out->root_ca = grown;
-        got = EVP_DecodeBlock((unsigned char *)out->root_ca + out->root_ca_len, (const unsigned char *)s, (int)n);
+        *root_ca = grown;
+        got = EVP_DecodeBlock((unsigned char *)*root_ca + *root_ca_len, (const unsigned char *)s, (int)n);
         if (got < 0) {
             df_errf(err, errcap, "%s", "field \"rootCAs\": bad base64");
             return DF_EPROTO;
         }
         /* EVP_DecodeBlock counts the padding as zero bytes. */
         pad = (s[n - 1] == '=') + (n > 1 && s[n - 2] == '=');
-        out->root_ca_len += (size_t)got - pad;
-        out->root_ca[out->root_ca_len++] = '\n'; /* certificates stay separate */
+        *root_ca_len += (size_t)got - pad;
+        (*root_ca)[(*root_ca_len)++] = '\n'; /* certificates stay separate */
     }
     return 0;
 }
@@ -319,7 +319,7 @@ int df_sn_decode_register(const char *body, size_t len, df_sn_register_req_t *ou
             goto out;
         }
     }
-    rc = decode_tls(root, out, err, errcap);
+    rc = df_sn_decode_tls(root, &out->insecure, &out->root_ca, &out->root_ca_len, err, errcap);
     if (rc < 0)
         goto out;
     rc = get_string(root, "pattern", false, 16, &pattern, err, errcap);

@@ -101,6 +101,7 @@ void df_sn_preheat_req_clear(df_sn_preheat_req_t *r)
     free(r->identifier);
     free_strv(r->headers, r->nheaders);
     free(r->platform);
+    free(r->root_ca);
     memset(r, 0, sizeof(*r));
 }
 
@@ -264,6 +265,8 @@ int df_sn_decode_preheat(const char *body, size_t len, df_sn_preheat_req_t *out,
         rc = decode_filter(root, out, err, errcap);
     if (rc == 0)
         rc = decode_headers(root, out, err, errcap);
+    if (rc == 0)
+        rc = df_sn_decode_tls(root, &out->insecure, &out->root_ca, &out->root_ca_len, err, errcap);
     if (rc < 0)
         goto out;
     rc = DF_EPROTO;
@@ -481,7 +484,9 @@ static bool seed_blob(preheat_t *p, blob_t *b)
     }
     hdrs = request_headers(p, &nh, NULL);
     err[0] = '\0';
-    rc = hdrs ? p->ph->o.seed(&r, hdrs, nh, b->id, err, sizeof(err), p->ph->o.arg) : -ENOMEM;
+    rc = hdrs ? p->ph->o.seed(&r, hdrs, nh, p->req.insecure, p->req.root_ca, p->req.root_ca_len, b->id, err,
+                              sizeof(err), p->ph->o.arg)
+              : -ENOMEM;
     free(hdrs);
     free(filter);
     if (rc < 0) {
@@ -548,6 +553,14 @@ static void check_seeds(preheat_t *p)
 }
 
 /* ----------------------------------------------------------- resolving */
+
+/* The preheat's TLS settings for its own requests (the seeds get the same). */
+static void tls_opts(const preheat_t *p, df_http_opts_t *o)
+{
+    o->insecure = p->req.insecure;
+    o->ca_pem = p->req.root_ca;
+    o->ca_pem_len = p->req.root_ca_len;
+}
 
 static void fetch(preheat_t *p);
 
@@ -616,6 +629,7 @@ static bool start_token(preheat_t *p, const char *challenge)
         o.timeout_ms = REQ_TIMEOUT_MS;
         o.follow_redirects = true;
         o.max_body = TOKEN_BODY_MAX;
+        tls_opts(p, &o);
         rc = df_http_start(p->ph->o.http, &o, &cbs, p, &p->http);
     } else {
         rc = -ENOMEM;
@@ -759,6 +773,7 @@ static void fetch(preheat_t *p)
     o.timeout_ms = REQ_TIMEOUT_MS;
     o.follow_redirects = true;
     o.max_body = DF_REGISTRY_MANIFEST_MAX;
+    tls_opts(p, &o);
     rc = df_http_start(p->ph->o.http, &o, &cbs, p, &p->http);
     free(hdrs);
     if (rc < 0) {

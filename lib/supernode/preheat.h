@@ -62,21 +62,26 @@ typedef struct {
     char **headers;            /* "K: V" lines */
     size_t nheaders;
     char *platform;            /* "os/arch[/variant]" or NULL: every platform */
+    bool insecure;             /* TLS to the registry/origin, as a Register's "insecure" */
+    char *root_ca;             /* "rootCAs" decoded (PEM), or NULL */
+    size_t root_ca_len;
 } df_sn_preheat_req_t;
 
 /* Decodes a POST /preheats body: {"type", "url", "filter"?, "identifier"?,
- * "headers"? {name: value}, "platform"?}; other keys (Harbor's "image",
- * "tag") are ignored.  An image url must be a manifest URL
+ * "headers"? {name: value}, "platform"?, "insecure"?, "rootCAs"?}; other
+ * keys (Harbor's "image", "tag") are ignored.  An image url must be a manifest URL
  * (df_registry_parse_manifest_url).  0, or DF_EPROTO with err, or -ENOMEM. */
 int df_sn_decode_preheat(const char *body, size_t len, df_sn_preheat_req_t *out, char *err, size_t errcap);
 void df_sn_preheat_req_clear(df_sn_preheat_req_t *r);
 
 /* Starts (or joins) the seed of the task that the download request r
  * describes (its url, filter, digest and identifier make the task id, as
- * for a Register), fetching with these origin headers; writes the id.  0,
- * or < 0 with a message in err. */
+ * for a Register), fetching with these origin headers and TLS settings
+ * (root_ca: PEM bytes or NULL, borrowed); writes the id.  0, or < 0 with a
+ * message in err. */
 typedef int (*df_sn_preheat_seed_cb)(const df_download_req_t *r, char *const *headers, size_t nheaders,
-                                     char id[65], char *err, size_t errcap, void *arg);
+                                     bool insecure, const char *root_ca, size_t root_ca_len, char id[65],
+                                     char *err, size_t errcap, void *arg);
 
 typedef struct {
     struct event_base *base;   /* borrowed */

@@ -767,19 +767,26 @@ static void h_heartbeat(df_supernode_t *sn, struct evhttp_request *req)
 
 /* Preheat's way into the seed: the Register path (open_task), for a task
  * nobody registered yet (the preheat's headers become the seed's). */
-static int preheat_seed(const df_download_req_t *r, char *const *headers, size_t nheaders, char id[65], char *err,
-                        size_t errcap, void *arg)
+static int preheat_seed(const df_download_req_t *r, char *const *headers, size_t nheaders, bool insecure,
+                        const char *root_ca, size_t root_ca_len, char id[65], char *err, size_t errcap, void *arg)
 {
     df_supernode_t *sn = arg;
+    char *ca = NULL;
     size_t nfilter = 0;
     df_sn_task_t *task;
     int rc;
 
     while (r->filter && r->filter[nfilter])
         nfilter++;
-    /* The supernode's own trust store, as for a Register without TLS settings. */
+    if (root_ca && !(ca = malloc(root_ca_len))) {
+        snprintf(err, errcap, "out of memory");
+        return -ENOMEM;
+    }
+    if (ca)
+        memcpy(ca, root_ca, root_ca_len);
     rc = open_task(sn, r->url, (char *const *)r->filter, nfilter, r->digest, r->identifier, headers, nheaders,
-                   DF_PATTERN_P2P, false, NULL, 0, df_now_ms(), &task, err, errcap);
+                   DF_PATTERN_P2P, insecure, &ca, root_ca_len, df_now_ms(), &task, err, errcap);
+    free(ca); /* NULL when a new task took it */
     if (rc == 0)
         memcpy(id, task->id, 65);
     return rc;

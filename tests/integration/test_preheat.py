@@ -183,6 +183,38 @@ def test_preheat_index_platforms(env):
 
 
 @T.timeout(180)
+def test_preheat_tls_registry(env):
+    """A registry over TLS with a private CA: without "rootCAs" the preheat
+    fails on the certificate; with them (base64 PEM, as a Register's) it
+    succeeds, and a dfdaemon trusting the same CA (--registry-host ... ca=)
+    then serves every blob, named with ?ns=, without blob bytes from the
+    registry."""
+    import base64
+    ca = M.TestCA(env)
+    reg = M.Registry(env, tls=ca).start()
+    layout = env.mkdir("oci")
+    M.make_oci_image(layout, 2 * T.MiB)
+    image = M.push(env, reg, layout)
+    blobs = image["layers"] + [image["config"]]
+    sn = env.supernode()
+    d = env.dfdaemon(sn.addr, extra=["--registry", "http://127.0.0.1:9", "--registry-host", f"{reg.addr} ca={ca.ca}"])
+    url = f"https://{reg.addr}/v2/test/img/manifests/1"
+    pid = preheat(sn, {"type": "image", "url": url})
+    doc = wait_preheat(sn, pid)
+    T.check(doc["status"] == "FAILED" and "certificate" in doc["errorMsg"].lower(), f"untrusted CA: {doc}")
+    with open(ca.ca, "rb") as f:
+        pem = base64.b64encode(f.read()).decode()
+    T.check(preheat(sn, {"type": "image", "url": url, "rootCAs": [pem]}) == pid, "same preheat, another id")
+    doc = wait_preheat(sn, pid)
+    T.check(doc["status"] == "SUCCESS" and doc["blobs"] == len(blobs), f"with rootCAs: {doc}")
+    mark = len(reg.access())
+    for dg in blobs:
+        st, _, body = T.http_request(d.port, "GET", f"/v2/test/img/blobs/{dg}?ns={reg.addr}", timeout=60.0)
+        T.check(st == 200 and "sha256:" + hashlib.sha256(body).hexdigest() == dg, f"blob {dg} -> {st}")
+    T.check(not blob_gets(reg, blobs, mark), f"the registry served blob bytes: {reg.access()[mark:]}")
+
+
+@T.timeout(180)
 def test_preheat_file(env):
     """Type "file" (nginx origin, a filtered query key): the preheat seeds the
     task a Register of that url and filter gets; a dfget afterwards reads
@@ -257,4 +289,4 @@ def test_preheat_errors(env):
 
 
 if __name__ == "__main__":
-    T.main([test_preheat_image_then_pull, test_preheat_index_platforms, test_preheat_file, test_preheat_errors])
+    T.main([test_preheat_image_then_pull, test_preheat_index_platforms, test_preheat_tls_registry, test_preheat_file, test_preheat_errors])

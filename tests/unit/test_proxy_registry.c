@@ -300,6 +300,13 @@ static void test_preheat_request(void **state)
                      0);
     assert_string_equal(r.platform, "linux/arm64/v8");
     df_sn_preheat_req_clear(&r);
+    assert_int_equal(decode("{\"type\":\"file\",\"url\":\"https://o/f\",\"insecure\":true,\"rootCAs\":[\"QUJD\"]}",
+                            &r, err),
+                     0);
+    assert_true(r.insecure);
+    assert_int_equal(r.root_ca_len, 4);
+    assert_memory_equal(r.root_ca, "ABC\n", 4);
+    df_sn_preheat_req_clear(&r);
 
     const char *bad[] = {
         "", "null", "{}", "{\"type\":\"image\"}", "{\"type\":1,\"url\":\"http://h/v2/a/manifests/1\"}",
@@ -309,6 +316,9 @@ static void test_preheat_request(void **state)
         "{\"type\":\"file\",\"url\":\"file:///etc/passwd\"}",
         "{\"type\":\"file\",\"url\":\"http://host/a b\"}",
         "{\"type\":\"image\",\"url\":\"http://h/v2/a/manifests/1\",\"type\":\"file\"}",
+        "{\"type\":\"file\",\"url\":\"http://h/f\",\"insecure\":1}",
+        "{\"type\":\"file\",\"url\":\"http://h/f\",\"rootCAs\":\"QUJD\"}",
+        "{\"type\":\"file\",\"url\":\"http://h/f\",\"rootCAs\":[\"QUJ\"]}",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         err[0] = '\0';
