@@ -172,14 +172,28 @@ def test_preheat_index_platforms(env):
     T.check(len(blob_gets(reg, plat["amd64"], mark)) == len(plat["amd64"]), f"amd64: {reg.access()[mark:]}")
     T.check(len(blob_gets(reg, plat["arm64"], mark)) == len(plat["arm64"]), "arm64 blobs fetched twice")
 
+    def get_all(daemon):
+        for arch, digests in sorted(plat.items()):
+            for dg in digests:
+                st, h, body = T.http_request(daemon.port, "GET", f"/v2/multi/img/blobs/{dg}", timeout=60.0)
+                T.check(st == 200 and "sha256:" + hashlib.sha256(body).hexdigest() == dg,
+                        f"{arch} blob {dg} through the mirror -> {st}, {len(body)} B")
+    every = plat["amd64"] + plat["arm64"]
     mark = len(reg.access())
-    for arch, digests in sorted(plat.items()):
-        for dg in digests:
-            st, h, body = T.http_request(d.port, "GET", f"/v2/multi/img/blobs/{dg}", timeout=60.0)
-            T.check(st == 200 and "sha256:" + hashlib.sha256(body).hexdigest() == dg,
-                    f"{arch} blob {dg} through the mirror -> {st}, {len(body)} B")
-    T.check(not blob_gets(reg, plat["amd64"] + plat["arm64"], mark),
-            f"the registry served blob bytes after the preheat: {reg.access()[mark:]}")
+    get_all(d)
+    T.check(not blob_gets(reg, every, mark), f"the registry served blob bytes after the preheat: {reg.access()[mark:]}")
+
+    # Past the supernode's 10 s freshness window a Register revalidates the
+    # cached blob (conditional GET): the registry answers 304, still no bytes.
+    time.sleep(11.0)
+    d2 = env.dfdaemon(sn.addr, extra=["--registry", reg.url])
+    mark = len(reg.access())
+    get_all(d2)
+    later = reg.access()[mark:]
+    T.check(not blob_gets(reg, every, mark), f"the registry served blob bytes on revalidation: {later}")
+    revalidated = sum(1 for m, p_, st in later if m == "GET" and st == 304)
+    T.log(f"after the freshness window: {revalidated} conditional GET(s) answered 304 for {len(every)} blobs")
+    T.check(revalidated == len(every), f"expected one 304 revalidation per blob: {later}")
 
 
 @T.timeout(180)
