@@ -58,6 +58,9 @@ int df_strlcpy(char *dst, const char *src, size_t cap);
 void df_hex(const uint8_t *in, size_t len, char *out);
 /* Decodes exactly outlen bytes of hex; 0 or -EINVAL. */
 int df_unhex(const char *in, uint8_t *out, size_t outlen);
+/* Formats a one-line error message into err (errcap bytes; nothing when
+ * err is NULL or errcap 0), truncating what does not fit. */
+void df_errf(char *err, size_t errcap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* Parses a non-negative decimal uint64 that fills the whole string. */
 int df_parse_u64(const char *s, uint64_t *out);
 

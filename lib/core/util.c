@@ -3,6 +3,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <stdarg.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
@@ -282,4 +283,15 @@ int df_read_file(const char *path, size_t cap, char **out, size_t *len_out)
     if (len_out)
         *len_out = b.len;
     return 0;
+}
+
+void df_errf(char *err, size_t errcap, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (!err || !errcap)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(err, errcap, fmt, ap);
+    va_end(ap);
 }

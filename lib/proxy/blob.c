@@ -31,6 +31,7 @@
 #include "proxy/proxy_internal.h"
 
 #include "piece/range.h"
+#include "proxy/registry.h"
 
 #include <event2/buffer.h>
 #include <event2/keyvalq_struct.h>
@@ -220,9 +221,10 @@ static void start_download(xch_t *x)
     px->flights = f;
     f->listed = true;
     px->nflights++;
-    r.url = x->url;
+    /* The task's identity is the registry module's rule, which the
+     * supernode's preheat uses too: a preheated blob is this very task. */
+    df_registry_blob_task(&r, x->url, x->digest[0] ? x->digest : NULL);
     r.stream = true;
-    r.digest = x->digest[0] ? x->digest : NULL;
     r.headers = hdrs;
     r.call_system = "dfdaemon-mirror";
     r.insecure = x->insecure; /* the upstream's TLS settings for back-source and the seed */

@@ -22,19 +22,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void set_err(char *err, size_t errcap, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errcap, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (!err || !errcap)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, errcap, fmt, ap);
-    va_end(ap);
-}
-
 /* Parses body as one JSON object.  Returns NULL (with err) otherwise. */
 static json_t *parse_object(const char *body, size_t len, char *err, size_t errcap)
 {
@@ -42,7 +29,7 @@ static json_t *parse_object(const char *body, size_t len, char *err, size_t errc
     json_t *root;
 
     if (len > DF_SN_BODY_MAX) {
-        set_err(err, errcap, "%s", "body too large");
+        df_errf(err, errcap, "%s", "body too large");
         return NULL;
     }
     root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
@@ -53,7 +40,7 @@ static json_t *parse_object(const char *body, size_t len, char *err, size_t errc
     }
     if (!json_is_object(root)) {
         json_decref(root);
-        set_err(err, errcap, "%s", "body is not a JSON object");
+        df_errf(err, errcap, "%s", "body is not a JSON object");
         return NULL;
     }
     return root;
@@ -70,15 +57,15 @@ static int get_string(json_t *obj, const char *key, bool required, size_t maxlen
     if (!v || json_is_null(v)) {
         if (!required)
             return 0;
-        set_err(err, errcap, "missing field \"%s\"", key);
+        df_errf(err, errcap, "missing field \"%s\"", key);
         return DF_EPROTO;
     }
     if (!json_is_string(v)) {
-        set_err(err, errcap, "field \"%s\" must be a string", key);
+        df_errf(err, errcap, "field \"%s\" must be a string", key);
         return DF_EPROTO;
     }
     if (json_string_length(v) > maxlen) {
-        set_err(err, errcap, "field \"%s\" is too long", key);
+        df_errf(err, errcap, "field \"%s\" is too long", key);
         return DF_EPROTO;
     }
     *out = strdup(json_string_value(v));
@@ -98,16 +85,16 @@ static int get_uint(json_t *obj, const char *key, bool required, uint64_t max, u
     if (!v || json_is_null(v)) {
         if (!required)
             return 0;
-        set_err(err, errcap, "missing field \"%s\"", key);
+        df_errf(err, errcap, "missing field \"%s\"", key);
         return DF_EPROTO;
     }
     if (!json_is_integer(v)) {
-        set_err(err, errcap, "field \"%s\" must be an integer", key);
+        df_errf(err, errcap, "field \"%s\" must be an integer", key);
         return DF_EPROTO;
     }
     i = json_integer_value(v);
     if (i < 0 || (uint64_t)i > max) {
-        set_err(err, errcap, "field \"%s\" is out of range", key);
+        df_errf(err, errcap, "field \"%s\" is out of range", key);
         return DF_EPROTO;
     }
     *out = (uint64_t)i;
@@ -129,12 +116,12 @@ static int get_string_array(json_t *obj, const char *key, size_t maxn, size_t ma
     if (!v || json_is_null(v))
         return 0;
     if (!json_is_array(v)) {
-        set_err(err, errcap, "field \"%s\" must be an array of strings", key);
+        df_errf(err, errcap, "field \"%s\" must be an array of strings", key);
         return DF_EPROTO;
     }
     n = json_array_size(v);
     if (n > maxn) {
-        set_err(err, errcap, "field \"%s\" has too many entries", key);
+        df_errf(err, errcap, "field \"%s\" has too many entries", key);
         return DF_EPROTO;
     }
     if (n == 0)
@@ -146,11 +133,11 @@ static int get_string_array(json_t *obj, const char *key, size_t maxn, size_t ma
     json_array_foreach(v, i, e)
     {
         if (!json_is_string(e)) {
-            set_err(err, errcap, "field \"%s\" must be an array of strings", key);
+            df_errf(err, errcap, "field \"%s\" must be an array of strings", key);
             return DF_EPROTO;
         }
         if (json_string_length(e) > maxlen) {
-            set_err(err, errcap, "an entry of \"%s\" is too long", key);
+            df_errf(err, errcap, "an entry of \"%s\" is too long", key);
             return DF_EPROTO;
         }
         arr[i] = strdup(json_string_value(e));
@@ -201,22 +188,22 @@ static bool is_ip(const char *s)
 /* "insecure" (bool) and "rootCAs" (array of base64 strings, Go's []byte in
  * JSON): the TLS settings the seed uses for this task's origin.  The decoded
  * certificates are concatenated, capped at DF_SN_ROOT_CA_MAX in all. */
-static int decode_tls(json_t *root, df_sn_register_req_t *out, char *err, size_t errcap)
+int df_sn_decode_tls(json_t *root, bool *insecure, char **root_ca, size_t *root_ca_len, char *err, size_t errcap)
 {
     json_t *ins = json_object_get(root, "insecure"), *cas = json_object_get(root, "rootCAs"), *e;
     size_t i;
 
     if (ins && !json_is_null(ins)) {
         if (!json_is_boolean(ins)) {
-            set_err(err, errcap, "%s", "field \"insecure\" must be a boolean");
+            df_errf(err, errcap, "%s", "field \"insecure\" must be a boolean");
             return DF_EPROTO;
         }
-        out->insecure = json_is_true(ins);
+        *insecure = json_is_true(ins);
     }
     if (!cas || json_is_null(cas))
         return 0;
     if (!json_is_array(cas) || json_array_size(cas) > 16) {
-        set_err(err, errcap, "%s", "field \"rootCAs\" must be an array of at most 16 base64 strings");
+        df_errf(err, errcap, "%s", "field \"rootCAs\" must be an array of at most 16 base64 strings");
         return DF_EPROTO;
     }
     json_array_foreach(cas, i, e)
@@ -226,25 +213,25 @@ static int decode_tls(json_t *root, df_sn_register_req_t *out, char *err, size_t
         char *grown;
         int got;
 
-        if (!s || n % 4 != 0 || n / 4 * 3 > DF_SN_ROOT_CA_MAX - out->root_ca_len) {
-            set_err(err, errcap, "%s", "field \"rootCAs\": bad base64 or more than 32 KiB");
+        if (!s || n % 4 != 0 || n / 4 * 3 > DF_SN_ROOT_CA_MAX - *root_ca_len) {
+            df_errf(err, errcap, "%s", "field \"rootCAs\": bad base64 or more than 32 KiB");
             return DF_EPROTO;
         }
         if (n == 0)
             continue;
-        grown = realloc(out->root_ca, out->root_ca_len + n / 4 * 3 + 2);
+        grown = realloc(*root_ca, *root_ca_len + n / 4 * 3 + 2);
         if (!grown)
             return -ENOMEM;
-        out->root_ca = grown;
-        got = EVP_DecodeBlock((unsigned char *)out->root_ca + out->root_ca_len, (const unsigned char *)s, (int)n);
+        *root_ca = grown;
+        got = EVP_DecodeBlock((unsigned char *)*root_ca + *root_ca_len, (const unsigned char *)s, (int)n);
         if (got < 0) {
-            set_err(err, errcap, "%s", "field \"rootCAs\": bad base64");
+            df_errf(err, errcap, "%s", "field \"rootCAs\": bad base64");
             return DF_EPROTO;
         }
         /* EVP_DecodeBlock counts the padding as zero bytes. */
         pad = (s[n - 1] == '=') + (n > 1 && s[n - 2] == '=');
-        out->root_ca_len += (size_t)got - pad;
-        out->root_ca[out->root_ca_len++] = '\n'; /* certificates stay separate */
+        *root_ca_len += (size_t)got - pad;
+        (*root_ca)[(*root_ca_len)++] = '\n'; /* certificates stay separate */
     }
     return 0;
 }
@@ -280,7 +267,7 @@ int df_sn_decode_register(const char *body, size_t len, df_sn_register_req_t *ou
     if (rc < 0)
         goto out;
     if (strncmp(out->url, "http://", 7) != 0 && strncmp(out->url, "https://", 8) != 0) {
-        set_err(err, errcap, "%s", "url must be http:// or https://");
+        df_errf(err, errcap, "%s", "url must be http:// or https://");
         rc = DF_EPROTO;
         goto out;
     }
@@ -288,7 +275,7 @@ int df_sn_decode_register(const char *body, size_t len, df_sn_register_req_t *ou
         /* Control characters and spaces would let a client smuggle header
          * lines into the origin request or break the listing JSON. */
         if ((unsigned char)*p <= 0x20 || *p == 0x7f) {
-            set_err(err, errcap, "%s", "url contains spaces or control characters");
+            df_errf(err, errcap, "%s", "url contains spaces or control characters");
             rc = DF_EPROTO;
             goto out;
         }
@@ -305,7 +292,7 @@ int df_sn_decode_register(const char *body, size_t len, df_sn_register_req_t *ou
         out->digest = NULL;
     }
     if (out->digest && df_digest_parse(out->digest, &dg) < 0) {
-        set_err(err, errcap, "%s", "digest must be \"sha256:<hex>\", \"sha512:<hex>\" or \"md5:<hex>\"");
+        df_errf(err, errcap, "%s", "digest must be \"sha256:<hex>\", \"sha512:<hex>\" or \"md5:<hex>\"");
         rc = DF_EPROTO;
         goto out;
     }
@@ -327,12 +314,12 @@ int df_sn_decode_register(const char *body, size_t len, df_sn_register_req_t *ou
             if (*p == '\r' || *p == '\n')
                 bad = true; /* header injection */
         if (bad) {
-            set_err(err, errcap, "%s", "headers must be \"Key: Value\" lines");
+            df_errf(err, errcap, "%s", "headers must be \"Key: Value\" lines");
             rc = DF_EPROTO;
             goto out;
         }
     }
-    rc = decode_tls(root, out, err, errcap);
+    rc = df_sn_decode_tls(root, &out->insecure, &out->root_ca, &out->root_ca_len, err, errcap);
     if (rc < 0)
         goto out;
     rc = get_string(root, "pattern", false, 16, &pattern, err, errcap);
@@ -347,7 +334,7 @@ int df_sn_decode_register(const char *body, size_t len, df_sn_register_req_t *ou
         else if (strcmp(pattern, "source") == 0)
             out->pattern = DF_PATTERN_SOURCE;
         else {
-            set_err(err, errcap, "%s", "pattern must be p2p, cdn or source");
+            df_errf(err, errcap, "%s", "pattern must be p2p, cdn or source");
             rc = DF_EPROTO;
             goto out;
         }
@@ -355,7 +342,7 @@ int df_sn_decode_register(const char *body, size_t len, df_sn_register_req_t *ou
 
     peer = json_object_get(root, "peer");
     if (!peer || !json_is_object(peer)) {
-        set_err(err, errcap, "%s", "missing object \"peer\"");
+        df_errf(err, errcap, "%s", "missing object \"peer\"");
         rc = DF_EPROTO;
         goto out;
     }
@@ -363,7 +350,7 @@ int df_sn_decode_register(const char *body, size_t len, df_sn_register_req_t *ou
     if (rc < 0)
         goto out;
     if (!is_ip(out->peer_ip)) {
-        set_err(err, errcap, "%s", "peer.ip must be a numeric IP address");
+        df_errf(err, errcap, "%s", "peer.ip must be a numeric IP address");
         rc = DF_EPROTO;
         goto out;
     }
@@ -379,7 +366,7 @@ int df_sn_decode_register(const char *body, size_t len, df_sn_register_req_t *ou
         out->peer_hostname = NULL;
     }
     if (out->peer_hostname && !is_token(out->peer_hostname)) {
-        set_err(err, errcap, "%s", "peer.hostname must be printable ASCII without spaces");
+        df_errf(err, errcap, "%s", "peer.hostname must be printable ASCII without spaces");
         rc = DF_EPROTO;
         goto out;
     }
@@ -418,14 +405,14 @@ static int get_task_peer(json_t *root, bool task_required, char **task_id, char 
     if (rc < 0)
         return rc;
     if (!is_token(*peer_id) || !**peer_id) {
-        set_err(err, errcap, "%s", "peer_id must be non-empty printable ASCII");
+        df_errf(err, errcap, "%s", "peer_id must be non-empty printable ASCII");
         return DF_EPROTO;
     }
     rc = get_string(root, "task_id", task_required, 64, task_id, err, errcap);
     if (rc < 0)
         return rc;
     if (*task_id && !df_sn_is_task_id(*task_id)) {
-        set_err(err, errcap, "%s", "task_id must be 64 lower-case hex digits");
+        df_errf(err, errcap, "%s", "task_id must be 64 lower-case hex digits");
         return DF_EPROTO;
     }
     return 0;
@@ -459,12 +446,12 @@ int df_sn_decode_pull(const char *body, size_t len, df_sn_pull_req_t *out, char 
     results = json_object_get(root, "results");
     if (results && !json_is_null(results)) {
         if (!json_is_array(results)) {
-            set_err(err, errcap, "%s", "field \"results\" must be an array");
+            df_errf(err, errcap, "%s", "field \"results\" must be an array");
             rc = DF_EPROTO;
             goto out;
         }
         if (json_array_size(results) > DF_SN_RESULTS_MAX) {
-            set_err(err, errcap, "%s", "field \"results\" has too many entries");
+            df_errf(err, errcap, "%s", "field \"results\" has too many entries");
             rc = DF_EPROTO;
             goto out;
         }
@@ -481,7 +468,7 @@ int df_sn_decode_pull(const char *body, size_t len, df_sn_pull_req_t *out, char 
             json_t *ok;
 
             if (!json_is_object(e)) {
-                set_err(err, errcap, "%s", "each result must be an object");
+                df_errf(err, errcap, "%s", "each result must be an object");
                 rc = DF_EPROTO;
                 goto out;
             }
@@ -499,7 +486,7 @@ int df_sn_decode_pull(const char *body, size_t len, df_sn_pull_req_t *out, char 
             }
             ok = json_object_get(e, "ok");
             if (!ok || !json_is_boolean(ok)) {
-                set_err(err, errcap, "%s", "each result needs a boolean \"ok\"");
+                df_errf(err, errcap, "%s", "each result needs a boolean \"ok\"");
                 rc = DF_EPROTO;
                 goto out;
             }
@@ -583,7 +570,7 @@ int df_sn_decode_error(const char *body, size_t len, df_sn_error_req_t *out, cha
     else if (strcmp(kind, "io") == 0)
         out->kind = DF_SN_ERR_IO;
     else {
-        set_err(err, errcap, "%s", "kind must be digest, missing or io");
+        df_errf(err, errcap, "%s", "kind must be digest, missing or io");
         rc = DF_EPROTO;
         goto out;
     }

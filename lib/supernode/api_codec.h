@@ -91,6 +91,13 @@ typedef struct {
 
 int df_sn_decode_register(const char *body, size_t len, df_sn_register_req_t *out, char *err,
                           size_t errcap);
+/* The TLS keys of a request object (jansson's) as Register reads them:
+ * "insecure" (bool) into *insecure, "rootCAs" (base64 PEMs) decoded and
+ * appended to *root_ca (malloc'ed, *root_ca_len bytes, DF_SN_ROOT_CA_MAX in
+ * all).  0, DF_EPROTO with err, or -ENOMEM; the caller frees *root_ca. */
+struct json_t;
+int df_sn_decode_tls(struct json_t *root, bool *insecure, char **root_ca, size_t *root_ca_len, char *err,
+                     size_t errcap);
 void df_sn_register_req_clear(df_sn_register_req_t *r);
 
 /* /pull and /report bodies (a report's running/want are checked, unused). */

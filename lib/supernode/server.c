@@ -32,6 +32,7 @@
 #include "piece/piece.h"
 #include "piece/piece_store.h"
 #include "supernode/api_codec.h"
+#include "supernode/preheat.h"
 #include "supernode/seed.h"
 #include "supernode/swarm.h"
 
@@ -77,6 +78,7 @@ struct df_supernode {
     df_sn_swarm_t *swarm;
     df_sn_seeder_t *seeder;
     df_upload_server_t *upload;
+    df_sn_preheats_t *preheats;
     df_metrics_t *metrics;
     struct event *sweep;
     uint32_t sweeps;
@@ -87,6 +89,7 @@ struct df_supernode {
     df_metric_t *m_tasks, *m_peers, *m_sched_seed, *m_sched_peer, *m_seed_bytes, *m_origin_bytes;
     df_metric_t *m_sched_seconds, *m_seed_err[DF_SN_SEED_ERR_COUNT];
     df_metric_t *m_up_ok, *m_up_err;
+    df_metric_t *m_preheats[DF_SN_PREHEAT_NSTATES];
 };
 
 /* ------------------------------------------------------------ replies */
@@ -95,6 +98,7 @@ static const char *reason(int code)
 {
     switch (code) {
     case 200: return "OK";
+    case 201: return "Created";
     case 400: return "Bad Request";
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
@@ -268,6 +272,7 @@ static void on_seed_ready(df_sn_task_t *task, void *arg)
     if (df_sn_seed_ready(task))
         flush_waiters(sn, task, false);
     mark_task_changed(sn, task); /* completed or failed: parked pulls learn it */
+    df_sn_preheats_kick(sn->preheats);
 }
 
 static void on_seed_piece(df_sn_task_t *task, void *arg)
@@ -284,13 +289,66 @@ static void on_task_free(df_sn_task_t *task, void *arg)
     flush_parked(sn, task);
 }
 
+/* Finds the task of (url, filter, digest, identifier) -- its id is the
+ * task id rule of docs/API.md -- or creates it with these origin headers
+ * and TLS settings (*root_ca, PEM or NULL, is moved into a new task), then
+ * makes sure its seed runs (df_sn_seed_start).  Register and preheat both
+ * come through here.  0, or -EEXIST (the id belongs to a different task),
+ * -ENOSPC, -ENOMEM with a message in err. */
+static int open_task(df_supernode_t *sn, const char *url, char *const *filter, size_t nfilter, const char *digest,
+                     const char *identifier, char *const *headers, size_t nheaders, df_pattern_t pattern,
+                     bool insecure, char **root_ca, size_t root_ca_len, uint64_t now, df_sn_task_t **out, char *err,
+                     size_t errcap)
+{
+    char *task_url = df_sn_task_url(url, filter, nfilter);
+    df_sn_task_t *task;
+    char id[65];
+    int rc = 0;
+
+    if (!task_url || df_sn_task_id(task_url, digest, identifier, id) < 0) {
+        rc = -ENOMEM;
+        snprintf(err, errcap, "out of memory");
+        goto out;
+    }
+    task = df_sn_task_find(sn->swarm, id);
+    if (task) {
+        if (strcmp(task->task_url, task_url) != 0 || !same_str(task->digest, digest) ||
+            !same_str(task->identifier, identifier)) {
+            rc = -EEXIST;
+            snprintf(err, errcap, "the task id is already used by a different url, digest or identifier");
+            goto out;
+        }
+    } else {
+        rc = df_sn_task_create(sn->swarm, id, url, task_url, digest, identifier, headers, nheaders, pattern, now,
+                               &task);
+        if (rc < 0) {
+            snprintf(err, errcap, "%s", rc == -ENOSPC ? "too many tasks" : df_strerror(rc));
+            goto out;
+        }
+        /* Like the headers, the first registrant's TLS settings are the
+         * seed's: the digest a registrant may give still checks the bytes. */
+        task->insecure = insecure;
+        if (root_ca) {
+            task->root_ca = *root_ca;
+            task->root_ca_len = root_ca_len;
+            *root_ca = NULL;
+        }
+        DF_LOG_I("task %.12s: new, url %s", id, task_url);
+    }
+    task->last_access_ms = now;
+    df_sn_seed_start(sn->seeder, task, now); /* a failure is recorded on the task */
+    *out = task;
+out:
+    free(task_url);
+    return rc;
+}
+
 static void h_register(df_supernode_t *sn, struct evhttp_request *req)
 {
     static const char *route = "/api/v1/register";
     df_sn_register_req_t r;
     df_sn_task_t *task;
-    char err[256], id[65];
-    char *task_url = NULL;
+    char err[256];
     const char *body;
     size_t len;
     uint64_t now = df_now_ms();
@@ -306,37 +364,14 @@ static void h_register(df_supernode_t *sn, struct evhttp_request *req)
         send_error(sn, req, route, rc == DF_EPROTO ? 400 : 500, "bad_request", err);
         return;
     }
-    task_url = df_sn_task_url(r.url, r.filter, r.nfilter);
-    if (!task_url || df_sn_task_id(task_url, r.digest, r.identifier, id) < 0) {
-        send_error(sn, req, route, 500, "internal", "out of memory");
+    rc = open_task(sn, r.url, r.filter, r.nfilter, r.digest, r.identifier, r.headers, r.nheaders, r.pattern,
+                   r.insecure, &r.root_ca, r.root_ca_len, now, &task, err, sizeof(err));
+    if (rc < 0) {
+        send_error(sn, req, route, rc == -EEXIST ? 409 : rc == -ENOSPC ? 503 : 500,
+                   rc == -EEXIST ? "conflict" : rc == -ENOSPC ? "busy" : "internal", err);
         goto out;
     }
-    task = df_sn_task_find(sn->swarm, id);
-    if (task) {
-        if (strcmp(task->task_url, task_url) != 0 || !same_str(task->digest, r.digest) ||
-            !same_str(task->identifier, r.identifier)) {
-            send_error(sn, req, route, 409, "conflict",
-                       "the task id is already used by a different url, digest or identifier");
-            goto out;
-        }
-    } else {
-        rc = df_sn_task_create(sn->swarm, id, r.url, task_url, r.digest, r.identifier, r.headers,
-                               r.nheaders, r.pattern, now, &task);
-        if (rc < 0) {
-            send_error(sn, req, route, rc == -ENOSPC ? 503 : 500, rc == -ENOSPC ? "busy" : "internal",
-                       rc == -ENOSPC ? "too many tasks" : df_strerror(rc));
-            goto out;
-        }
-        /* Like the headers, the first registrant's TLS settings are the
-         * seed's: the digest a registrant may give still checks the bytes. */
-        task->insecure = r.insecure;
-        task->root_ca = r.root_ca;
-        task->root_ca_len = r.root_ca_len;
-        r.root_ca = NULL;
-        DF_LOG_I("task %.12s: new, url %s", id, task_url);
-    }
     task->last_access_ms = now;
-    df_sn_seed_start(sn->seeder, task, now); /* a failure is recorded on the task */
     if (df_sn_seed_ready(task)) {
         answer_register(sn, task, req, &r);
     } else {
@@ -352,7 +387,6 @@ static void h_register(df_supernode_t *sn, struct evhttp_request *req)
         task->waiters = w;
     }
 out:
-    free(task_url);
     df_sn_register_req_clear(&r);
 }
 
@@ -729,6 +763,83 @@ static void h_heartbeat(df_supernode_t *sn, struct evhttp_request *req)
     df_sn_heartbeat_req_clear(&r);
 }
 
+/* ---------------------------------------------------------- preheat */
+
+/* Preheat's way into the seed: the Register path (open_task), for a task
+ * nobody registered yet (the preheat's headers become the seed's). */
+static int preheat_seed(const df_download_req_t *r, char *const *headers, size_t nheaders, bool insecure,
+                        const char *root_ca, size_t root_ca_len, char id[65], char *err, size_t errcap, void *arg)
+{
+    df_supernode_t *sn = arg;
+    char *ca = NULL;
+    size_t nfilter = 0;
+    df_sn_task_t *task;
+    int rc;
+
+    while (r->filter && r->filter[nfilter])
+        nfilter++;
+    if (root_ca && !(ca = malloc(root_ca_len))) {
+        snprintf(err, errcap, "out of memory");
+        return -ENOMEM;
+    }
+    if (ca)
+        memcpy(ca, root_ca, root_ca_len);
+    rc = open_task(sn, r->url, (char *const *)r->filter, nfilter, r->digest, r->identifier, headers, nheaders,
+                   DF_PATTERN_P2P, insecure, &ca, root_ca_len, df_now_ms(), &task, err, errcap);
+    free(ca); /* NULL when a new task took it */
+    if (rc == 0)
+        memcpy(id, task->id, 65);
+    return rc;
+}
+
+/* POST /preheats (create) and GET /preheats (list). */
+static void h_preheats(df_supernode_t *sn, struct evhttp_request *req)
+{
+    static const char *route = "/preheats";
+    df_sn_preheat_req_t r;
+    char err[256], id[65];
+    const char *body;
+    size_t len;
+    int rc;
+
+    if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
+        send_json(sn, req, route, 200, df_sn_preheats_json(sn->preheats));
+        return;
+    }
+    body = body_of(req, &len);
+    rc = body ? df_sn_decode_preheat(body, len, &r, err, sizeof(err)) : -ENOMEM;
+    if (rc < 0) {
+        send_error(sn, req, route, rc == DF_EPROTO ? 400 : 500, "bad_request", rc == DF_EPROTO ? err : df_strerror(rc));
+        return;
+    }
+    rc = df_sn_preheat_create(sn->preheats, &r, id);
+    df_sn_preheat_req_clear(&r);
+    if (rc < 0)
+        send_error(sn, req, route, rc == -ENOSPC ? 503 : 500, rc == -ENOSPC ? "busy" : "internal",
+                   rc == -ENOSPC ? "too many preheats running" : df_strerror(rc));
+    else
+        send_json(sn, req, route, rc == 0 ? 201 : 200, json_pack("{s:s}", "ID", id));
+}
+
+/* GET / DELETE /preheats/<id> */
+static void h_preheat(df_supernode_t *sn, struct evhttp_request *req)
+{
+    static const char *route = "/preheats/<id>";
+    const char *path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(req));
+    const char *id = path + (strncmp(path, "/api/v1/", 8) == 0 ? 7 : 0) + strlen("/preheats/");
+    json_t *doc = df_sn_is_task_id(id) ? df_sn_preheat_json(sn->preheats, id) : NULL;
+
+    if (!doc) {
+        send_error(sn, req, route, 404, "not_found", "no such preheat");
+    } else if (evhttp_request_get_command(req) == EVHTTP_REQ_DELETE) {
+        json_decref(doc);
+        df_sn_preheat_delete(sn->preheats, id);
+        send_empty(sn, req, route);
+    } else {
+        send_json(sn, req, route, 200, doc);
+    }
+}
+
 /* ---------------------------------------------------------- listings */
 
 static json_t *task_json(const df_sn_task_t *t)
@@ -858,6 +969,12 @@ static void collect(df_metrics_t *m, void *arg)
     df_metric_set(sn->m_seed_bytes, (double)up.bytes_served);
     df_metric_set(sn->m_up_ok, (double)(up.requests - up.errors));
     df_metric_set(sn->m_up_err, (double)up.errors);
+    {
+        uint64_t n[DF_SN_PREHEAT_NSTATES];
+        df_sn_preheats_count(sn->preheats, n);
+        for (int i = 0; i < DF_SN_PREHEAT_NSTATES; i++)
+            df_metric_set(sn->m_preheats[i], (double)n[i]);
+    }
 }
 
 static int metrics_setup(df_supernode_t *sn)
@@ -907,6 +1024,17 @@ static int metrics_setup(df_supernode_t *sn)
     if (rc == 0)
         rc = df_metrics_counter(sn->metrics, "dfly_supernode_http_requests_total", NULL, up_err, 2,
                                 &sn->m_up_err);
+    for (int i = 0; rc == 0 && i < DF_SN_PREHEAT_NSTATES; i++) {
+        char st[16];
+        df_metric_label_t status = {"status", st};
+        const char *name = df_sn_preheat_state_name((df_sn_preheat_state_t)i);
+        size_t k = 0;
+        for (; name[k] && k + 1 < sizeof(st); k++)
+            st[k] = (char)(name[k] >= 'A' && name[k] <= 'Z' ? name[k] + 32 : name[k]);
+        st[k] = '\0';
+        rc = df_metrics_gauge(sn->metrics, "dfly_supernode_preheats",
+                              "Preheats in the table, by status", &status, 1, &sn->m_preheats[i]);
+    }
     if (rc == 0)
         rc = df_metrics_add_collector(sn->metrics, collect, sn);
     return rc;
@@ -914,18 +1042,25 @@ static int metrics_setup(df_supernode_t *sn)
 
 /* ------------------------------------------------------------ routing */
 
-typedef enum { M_GET = 1, M_POST = 2 } method_mask_t;
+typedef enum { M_GET = 1, M_POST = 2, M_DELETE = 4 } method_mask_t;
 
 typedef struct {
     const char *path;
     bool prefix;
     unsigned methods;
     void (*handler)(df_supernode_t *sn, struct evhttp_request *req);
+    const char *label;           /* metrics route label of a prefix route */
 } route_t;
 
 static void h_healthz(df_supernode_t *sn, struct evhttp_request *req)
 {
     send_text(sn, req, "/healthz", 200, "text/plain", "ok\n", 3);
+}
+
+/* Dragonfly's health check (Harbor's Dragonfly provider probes it). */
+static void h_ping(df_supernode_t *sn, struct evhttp_request *req)
+{
+    send_text(sn, req, "/_ping", 200, "text/plain", "OK", 2);
 }
 
 static void h_task_route(df_supernode_t *sn, struct evhttp_request *req)
@@ -935,17 +1070,22 @@ static void h_task_route(df_supernode_t *sn, struct evhttp_request *req)
 }
 
 static const route_t routes[] = {
-    {"/api/v1/register", false, M_POST, h_register},
-    {"/api/v1/pull", false, M_POST, h_pull},
-    {"/api/v1/report", false, M_POST, h_report},
-    {"/api/v1/service_down", false, M_POST, h_service_down},
-    {"/api/v1/error", false, M_POST, h_error},
-    {"/api/v1/heartbeat", false, M_POST, h_heartbeat},
-    {"/api/v1/peers", false, M_GET, h_peers},
-    {"/api/v1/tasks", false, M_GET, h_tasks},
-    {"/api/v1/tasks/", true, M_GET, h_task_route},
-    {"/healthz", false, M_GET, h_healthz},
-    {"/metrics", false, M_GET, h_metrics},
+    {"/api/v1/register", false, M_POST, h_register, NULL},
+    {"/api/v1/pull", false, M_POST, h_pull, NULL},
+    {"/api/v1/report", false, M_POST, h_report, NULL},
+    {"/api/v1/service_down", false, M_POST, h_service_down, NULL},
+    {"/api/v1/error", false, M_POST, h_error, NULL},
+    {"/api/v1/heartbeat", false, M_POST, h_heartbeat, NULL},
+    {"/api/v1/peers", false, M_GET, h_peers, NULL},
+    {"/api/v1/tasks", false, M_GET, h_tasks, NULL},
+    {"/api/v1/tasks/", true, M_GET, h_task_route, "/api/v1/tasks/<id>"},
+    {"/preheats", false, M_GET | M_POST, h_preheats, NULL},
+    {"/preheats/", true, M_GET | M_DELETE, h_preheat, "/preheats/<id>"},
+    {"/api/v1/preheats", false, M_GET | M_POST, h_preheats, NULL},
+    {"/api/v1/preheats/", true, M_GET | M_DELETE, h_preheat, "/preheats/<id>"},
+    {"/_ping", false, M_GET, h_ping, NULL},
+    {"/healthz", false, M_GET, h_healthz, NULL},
+    {"/metrics", false, M_GET, h_metrics, NULL},
 };
 
 static void on_request(struct evhttp_request *req, void *arg)
@@ -956,6 +1096,7 @@ static void on_request(struct evhttp_request *req, void *arg)
     enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
     unsigned m = cmd == EVHTTP_REQ_GET || cmd == EVHTTP_REQ_HEAD ? M_GET
                  : cmd == EVHTTP_REQ_POST                        ? M_POST
+                 : cmd == EVHTTP_REQ_DELETE                      ? M_DELETE
                                                                  : 0;
 
     if (sn->closing) {
@@ -975,9 +1116,12 @@ static void on_request(struct evhttp_request *req, void *arg)
         if (!match)
             continue;
         if (!(r->methods & m)) {
-            evhttp_add_header(evhttp_request_get_output_headers(req), "Allow",
-                              r->methods == M_POST ? "POST" : "GET, HEAD");
-            send_error(sn, req, r->prefix ? "/api/v1/tasks/<id>" : r->path, 405, "method_not_allowed",
+            char allow[32];
+            snprintf(allow, sizeof(allow), "%s%s%s", r->methods & M_GET ? "GET, HEAD, " : "",
+                     r->methods & M_POST ? "POST, " : "", r->methods & M_DELETE ? "DELETE, " : "");
+            allow[strlen(allow) - 2] = '\0';
+            evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", allow);
+            send_error(sn, req, r->label ? r->label : r->path, 405, "method_not_allowed",
                        "wrong method for this route");
             return;
         }
@@ -1014,6 +1158,7 @@ static void sweep_cb(evutil_socket_t fd, short what, void *arg)
             df_sn_task_remove(sn->swarm, t);
         }
     }
+    df_sn_preheats_kick(sn->preheats); /* timeouts, seeds forgotten meanwhile */
     if (++sn->sweeps % 5 == 0 || over_budget) {
         df_store_flush(sn->store);
         if (sn->cfg.cache_limit_bytes)
@@ -1141,6 +1286,13 @@ int df_supernode_new(struct event_base *base, const df_supernode_config_t *cfg, 
     rc = df_upload_server_new(base, NULL, sn->store, &sn->upload);
     if (rc < 0)
         goto fail;
+    {
+        df_sn_preheat_opts_t po = {.base = base, .http = sn->client, .swarm = sn->swarm,
+                                   .seed = preheat_seed, .arg = sn};
+        rc = df_sn_preheats_new(&po, &sn->preheats);
+        if (rc < 0)
+            goto fail;
+    }
     rc = metrics_setup(sn);
     if (rc < 0)
         goto fail;
@@ -1207,6 +1359,7 @@ void df_supernode_free(df_supernode_t *sn)
         }
     if (sn->wake)
         event_free(sn->wake);
+    df_sn_preheats_free(sn->preheats); /* cancels its requests before the client goes */
     df_upload_server_free(sn->upload);
     if (sn->http)
         evhttp_free(sn->http);
