@@ -250,6 +250,10 @@ typedef struct {
     uint32_t health_score;       /* Lifeguard local health, 0 = healthy */
     uint64_t dns_rounds, dns_failures; /* gossip_dns resolutions, of which found nothing */
     uint64_t dns_joins;          /* addresses DNS found that were not members yet, joined */
+    /* Messages dropped for encryption (a key mismatch: such a node never
+     * joins): encrypted with a key we lack, plain while we encrypt,
+     * encrypted while we have no key; and our messages a remote refused. */
+    uint64_t rx_wrong_key, rx_unencrypted, rx_encrypted, rx_refused;
 } df_peer_gossip_stats_t;
 int df_peer_gossip_stats(const df_peer_t *peer, df_peer_gossip_stats_t *out);
 

@@ -257,6 +257,10 @@ int df_peer_gossip_stats(const df_peer_t *peer, df_peer_gossip_stats_t *out)
     out->dns_rounds = s.dns_rounds;
     out->dns_failures = s.dns_failures;
     out->dns_joins = s.dns_joins;
+    out->rx_wrong_key = s.rx_wrong_key;
+    out->rx_unencrypted = s.rx_unencrypted;
+    out->rx_encrypted = s.rx_encrypted;
+    out->rx_refused = s.rx_refused;
     return 0;
 }
 

@@ -1509,6 +1509,14 @@ void df_tracker_gossip_stats(df_tracker_t *base, df_tracker_gossip_stats_t *out)
     out->members_left = df_gossip_count(node, DF_GOSSIP_STATUS_LEFT);
     out->members_failed = df_gossip_count(node, DF_GOSSIP_STATUS_FAILED);
     out->health_score = (uint32_t)df_gossip_health_score(node);
+    {
+        df_gossip_rx_errors_t rx;
+        df_gossip_rx_errors(node, &rx);
+        out->rx_wrong_key = rx.wrong_key;
+        out->rx_unencrypted = rx.unencrypted;
+        out->rx_encrypted = rx.encrypted;
+        out->rx_refused = rx.err_replies;
+    }
     out->tasks_owned = 0;
     for (task_t *t = tr->tasks; t; t = t->next)
         if (t->local || t->seeding)
