@@ -21,7 +21,7 @@ serf, ours) so the machine's noise falls on both.
 Medians over rounds (spread = min..max), ratios ours/serf from this run.
 Needs python3-msgpack (Debian) for Serf's RPC; run with /usr/bin/python3.
 
-    bench/gossip_vs_serf.sh BUILD_DIR [--ns "10 30"] [--rounds 5]
+    bench/gossip_vs_serf.sh BUILD_DIR [--ns "10 30"] [--rounds 5] [--event-rounds K]
 """
 
 import argparse
@@ -357,7 +357,7 @@ def run_n(n, rounds, args, work, results, resources):
         print(f"N={n} {c.label}: converged {time.monotonic() - t0:.1f} s after the last start", flush=True)
     time.sleep(3)
     ev = {"ours": [], "serf": []}
-    for r in range(rounds):
+    for r in range(args.event_rounds):
         for c in ((ours, serf) if r % 2 == 0 else (serf, ours)):
             ev[c.label].append(measure_event(c, f"bench{n}-{r}"))
             time.sleep(0.5)
@@ -396,10 +396,13 @@ def main():
     ap.add_argument("--driver", required=True)
     ap.add_argument("--serf", default=shutil.which("serf"))
     ap.add_argument("--ns", default="10 30")
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=5, help="failure rounds (one node killed each)")
+    ap.add_argument("--event-rounds", type=int, help="event rounds (default: --rounds)")
     ap.add_argument("--idle", type=float, default=20.0, help="idle CPU window, seconds")
     ap.add_argument("--burst", type=int, default=25, help="user events in the CPU burst (5 per second)")
     args = ap.parse_args()
+    if args.event_rounds is None:
+        args.event_rounds = args.rounds
     if not args.serf:
         sys.exit("serf not installed (apt-get install serf)")
     ns = [int(x) for x in args.ns.split()]
@@ -417,8 +420,11 @@ def main():
     for n, (ev, fail) in results.items():
         print(f"N={n}  event to all:   ours {fmt(ev['ours'])}   serf {fmt(ev['serf'])}   "
               f"ratio {ratio(ev['ours'], ev['serf']):.2f}")
-        print(f"N={n}  failure seen:   ours {fmt(fail['ours'])}   serf {fmt(fail['serf'])}   "
-              f"ratio {ratio(fail['ours'], fail['serf']):.2f}")
+        print(f"N={n}  events that took over 2 s to reach all: ours {sum(x > 2 for x in ev['ours'])} "
+              f"serf {sum(x > 2 for x in ev['serf'])} of {len(ev['ours'])}")
+        if fail["ours"]:
+            print(f"N={n}  failure seen:   ours {fmt(fail['ours'])}   serf {fmt(fail['serf'])}   "
+                  f"ratio {ratio(fail['ours'], fail['serf']):.2f}")
         print(f"N={n}  raw event ours {[round(x, 3) for x in ev['ours']]} serf {[round(x, 3) for x in ev['serf']]}")
         print(f"N={n}  raw fail  ours {[round(x, 2) for x in fail['ours']]} serf {[round(x, 2) for x in fail['serf']]}")
     if resources:

@@ -4,7 +4,7 @@
 # node failed (N = 10 and 30 of each), CPU and RSS per node at the largest
 # N.  Details and method: bench/gossip_vs_serf.py.  Results: docs/BENCHMARKS.md.
 #
-#   bench/gossip_vs_serf.sh [BUILD_DIR] [--ns "10 30"] [--rounds 5] [--idle 20] [--burst 25]
+#   bench/gossip_vs_serf.sh [BUILD_DIR] [--ns "10 30"] [--rounds 5] [--event-rounds K] [--idle 20] [--burst 25]
 #
 # Needs Debian's serf and python3-msgpack (Serf's RPC is msgpack), and the
 # build's tests/gossip_driver.  Every process is stopped by PID on exit.
