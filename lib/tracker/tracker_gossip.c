@@ -1433,6 +1433,10 @@ int df_tracker_gossip_new(const df_tracker_gossip_opts_t *o, df_tracker_t **out)
     tr->o.advertise_ip = NULL;
     tr->o.name = NULL;
 
+    /* First, so that a bad DNS setting is reported before any bind error;
+     * its first round runs from the loop, once tr->io exists. */
+    if (o->dns_name && (rc = dns_start(tr, o)) < 0)
+        goto fail;
     rc = -EINVAL;
     if (df_parse_hostport(o->listen, host, sizeof(host), &bport) < 0)
         goto fail;
@@ -1480,8 +1484,6 @@ int df_tracker_gossip_new(const df_tracker_gossip_opts_t *o, df_tracker_t **out)
     evtimer_add(tr->tick, &tv);
     tr->last_join_ms = df_now_ms();
     do_joins(tr);
-    if (o->dns_name && (rc = dns_start(tr, o)) < 0)
-        goto fail;
     DF_LOG_I("gossip: node %s on %s (gossip port %u), uploads on %s:%u", tr->name, o->listen,
              df_gossip_io_port(tr->io), tr->advertise_ip, o->upload_port);
     *out = &tr->base;

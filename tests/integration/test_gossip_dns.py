@@ -188,10 +188,11 @@ def test_dns_unknown_name(env):
     T.check(f"DNS discovery nobody.{DOMAIN}:{gport}" in d.proc.stderr(),
             "the failure is not logged:\n" + d.proc.stderr()[-2000:])
     # A bad server address is a start-up error, not a silent daemon.
-    bad = env.procs.start("dfdaemon-bad", [T.find_binary("dfdaemon"), "--home", env.new_home(), "--node",
-                                          NO_SUPERNODE, "--listen", f"127.0.0.1:{T.free_port()}", "--mode",
-                                          "gossip", "--gossip-listen", "127.0.0.1:0", "--gossip-dns",
-                                          f"x.{DOMAIN}:1", "--gossip-dns-server", "not-an-ip"])
+    argv = [T.find_binary("dfdaemon"), "--home", env.new_home(), "--node", NO_SUPERNODE,
+            "--listen", f"127.0.0.1:{T.free_port()}", "--upload-port", "0", "--mode", "gossip",
+            "--gossip-listen", f"127.0.0.1:{free_port_on(['127.0.0.1'])}",
+            "--gossip-dns", f"x.{DOMAIN}:1", "--gossip-dns-server", "not-an-ip"]
+    bad = env.procs.start("dfdaemon-bad", argv)
     T.check(bad.wait(15.0) not in (0, None), "dfdaemon started with --gossip-dns-server not-an-ip")
     T.check("DNS discovery" in bad.stderr(), "no reason given:\n" + bad.stderr()[-1500:])
 
