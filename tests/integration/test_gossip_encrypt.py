@@ -103,6 +103,13 @@ def test_encrypt_wrong_key(env):
     T.check("another --encrypt key" in good.proc.stderr() or "not encrypted but we are" in good.proc.stderr(),
             "the keyed daemon does not say why:\n" + good.proc.stderr()[-2000:])
 
+    # A serf agent with the other key, joining our keyed daemon: our errResp
+    # (in our key) is one it cannot open either, and `serf join` says so.
+    b = Agent(env, "b", key=other)
+    rc, out = serf_cli(env, "join", b.rpc_addr(), f"127.0.0.1:{good.gport}")
+    T.check(rc != 0 and "No installed keys could decrypt the message" in out,
+            f"serf join with the other key to our daemon: rc={rc}\n{out}")
+
     # And none of them got in.
     time.sleep(1.0)
     members = a.members()
