@@ -6,14 +6,16 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
 BUILD_PKGS=(build-essential cmake pkg-config clang libevent-dev libcurl4-openssl-dev libssl-dev
-            libmsgpack-dev zlib1g-dev libyaml-dev libjansson-dev libcmocka-dev)
+            libmsgpack-dev zlib1g-dev libyaml-dev libjansson-dev libcmocka-dev libc-ares-dev)
 # docker-registry, skopeo, containerd (ctr), openssl and apache2-utils (htpasswd -B): the
 # registry-mirror tests (they run their own containerd; the packaged service is not needed).
 # podman: pulls through a registries.conf mirror entry (its own root and vfs storage).
 # docker.io: a private dockerd with registry-mirrors (the test starts its own; the packaged
 # service is never started: see policy-rc.d below).
 # serf (0.9.4, Debian 12): the gossip interop test against a real Serf agent.
-TEST_PKGS=(curl python3 iproute2 procps docker-registry skopeo containerd openssl apache2-utils serf podman docker.io)
+# dnsmasq-base (the binary only, no service): the gossip DNS discovery test's DNS server.
+TEST_PKGS=(curl python3 iproute2 procps docker-registry skopeo containerd openssl apache2-utils serf
+           podman docker.io dnsmasq-base)
 
 installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'

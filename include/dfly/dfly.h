@@ -193,7 +193,10 @@ typedef struct {
     const char *gossip_listen;  /* "HOST:PORT" (UDP and TCP); NULL = supernode mode */
     const char *const *gossip_join; /* "host:port" seeds, NULL-terminated or NULL */
     const char *gossip_encrypt; /* base64 AES key (16, 24 or 32 bytes) or NULL */
-    const char *gossip_dns;     /* "name:port" resolved every 30 s and joined, or NULL */
+    const char *gossip_dns;     /* "name:port" (A/AAAA) or an SRV name ("_serf._tcp.example"),
+                                 * resolved every gossip_dns_interval_ms and joined, or NULL */
+    const char *gossip_dns_server; /* "IP[:PORT]": the DNS server to ask; NULL = resolv.conf */
+    uint64_t gossip_dns_interval_ms; /* 0 = 30 s */
     const char *gossip_name;    /* member name; default "<hostname>-<upload port>" */
 } df_peer_config_t;
 
@@ -245,6 +248,12 @@ typedef struct {
     uint64_t tasks_owned;        /* tasks this node owns now (reads their origin) */
     uint64_t seeds_started;
     uint32_t health_score;       /* Lifeguard local health, 0 = healthy */
+    uint64_t dns_rounds, dns_failures; /* gossip_dns resolutions, of which found nothing */
+    uint64_t dns_joins;          /* addresses DNS found that were not members yet, joined */
+    /* Messages dropped for encryption (a key mismatch: such a node never
+     * joins): encrypted with a key we lack, plain while we encrypt,
+     * encrypted while we have no key; and our messages a remote refused. */
+    uint64_t rx_wrong_key, rx_unencrypted, rx_encrypted, rx_refused;
 } df_peer_gossip_stats_t;
 int df_peer_gossip_stats(const df_peer_t *peer, df_peer_gossip_stats_t *out);
 

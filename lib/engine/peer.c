@@ -228,6 +228,8 @@ static int start_gossip(df_peer_t *peer, const df_peer_config_t *cfg)
     o.join = (const char *const *)peer->gossip_join;
     o.encrypt = cfg->gossip_encrypt;
     o.dns_name = cfg->gossip_dns;
+    o.dns_server = cfg->gossip_dns_server;
+    o.dns_interval_ms = cfg->gossip_dns_interval_ms;
     o.start_seed = start_seed;
     o.seed_arg = peer;
     peer->gossip = true;
@@ -252,6 +254,13 @@ int df_peer_gossip_stats(const df_peer_t *peer, df_peer_gossip_stats_t *out)
     out->tasks_owned = s.tasks_owned;
     out->seeds_started = s.seeds_started;
     out->health_score = s.health_score;
+    out->dns_rounds = s.dns_rounds;
+    out->dns_failures = s.dns_failures;
+    out->dns_joins = s.dns_joins;
+    out->rx_wrong_key = s.rx_wrong_key;
+    out->rx_unencrypted = s.rx_unencrypted;
+    out->rx_encrypted = s.rx_encrypted;
+    out->rx_refused = s.rx_refused;
     return 0;
 }
 
@@ -290,6 +299,7 @@ int df_peer_new(struct event_base *base, const df_peer_config_t *cfg, df_peer_t 
     peer->cfg.gossip_join = NULL;
     peer->cfg.gossip_encrypt = NULL;
     peer->cfg.gossip_dns = NULL;
+    peer->cfg.gossip_dns_server = NULL;
     peer->cfg.gossip_name = NULL;
     peer->upload_host = strdup(cfg->upload_host && cfg->upload_host[0] ? cfg->upload_host : "0.0.0.0");
     if (!peer->upload_host)

@@ -71,6 +71,20 @@ static int add_gossip(const df_peer_t *peer, df_metrics_t *m)
          NULL, NULL, (double)g.seeds_started},
         {"dfly_dfdaemon_gossip_health_score", "Lifeguard local health score (0 = healthy)", DF_METRIC_GAUGE,
          NULL, NULL, (double)g.health_score},
+        {"dfly_dfdaemon_gossip_dns_rounds_total", "--gossip-dns resolutions, by result", DF_METRIC_COUNTER,
+         "result", "ok", (double)(g.dns_rounds - g.dns_failures)},
+        {"dfly_dfdaemon_gossip_dns_rounds_total", NULL, DF_METRIC_COUNTER, "result", "failed",
+         (double)g.dns_failures},
+        {"dfly_dfdaemon_gossip_dns_joins_total", "Addresses found by DNS that were not members yet, joined",
+         DF_METRIC_COUNTER, NULL, NULL, (double)g.dns_joins},
+        {"dfly_dfdaemon_gossip_rejected_total", "Gossip messages dropped for encryption, and ours refused",
+         DF_METRIC_COUNTER, "reason", "wrong_key", (double)g.rx_wrong_key},
+        {"dfly_dfdaemon_gossip_rejected_total", NULL, DF_METRIC_COUNTER, "reason", "not_encrypted",
+         (double)g.rx_unencrypted},
+        {"dfly_dfdaemon_gossip_rejected_total", NULL, DF_METRIC_COUNTER, "reason", "unexpected_encryption",
+         (double)g.rx_encrypted},
+        {"dfly_dfdaemon_gossip_rejected_total", NULL, DF_METRIC_COUNTER, "reason", "refused_by_peer",
+         (double)g.rx_refused},
     };
     for (size_t i = 0; i < DF_ARRAY_LEN(series); i++) {
         rc = add(m, &series[i]);

@@ -12,6 +12,7 @@
  */
 #include "gossip/gossip_io.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdlib.h>
@@ -48,6 +49,8 @@ struct df_gossip_io {
     int pump_depth;
     bool pump_again;
     df_gossip_io_stats_t stats;
+    df_gossip_rx_errors_t rx_seen; /* the node's refusal counters at the last check */
+    uint64_t rx_warned_ms;         /* last refusal warning (at most one per RX_WARN_MS) */
 };
 
 static void to_sockaddr(const uint8_t *addr, size_t alen, uint16_t port, struct sockaddr_storage *ss,
@@ -82,6 +85,40 @@ static void from_sockaddr(const struct sockaddr_storage *ss, uint8_t *addr, size
         *alen = 16;
         *port = ntohs(s6->sin6_port);
     }
+}
+
+/* A key mismatch leaves a node alone and silent unless someone says why:
+ * after each message, a counter of the node's refusals that grew gives one
+ * warning naming the peer and the reason (rate-limited: every probe of a
+ * node with another key would repeat it). */
+#define RX_WARN_MS 10000u
+
+static void check_rx_errors(df_gossip_io_t *io, const uint8_t *addr, size_t alen, uint16_t port)
+{
+    df_gossip_rx_errors_t now;
+    const char *why = NULL;
+    char ip[INET6_ADDRSTRLEN] = "?";
+    uint64_t t;
+
+    df_gossip_rx_errors(io->node, &now);
+    if (now.wrong_key > io->rx_seen.wrong_key)
+        why = "it is encrypted with a key we do not have: the cluster uses another --encrypt key";
+    else if (now.unencrypted > io->rx_seen.unencrypted)
+        why = "it is not encrypted but we are (--encrypt): the sender has no key";
+    else if (now.encrypted > io->rx_seen.encrypted)
+        why = "it is encrypted but we have no key: set the cluster's --encrypt key";
+    else if (now.err_replies > io->rx_seen.err_replies)
+        why = now.last_err;
+    io->rx_seen = now;
+    t = df_now_ms();
+    if (!why || (io->rx_warned_ms && t - io->rx_warned_ms < RX_WARN_MS))
+        return;
+    io->rx_warned_ms = t;
+    inet_ntop(alen == 4 ? AF_INET : AF_INET6, addr, ip, sizeof(ip));
+    if (why == now.last_err)
+        DF_LOG_W("gossip: %s:%u refused our message: \"%s\"", ip, port, why);
+    else
+        DF_LOG_W("gossip: message from %s:%u dropped: %s", ip, port, why);
 }
 
 /* ---------------------------------------------------------------- TCP */
@@ -157,6 +194,7 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
         io->stats.stream_errors++;
         DF_LOG_D("gossip: stream message rejected: %s", df_strerror(rc));
     }
+    check_rx_errors(io, from, alen, port);
     evbuffer_drain(in, msglen);
     if (!c->inbound) {
         conn_close(c); /* one exchange per connection */
@@ -344,6 +382,7 @@ static void udp_cb(evutil_socket_t fd, short what, void *arg)
         io->stats.udp_in++;
         from_sockaddr(&ss, from, &alen, &port);
         df_gossip_recv_packet(io->node, from, alen, port, buf, (size_t)n, df_now_ms());
+        check_rx_errors(io, from, alen, port);
     }
     df_gossip_io_pump(io);
 }

@@ -180,6 +180,7 @@ struct df_gossip_node {
     size_t name_len;
     bool encrypt;
     df_gossip_keyring_t keyring;
+    df_gossip_rx_errors_t rx_errors;
     uint64_t rng;
 
     /* member table: index-stable slots plus an open-addressing name index */
@@ -762,6 +763,14 @@ static int stream_wrap(df_gossip_node_t *n, const uint8_t *msg, size_t len, df_b
 out:
     df_buf_free(&z);
     return rc;
+}
+
+/* An errResp with text why, wrapped for the wire into wire (reply is scratch). */
+static int stream_wrap_err(df_gossip_node_t *n, const char *why, df_buf_t *reply, df_buf_t *wire)
+{
+    int rc = df_gossip_err_encode(reply, B(why, strlen(why)));
+
+    return rc < 0 ? rc : stream_wrap(n, (const uint8_t *)reply->data, reply->len, wire);
 }
 
 static stream_t *stream_new(df_gossip_node_t *n, stream_kind_t kind, uint64_t now)
@@ -2155,8 +2164,10 @@ int df_gossip_recv_packet(df_gossip_node_t *n, const uint8_t *from_addr, size_t 
         plain = malloc(len);
         if (!plain)
             return -ENOMEM;
-        if (df_gossip_decrypt_packet(&n->keyring, buf, len, plain, len, &plen) < 0)
+        if (df_gossip_decrypt_packet(&n->keyring, buf, len, plain, len, &plen) < 0) {
+            n->rx_errors.wrong_key++;
             goto out;
+        }
         buf = plain;
         len = plen;
     }
@@ -2168,9 +2179,11 @@ out:
     return rc;
 }
 
-/* Unwraps a stream message: encrypted envelope, compress wrapper. */
+/* Unwraps a stream message: encrypted envelope, compress wrapper.  An
+ * encryption mismatch sets *why to memberlist's text for it (the errResp
+ * an inbound stream then gets) and is counted. */
 static int stream_unwrap(df_gossip_node_t *n, const uint8_t *buf, size_t len, df_buf_t *dec, df_buf_t *unz,
-                         const uint8_t **msg, size_t *mlen)
+                         const uint8_t **msg, size_t *mlen, const char **why)
 {
     size_t need;
     int rc;
@@ -2178,14 +2191,23 @@ static int stream_unwrap(df_gossip_node_t *n, const uint8_t *buf, size_t len, df
     if (len < 1)
         return DF_EPROTO;
     if (n->encrypt) {
-        if (buf[0] != DF_GOSSIP_ENCRYPT)
-            return DF_EPROTO; /* "Encryption is configured but remote state is not encrypted" */
+        if (buf[0] != DF_GOSSIP_ENCRYPT) {
+            n->rx_errors.unencrypted++;
+            *why = "Encryption is configured but remote state is not encrypted";
+            return DF_EPROTO;
+        }
         rc = df_gossip_decrypt_stream(&n->keyring, buf, len, &need, dec);
+        if (rc == -EBADMSG) {
+            n->rx_errors.wrong_key++;
+            *why = "No installed keys could decrypt the message";
+        }
         if (rc < 0)
             return rc == DF_EAGAIN ? DF_EPROTO : rc;
         buf = (const uint8_t *)dec->data;
         len = dec->len;
     } else if (buf[0] == DF_GOSSIP_ENCRYPT) {
+        n->rx_errors.encrypted++;
+        *why = "Remote state is encrypted and encryption is not configured";
         return DF_EPROTO;
     }
     if (len >= 1 && buf[0] == DF_GOSSIP_COMPRESS) {
@@ -2208,6 +2230,7 @@ int df_gossip_recv_stream(df_gossip_node_t *n, uint64_t stream_id, bool inbound,
 {
     df_buf_t dec, unz, reply, wire;
     const uint8_t *msg;
+    const char *why = NULL;
     size_t mlen;
     int rc;
 
@@ -2223,9 +2246,15 @@ int df_gossip_recv_stream(df_gossip_node_t *n, uint64_t stream_id, bool inbound,
         rc = 0;
         goto out;
     }
-    rc = stream_unwrap(n, buf, len, &dec, &unz, &msg, &mlen);
-    if (rc < 0)
+    rc = stream_unwrap(n, buf, len, &dec, &unz, &msg, &mlen, &why);
+    if (rc < 0) {
+        /* Like memberlist's handleConn: tell the sender why, in our own
+         * encryption, so that a node with another key learns it too. */
+        if (inbound && why && stream_wrap_err(n, why, &reply, &wire) == 0)
+            out_push(n, DF_GOSSIP_OUT_STREAM_REPLY, from_addr, from_addr_len, from_port, stream_id, wire.data,
+                     wire.len);
         goto out;
+    }
     if (inbound) {
         switch (msg[0]) {
         case DF_GOSSIP_PING: {
@@ -2272,7 +2301,15 @@ int df_gossip_recv_stream(df_gossip_node_t *n, uint64_t stream_id, bool inbound,
             rc = 0;
             goto out;
         }
-        if (s->kind == STREAM_PING) {
+        if (msg[0] == DF_GOSSIP_ERR) {
+            df_gossip_bytes_t e;
+            if (df_gossip_err_decode(msg, mlen, &e) == 0) {
+                size_t l = e.len < sizeof(n->rx_errors.last_err) - 1 ? e.len : sizeof(n->rx_errors.last_err) - 1;
+                memcpy(n->rx_errors.last_err, e.p, l);
+                n->rx_errors.last_err[l] = '\0';
+                n->rx_errors.err_replies++;
+            }
+        } else if (s->kind == STREAM_PING) {
             df_gossip_ack_t a;
             if (msg[0] == DF_GOSSIP_ACK && df_gossip_ack_decode(msg, mlen, &a) == 0 && a.seq_no == s->seq)
                 handle_ack_seq(n, a.seq_no, now_ms);
@@ -2897,6 +2934,11 @@ size_t df_gossip_count(const df_gossip_node_t *n, df_gossip_status_t status)
 int df_gossip_health_score(const df_gossip_node_t *n)
 {
     return n->awareness;
+}
+
+void df_gossip_rx_errors(const df_gossip_node_t *n, df_gossip_rx_errors_t *out)
+{
+    *out = n->rx_errors;
 }
 
 uint32_t df_gossip_incarnation(const df_gossip_node_t *n)

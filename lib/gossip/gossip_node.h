@@ -236,4 +236,16 @@ size_t df_gossip_count(const df_gossip_node_t *n, df_gossip_status_t status);
 int df_gossip_health_score(const df_gossip_node_t *n);
 uint32_t df_gossip_incarnation(const df_gossip_node_t *n);
 
+/* What was refused for encryption, and what remotes refused of ours: the
+ * owner's clue to a key mismatch (a node with the wrong key never joins).
+ * Counters only grow. */
+typedef struct {
+    uint64_t wrong_key;   /* encrypted, and none of our keys opens it (UDP or TCP) */
+    uint64_t unencrypted; /* a plain stream while we encrypt */
+    uint64_t encrypted;   /* an encrypted stream while we have no key */
+    uint64_t err_replies; /* errResp replies to our streams (the remote refused them) */
+    char last_err[128];   /* the text of the last errResp, NUL-terminated */
+} df_gossip_rx_errors_t;
+void df_gossip_rx_errors(const df_gossip_node_t *n, df_gossip_rx_errors_t *out);
+
 #endif

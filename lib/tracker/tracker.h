@@ -143,7 +143,10 @@ typedef struct {
     uint16_t upload_port;        /* advertised in the member tag "dfly-port" */
     const char *const *join;     /* "host:port" to join, NULL-terminated or NULL; copied */
     const char *encrypt;         /* base64 AES key (16/24/32 bytes) or NULL */
-    const char *dns_name;        /* "name:port" resolved every 30 s and joined, or NULL */
+    const char *dns_name;        /* "name:port" (A/AAAA) or an SRV name, resolved every
+                                  * dns_interval_ms and joined (net/dns_watch.h), or NULL */
+    const char *dns_server;      /* "IP[:PORT]" DNS server, or NULL = resolv.conf */
+    uint64_t dns_interval_ms;    /* 0 = 30 s */
     /* Starts an engine download of url for task_id that writes only to the
      * store (this node owns the task).  It must call df_tracker_gossip_seed_done
      * when that download ends.  0 or -errno. */
@@ -164,6 +167,9 @@ typedef struct {
     uint64_t tasks_owned;        /* tasks this node owns now (rendezvous) */
     uint64_t seeds_started;      /* seed downloads started as owner */
     uint32_t health_score;       /* Lifeguard awareness */
+    uint64_t dns_rounds, dns_failures; /* DNS discovery rounds, of which found nothing */
+    uint64_t dns_joins;          /* addresses found by DNS and joined (not yet members) */
+    uint64_t rx_wrong_key, rx_unencrypted, rx_encrypted, rx_refused; /* df_gossip_rx_errors_t */
 } df_tracker_gossip_stats_t;
 void df_tracker_gossip_stats(df_tracker_t *t, df_tracker_gossip_stats_t *out);
 

@@ -47,6 +47,7 @@
 
 #include "core/core.h"
 #include "gossip/gossip_io.h"
+#include "net/dns_watch.h"
 #include "net/http_client.h"
 #include "piece/piece.h"
 #include "piece/piece_store.h"
@@ -80,8 +81,6 @@
 #define EVENTS_PER_FLUSH 16u
 #define RECOVER_QUIET_MS 5000u
 #define JOIN_RETRY_MS 5000u
-#define DNS_EVERY_MS 30000u
-#define DNS_ADDRS_MAX 16
 
 typedef struct {
     char name[DF_GEV_SENDER_MAX + 1];
@@ -149,6 +148,7 @@ typedef struct gossip_tracker {
     char seed_id[DF_GEV_SENDER_MAX + sizeof(SEED_SUFFIX)];
     char advertise_ip[64];
     char *dns_name;
+    df_dns_watch_t *dns;         /* watches dns_name, or NULL */
     char **joins;
     size_t njoins;
     df_gossip_io_t *io;
@@ -157,7 +157,7 @@ typedef struct gossip_tracker {
     size_t ntasks;
     call_t *calls;
     task_t *seeding_now;         /* set while start_seed runs: its Register is the seed's */
-    uint64_t last_flush_ms, last_join_ms, last_dns_ms, last_recover_ms;
+    uint64_t last_flush_ms, last_join_ms, last_recover_ms;
     bool recover_sent, leaving;
     df_tracker_gossip_stats_t stats;
 } gossip_tracker_t;
@@ -1276,6 +1276,54 @@ static void do_joins(gossip_tracker_t *tr)
             DF_LOG_W("gossip: cannot resolve %s", tr->joins[i]);
 }
 
+/* A --gossip-dns round: join every address found that is not already an
+ * alive member (joining one costs a push/pull, so known ones are skipped). */
+typedef struct {
+    const df_dns_addr_t *a;
+    bool known;
+} dns_known_t;
+
+static void dns_known_cb(const df_gossip_member_t *m, void *arg)
+{
+    dns_known_t *k = arg;
+
+    if (m->status == DF_GOSSIP_STATUS_ALIVE && m->port == k->a->port && m->addr_len == k->a->addr_len &&
+        memcmp(m->addr, k->a->addr, m->addr_len) == 0)
+        k->known = true;
+}
+
+static void dns_cb(const df_dns_addr_t *addrs, size_t n, const char *error, void *arg)
+{
+    gossip_tracker_t *tr = arg;
+    size_t joined = 0;
+
+    if (error) {
+        DF_LOG_W("gossip: DNS discovery %s: %s", tr->dns_name, error);
+        return;
+    }
+    for (size_t i = 0; i < n && !tr->leaving; i++) {
+        dns_known_t k = {&addrs[i], false};
+        df_gossip_member_foreach(df_gossip_io_node(tr->io), dns_known_cb, &k);
+        if (!k.known && df_gossip_io_join(tr->io, addrs[i].addr, addrs[i].addr_len, addrs[i].port) == 0)
+            joined++;
+    }
+    tr->stats.dns_joins += joined;
+    if (joined)
+        DF_LOG_I("gossip: DNS discovery %s: %zu address(es), joining %zu new", tr->dns_name, n, joined);
+}
+
+static int dns_start(gossip_tracker_t *tr, const df_tracker_gossip_opts_t *o)
+{
+    df_dns_watch_opts_t d = {.base = o->base, .target = o->dns_name, .server = o->dns_server,
+                             .interval_ms = o->dns_interval_ms, .cb = dns_cb, .arg = tr};
+    int rc = df_dns_watch_new(&d, &tr->dns);
+
+    if (rc < 0)
+        DF_LOG_E("gossip: DNS discovery %s (server %s): %s", o->dns_name,
+                 o->dns_server ? o->dns_server : "from resolv.conf", df_strerror(rc));
+    return rc;
+}
+
 static void tick_cb(evutil_socket_t fd, short what, void *arg)
 {
     gossip_tracker_t *tr = arg;
@@ -1291,16 +1339,6 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
     if (alive <= 1 && tr->njoins && now - tr->last_join_ms >= JOIN_RETRY_MS) {
         tr->last_join_ms = now;
         do_joins(tr);
-    }
-    if (tr->dns_name && now - tr->last_dns_ms >= DNS_EVERY_MS) {
-        /* getaddrinfo blocks the loop for at most the resolver's timeout
-         * (resolv.conf); done rarely and capped to DNS_ADDRS_MAX joins. */
-        char host[256];
-        uint16_t port;
-        tr->last_dns_ms = now;
-        if (df_parse_hostport(tr->dns_name, host, sizeof(host), &port) == 0 &&
-            resolve_join(tr, host, port, DNS_ADDRS_MAX) < 0)
-            DF_LOG_W("gossip: cannot resolve %s", tr->dns_name);
     }
     if (!tr->recover_sent && alive > 1) {
         uint8_t buf[128];
@@ -1334,6 +1372,7 @@ static void gt_free(df_tracker_t *base)
     }
     if (tr->tick)
         event_free(tr->tick);
+    df_dns_watch_free(tr->dns);
     df_gossip_io_free(tr->io);
     for (size_t i = 0; i < tr->njoins; i++)
         free(tr->joins[i]);
@@ -1388,11 +1427,16 @@ int df_tracker_gossip_new(const df_tracker_gossip_opts_t *o, df_tracker_t **out)
         goto fail;
     tr->o.join = NULL;
     tr->o.dns_name = NULL;
+    tr->o.dns_server = NULL;
     tr->o.listen = NULL;
     tr->o.encrypt = NULL;
     tr->o.advertise_ip = NULL;
     tr->o.name = NULL;
 
+    /* First, so that a bad DNS setting is reported before any bind error;
+     * its first round runs from the loop, once tr->io exists. */
+    if (o->dns_name && (rc = dns_start(tr, o)) < 0)
+        goto fail;
     rc = -EINVAL;
     if (df_parse_hostport(o->listen, host, sizeof(host), &bport) < 0)
         goto fail;
@@ -1456,11 +1500,25 @@ void df_tracker_gossip_stats(df_tracker_t *base, df_tracker_gossip_stats_t *out)
     df_gossip_node_t *node = df_gossip_io_node(tr->io);
 
     *out = tr->stats;
+    if (tr->dns) {
+        df_dns_watch_stats_t d;
+        df_dns_watch_stats(tr->dns, &d);
+        out->dns_rounds = d.rounds;
+        out->dns_failures = d.failures;
+    }
     out->members_alive = df_gossip_count(node, DF_GOSSIP_STATUS_ALIVE);
     out->members_leaving = df_gossip_count(node, DF_GOSSIP_STATUS_LEAVING);
     out->members_left = df_gossip_count(node, DF_GOSSIP_STATUS_LEFT);
     out->members_failed = df_gossip_count(node, DF_GOSSIP_STATUS_FAILED);
     out->health_score = (uint32_t)df_gossip_health_score(node);
+    {
+        df_gossip_rx_errors_t rx;
+        df_gossip_rx_errors(node, &rx);
+        out->rx_wrong_key = rx.wrong_key;
+        out->rx_unencrypted = rx.unencrypted;
+        out->rx_encrypted = rx.encrypted;
+        out->rx_refused = rx.err_replies;
+    }
     out->tasks_owned = 0;
     for (task_t *t = tr->tasks; t; t = t->next)
         if (t->local || t->seeding)

@@ -66,6 +66,8 @@ typedef struct {
     char **joins;           /* df_parse_node_list() of --join, or NULL */
     char *encrypt;
     char *gossip_dns;
+    char *gossip_dns_server;
+    uint64_t gossip_dns_interval_ms;
     char *gossip_name;
     char **hijack;          /* --hijack-host regexes, NULL-terminated, or NULL */
     size_t nhijack;
@@ -116,8 +118,12 @@ static void usage(FILE *f)
             "      --gossip-listen HOST:PORT  gossip UDP+TCP address (default " DEFAULT_GOSSIP_LISTEN ")\n"
             "      --join H:P[,H:P...]   gossip members to join at start\n"
             "      --encrypt KEY         gossip encryption key (base64, 16/24/32 bytes)\n"
-            "      --gossip-dns NAME:PORT  join the A/AAAA records of NAME, re-resolved\n"
-            "                            every 30 s\n"
+            "      --gossip-dns NAME:PORT|SRVNAME  join the A/AAAA records of NAME, or the\n"
+            "                            targets of SRV records (no :PORT, e.g.\n"
+            "                            _serf._tcp.example), re-resolved periodically\n"
+            "      --gossip-dns-server IP[:PORT]  DNS server for --gossip-dns (default:\n"
+            "                            resolv.conf and /etc/hosts)\n"
+            "      --gossip-dns-interval DUR  re-resolution period (default 30s)\n"
             "      --gossip-name NAME    member name (default <hostname>-<upload port>)\n"
             "      --log-level L         error, warn, info (default) or debug\n"
             "      --version             print the version and exit\n"
@@ -282,9 +288,17 @@ static int set_option(opts_t *o, const char *key, const char *value, const char 
     } else if (strcmp(key, "gossip-dns") == 0) {
         char host[256];
         uint16_t port;
-        rc = df_parse_hostport(value, host, sizeof(host), &port);
+        /* NAME:PORT, or an SRV name (no port); dns_watch checks it further. */
+        rc = strchr(value, ':') ? df_parse_hostport(value, host, sizeof(host), &port)
+                                : (*value && strlen(value) <= 253 ? 0 : -EINVAL);
         if (rc == 0)
             rc = replace_str(&o->gossip_dns, value);
+    } else if (strcmp(key, "gossip-dns-server") == 0) {
+        rc = *value ? replace_str(&o->gossip_dns_server, value) : -EINVAL;
+    } else if (strcmp(key, "gossip-dns-interval") == 0) {
+        rc = df_parse_duration_ms(value, &o->gossip_dns_interval_ms);
+        if (rc == 0 && o->gossip_dns_interval_ms < 100)
+            rc = -EINVAL;
     } else if (strcmp(key, "gossip-name") == 0) {
         rc = *value && strlen(value) <= 64 ? replace_str(&o->gossip_name, value) : -EINVAL;
     } else if (strcmp(key, "cache-max-age") == 0) {
@@ -358,6 +372,8 @@ static const struct option long_opts[] = {
     {"join", required_argument, NULL, 0},
     {"encrypt", required_argument, NULL, 0},
     {"gossip-dns", required_argument, NULL, 0},
+    {"gossip-dns-server", required_argument, NULL, 0},
+    {"gossip-dns-interval", required_argument, NULL, 0},
     {"gossip-name", required_argument, NULL, 0},
     {"registry", required_argument, NULL, 0},
     {"registry-ca", required_argument, NULL, 0},
@@ -387,6 +403,7 @@ static void opts_free(opts_t *o)
     df_node_list_free(o->joins);
     free(o->encrypt);
     free(o->gossip_dns);
+    free(o->gossip_dns_server);
     free(o->gossip_name);
     free_strs(&o->hijack, &o->nhijack);
     free(o->hijack_ca_cert);
@@ -610,6 +627,8 @@ int main(int argc, char **argv)
         pc.gossip_join = (const char *const *)o.joins;
         pc.gossip_encrypt = o.encrypt;
         pc.gossip_dns = o.gossip_dns;
+        pc.gossip_dns_server = o.gossip_dns_server;
+        pc.gossip_dns_interval_ms = o.gossip_dns_interval_ms;
         pc.gossip_name = o.gossip_name;
     }
     if (o.upload_host)

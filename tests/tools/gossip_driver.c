@@ -9,7 +9,8 @@
  *
  * The sockets, streams and timers are lib/gossip/gossip_io.c's, as in
  * dfdaemon's gossip mode.  Every node event is printed on stdout as one
- * JSON line ({"ev": "member-join", ...}, {"ev": "user", ...}, ...).
+ * JSON line ({"ev": "member-join", ...}, {"ev": "user", ...}, ...) with its
+ * wall-clock time "t" (bench/gossip_vs_serf.py times delivery with it).
  * Commands, one per line on the control FIFO: `event NAME PAYLOAD`,
  * `event-cc NAME PAYLOAD`, `query NAME PAYLOAD`, `members`, `leave`.
  * SIGTERM/SIGINT leave gracefully (then exit 0); SIGKILL is a crash.
@@ -30,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
@@ -73,9 +75,16 @@ static int parse_hostport(const char *s, struct sockaddr_in *sa)
 
 /* ------------------------------------------------------------- output */
 
+/* Every line carries "t": the wall-clock time (CLOCK_REALTIME, seconds) it
+ * was printed at, so that a benchmark can time delivery across processes. */
 static void emit(json_t *o)
 {
-    char *s = json_dumps(o, JSON_COMPACT);
+    struct timespec ts;
+    char *s;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    json_object_set_new(o, "t", json_real((double)ts.tv_sec + (double)ts.tv_nsec / 1e9));
+    s = json_dumps(o, JSON_COMPACT);
 
     if (s) {
         fputs(s, stdout);
