@@ -30,6 +30,9 @@
 
 #define HEADER_CAP (64u * 1024u)
 #define DEFAULT_BODY_CAP (1u * 1024u * 1024u)
+/* A streaming transfer hands over at most this many bytes per turn of the
+ * loop, then yields until the next turn (see body_chunk). */
+#define YIELD_BYTES (1u * 1024u * 1024u)
 
 struct df_http {
     struct event_base *base;
@@ -52,7 +55,10 @@ struct df_http_req {
     bool streaming;
     bool headers_fired;
     bool follow;
-    bool paused;
+    bool paused;                /* by the caller (on_data returned DF_EAGAIN) */
+    bool yielded;               /* by us, until the next turn of the loop */
+    uint64_t burst;             /* bytes delivered since the last yield */
+    struct event *yield_ev;
     bool cancelled;             /* no more callbacks; freed by run_deferred */
     bool pending_add;           /* started inside a curl callback; added later */
     int abort_rc;               /* set when a callback aborted */
@@ -220,6 +226,8 @@ static void req_free(df_http_req_t *req)
             curl_multi_remove_handle(req->http->multi, req->easy);
         curl_easy_cleanup(req->easy);
     }
+    if (req->yield_ev)
+        event_free(req->yield_ev);
     curl_slist_free_all(req->hdrs);
     df_buf_free(&req->headers);
     df_buf_free(&req->body);
@@ -294,6 +302,36 @@ static size_t header_cb(char *data, size_t size, size_t n, void *userp)
     return ret;
 }
 
+static void yield_cb(evutil_socket_t fd, short what, void *arg)
+{
+    df_http_req_t *req = arg;
+
+    req->yielded = false;
+    if (req->cancelled || req->paused)
+        return; /* df_http_resume unpauses later */
+    curl_easy_pause(req->easy, CURLPAUSE_CONT);
+}
+
+/* Fairness.  curl keeps reading a socket while it stays readable (up to 100
+ * buffers per wake-up), so a fast stream -- the seed reading a local origin
+ * -- could hold the loop for tens of megabytes while every upload and API
+ * request waits.  After YIELD_BYTES a streaming transfer pauses (curl keeps
+ * the chunk and hands it over again) and continues from a zero timer, which
+ * runs only after the loop has polled every other socket once. */
+static bool yield_now(df_http_req_t *req)
+{
+    static const struct timeval zero = {0, 0};
+
+    if (req->burst < YIELD_BYTES)
+        return false;
+    if (!req->yield_ev && !(req->yield_ev = evtimer_new(req->http->base, yield_cb, req)))
+        return false; /* no memory: just go on */
+    req->burst = 0;
+    req->yielded = true;
+    evtimer_add(req->yield_ev, &zero);
+    return true;
+}
+
 static size_t body_chunk(df_http_req_t *req, char *data, size_t len)
 {
     int rc;
@@ -303,6 +341,9 @@ static size_t body_chunk(df_http_req_t *req, char *data, size_t len)
     if (req->cancelled)
         return 0;
     if (req->streaming) {
+        if (yield_now(req))
+            return CURL_WRITEFUNC_PAUSE;
+        req->burst += len;
         rc = req->cbs.on_data(req, data, len, req->arg);
         if (rc == DF_EAGAIN) {
             req->paused = true;
@@ -541,6 +582,8 @@ void df_http_resume(df_http_req_t *req)
     if (!req || !req->paused || req->cancelled)
         return;
     req->paused = false;
+    if (req->yielded)
+        return; /* yield_cb unpauses */
     /* May deliver buffered data synchronously through on_data; curl then
      * schedules its own timer for the rest. */
     curl_easy_pause(req->easy, CURLPAUSE_CONT);
