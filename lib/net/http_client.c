@@ -174,33 +174,47 @@ static int socket_cb(CURL *easy, curl_socket_t s, int what, void *userp, void *s
     return 0;
 }
 
-int df_http_new(struct event_base *base, df_http_t **out)
+/* libcurl (and through it OpenSSL and every library it pulls in) is set up
+ * at the first request, not when the client is made: a dfdaemon that has
+ * not downloaded anything yet does not pay their memory (docs/BENCHMARKS.md,
+ * "Memory"). */
+static int ensure_multi(df_http_t *http)
 {
     static bool global_done;
-    df_http_t *http;
 
+    if (http->multi)
+        return 0;
     if (!global_done) {
         if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
             return -ENOMEM;
         global_done = true;
     }
-    http = calloc(1, sizeof(*http));
-    if (!http)
-        return -ENOMEM;
-    http->base = base;
     http->multi = curl_multi_init();
-    http->timer = evtimer_new(base, timer_event_cb, http);
-    http->deferred = event_new(base, -1, 0, run_deferred, http);
-    if (!http->multi || !http->timer || !http->deferred) {
-        df_http_free(http);
+    if (!http->multi)
         return -ENOMEM;
-    }
     curl_multi_setopt(http->multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
     curl_multi_setopt(http->multi, CURLMOPT_SOCKETDATA, http);
     curl_multi_setopt(http->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
     curl_multi_setopt(http->multi, CURLMOPT_TIMERDATA, http);
     /* Enough cached connections for kept-alive links to many peers. */
     curl_multi_setopt(http->multi, CURLMOPT_MAXCONNECTS, 256L);
+    return 0;
+}
+
+int df_http_new(struct event_base *base, df_http_t **out)
+{
+    df_http_t *http;
+
+    http = calloc(1, sizeof(*http));
+    if (!http)
+        return -ENOMEM;
+    http->base = base;
+    http->timer = evtimer_new(base, timer_event_cb, http);
+    http->deferred = event_new(base, -1, 0, run_deferred, http);
+    if (!http->timer || !http->deferred) {
+        df_http_free(http);
+        return -ENOMEM;
+    }
     *out = http;
     return 0;
 }
@@ -401,7 +415,7 @@ static void check_done(df_http_t *http)
     CURLMsg *msg;
     int left;
 
-    if (http->in_check)
+    if (http->in_check || !http->multi)
         return;
     http->in_check = 1;
     while ((msg = curl_multi_info_read(http->multi, &left))) {
@@ -451,6 +465,10 @@ int df_http_start(df_http_t *http, const df_http_opts_t *opts, const df_http_cbs
 
     if (!opts->url)
         return -EINVAL;
+    rc = ensure_multi(http);
+    if (rc < 0)
+        return rc;
+    rc = -ENOMEM;
     req = calloc(1, sizeof(*req));
     if (!req)
         return -ENOMEM;
