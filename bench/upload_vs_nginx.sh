@@ -58,14 +58,20 @@ if bad:
 print(f"{rps:.1f} {float(m.group(1)) * mult:.1f}")
 PY
 }
-: > "$WORK/n.t"; : > "$WORK/d.t"
+: > "$WORK/n.t"; : > "$WORK/d.t"; : > "$WORK/r.t"
 for i in $(seq 1 "$ROUNDS"); do
     N=$(run "$URL"); D=$(run "http://127.0.0.1:$UPORT/peer/file/$TASK")
     echo "$N" >> "$WORK/n.t"; echo "$D" >> "$WORK/d.t"
-    echo "round $i: nginx $N, dfdaemon $D (req/s MiB/s)"
+    R=$(awk -v n="${N%% *}" -v d="${D%% *}" 'BEGIN { printf "%.2f", d / n }')
+    echo "$R" >> "$WORK/r.t"
+    echo "round $i: nginx $N, dfdaemon $D (req/s MiB/s), ratio $R"
 done
 NR=$(cut -d' ' -f1 "$WORK/n.t" | median); NM=$(cut -d' ' -f2 "$WORK/n.t" | median)
 DR=$(cut -d' ' -f1 "$WORK/d.t" | median); DM=$(cut -d' ' -f2 "$WORK/d.t" | median)
 awk -v nr="$NR" -v nm="$NM" -v dr="$DR" -v dm="$DM" -v c="$CONNS" -v s="$SECS" -v k="$ROUNDS" 'BEGIN {
   printf "%d connections, %d x %d s, 4 MiB ranges, medians: nginx %.1f req/s %.0f MiB/s; dfdaemon %.1f req/s %.0f MiB/s; ratio req/s %.2f, MiB/s %.2f\n",
          c, k, s, nr, nm, dr, dm, dr / nr, dm / nm }'
+# The load of a shared machine changes from round to round; the ratio within
+# a round (the two measured back to back) is the steadier figure.
+echo "per-round ratio dfdaemon/nginx (req/s): median $(median < "$WORK/r.t"), spread" \
+     "$(sort -g "$WORK/r.t" | head -n1)-$(sort -g "$WORK/r.t" | tail -n1)"
