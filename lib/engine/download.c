@@ -665,7 +665,9 @@ static void fetch_done(df_http_req_t *req, const df_http_result_t *res, void *ar
         /* our own disk failed: nothing the source did */
         int err = f->err; /* f is gone after fetch_free */
         fetch_free(f);
-        if (err == -ENOSPC || err == -EDQUOT)
+        if ((err == -ENOSPC || err == -EDQUOT) && df_stored_task_placed(dl->task))
+            finish(dl, err, "writing piece %u: the disk of %s is full (%s)", piece, dl->output, df_strerror(err));
+        else if (err == -ENOSPC || err == -EDQUOT)
             finish(dl, err, "writing piece %u: the disk of the piece store is full (%s); free space or lower "
                    "--cache-limit", piece, df_strerror(err));
         else

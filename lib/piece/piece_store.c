@@ -1246,6 +1246,11 @@ int df_stored_task_place_at(df_stored_task_t *t, const char *output)
     return 0;
 }
 
+bool df_stored_task_placed(const df_stored_task_t *t)
+{
+    return t->placed;
+}
+
 /* Makes the rename into dir durable (fsync of the directory); the file is in
  * place either way. */
 static void sync_dir(const char *dir)

@@ -136,6 +136,8 @@ size_t df_store_task_count(const df_store_t *store);
  * store is not ephemeral, the task was placed already or holds a verified
  * piece; -errno when the file cannot be made (the task is left as it was). */
 int df_stored_task_place_at(df_stored_task_t *t, const char *output);
+/* Whether the task's bytes live next to an output (df_stored_task_place_at). */
+bool df_stored_task_placed(const df_stored_task_t *t);
 
 /* Places the verified, complete task's bytes at `output` atomically: a copy
  * (FICLONE reflink where the filesystem can, else copy_file_range) into a

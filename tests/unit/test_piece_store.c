@@ -666,7 +666,9 @@ static void test_place_at(void **state)
     df_store_set_ephemeral(s);
     t = create(s, ID_A, 5 * PS + 17);
     assert_false(task_path_exists(f->store_dir, ID_A, "meta.json"));
+    assert_false(df_stored_task_placed(t));
     assert_int_equal(df_stored_task_place_at(t, out), 0);
+    assert_true(df_stored_task_placed(t));
     assert_false(path_exists(out));
     assert_false(task_path_exists(f->store_dir, ID_A, "data"));
     assert_int_equal(count_entries(outdir), 1); /* the hidden temporary file */
