@@ -666,7 +666,8 @@ static void fetch_done(df_http_req_t *req, const df_http_result_t *res, void *ar
         int err = f->err; /* f is gone after fetch_free */
         fetch_free(f);
         if ((err == -ENOSPC || err == -EDQUOT) && df_stored_task_placed(dl->task))
-            finish(dl, err, "writing piece %u: the disk of %s is full (%s)", piece, dl->output, df_strerror(err));
+            finish(dl, err, "writing piece %u: the disk of %s is full (%s)", piece, dl->output,
+                   df_strerror(err));
         else if (err == -ENOSPC || err == -EDQUOT)
             finish(dl, err, "writing piece %u: the disk of the piece store is full (%s); free space or lower "
                    "--cache-limit", piece, df_strerror(err));
@@ -1299,7 +1300,8 @@ static void register_cb(const df_register_res_t *res, void *arg)
          * where the output will be, so export is a rename, not a copy.
          * Refused for a store that keeps tasks, or a task holding pieces
          * already; a failure leaves the task in the store (export copies). */
-        if (peer->cfg.ephemeral && dl->output && df_bitmap_count(df_stored_task_bitmap(dl->task), dl->piece_count) == 0) {
+        if (peer->cfg.ephemeral && dl->output &&
+            df_bitmap_count(df_stored_task_bitmap(dl->task), dl->piece_count) == 0) {
             rc = df_stored_task_place_at(dl->task, dl->output);
             if (rc < 0)
                 DF_LOG_D("task %.16s: pieces stay in the store: %s", res->task_id, df_strerror(rc));

@@ -357,7 +357,6 @@ static size_t body_chunk(df_http_req_t *req, char *data, size_t len)
     if (req->streaming) {
         if (yield_now(req))
             return CURL_WRITEFUNC_PAUSE;
-        req->burst += len;
         rc = req->cbs.on_data(req, data, len, req->arg);
         if (rc == DF_EAGAIN) {
             req->paused = true;
@@ -367,6 +366,7 @@ static size_t body_chunk(df_http_req_t *req, char *data, size_t len)
             req->abort_rc = rc;
             return 0;
         }
+        req->burst += len;
     } else if (df_buf_append(&req->body, data, len) < 0) {
         req->abort_rc = DF_ETOOBIG;
         return 0;
