@@ -29,7 +29,7 @@ PIDS+=($!)
 wait_http "http://127.0.0.1:$SPORT/healthz"
 "$BIN/dfdaemon" --home "$WORK/d" --node 127.0.0.1:$SPORT --listen 127.0.0.1:$DPORT \
     --upload-host 127.0.0.1 --upload-port $UPORT --log-level warn &
-PIDS+=($!)
+DD=$!; PIDS+=($DD)
 wait_http "http://127.0.0.1:$DPORT/healthz"
 TASK=$("$BIN/dfget" -u "$URL" -o "$WORK/out/f" --home "$WORK/d" --json 2>/dev/null |
        python3 -c 'import json,sys; print(json.load(sys.stdin)["task_id"])')
@@ -58,14 +58,30 @@ if bad:
 print(f"{rps:.1f} {float(m.group(1)) * mult:.1f}")
 PY
 }
-: > "$WORK/n.t"; : > "$WORK/d.t"
+# Server CPU seconds (user + system, from /proc) per GiB served: what each
+# server spends on the same work, whatever wrk or the neighbours do.
+NW=$(pgrep -P "$(cat "$WORK/nginx/nginx.pid")" | head -n1)
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+per_gib() { # PID TICKS0 "req/s MiB/s" -> CPU s per GiB
+    awk -v t0="$2" -v t1="$(cpu_ticks "$1")" -v hz="$(getconf CLK_TCK)" -v m="${3#* }" -v s="$SECS" \
+        'BEGIN { printf "%.3f", (t1 - t0) / hz / (m * s / 1024) }'
+}
+: > "$WORK/n.t"; : > "$WORK/d.t"; : > "$WORK/r.t"; : > "$WORK/nc.t"; : > "$WORK/dc.t"
 for i in $(seq 1 "$ROUNDS"); do
-    N=$(run "$URL"); D=$(run "http://127.0.0.1:$UPORT/peer/file/$TASK")
-    echo "$N" >> "$WORK/n.t"; echo "$D" >> "$WORK/d.t"
-    echo "round $i: nginx $N, dfdaemon $D (req/s MiB/s)"
+    T0=$(cpu_ticks "$NW"); N=$(run "$URL"); NC=$(per_gib "$NW" "$T0" "$N")
+    T0=$(cpu_ticks "$DD"); D=$(run "http://127.0.0.1:$UPORT/peer/file/$TASK"); DC=$(per_gib "$DD" "$T0" "$D")
+    echo "$N" >> "$WORK/n.t"; echo "$D" >> "$WORK/d.t"; echo "$NC" >> "$WORK/nc.t"; echo "$DC" >> "$WORK/dc.t"
+    R=$(awk -v n="${N%% *}" -v d="${D%% *}" 'BEGIN { printf "%.2f", d / n }')
+    echo "$R" >> "$WORK/r.t"
+    echo "round $i: nginx $N, dfdaemon $D (req/s MiB/s), ratio $R; server CPU s/GiB nginx $NC, dfdaemon $DC"
 done
 NR=$(cut -d' ' -f1 "$WORK/n.t" | median); NM=$(cut -d' ' -f2 "$WORK/n.t" | median)
 DR=$(cut -d' ' -f1 "$WORK/d.t" | median); DM=$(cut -d' ' -f2 "$WORK/d.t" | median)
 awk -v nr="$NR" -v nm="$NM" -v dr="$DR" -v dm="$DM" -v c="$CONNS" -v s="$SECS" -v k="$ROUNDS" 'BEGIN {
   printf "%d connections, %d x %d s, 4 MiB ranges, medians: nginx %.1f req/s %.0f MiB/s; dfdaemon %.1f req/s %.0f MiB/s; ratio req/s %.2f, MiB/s %.2f\n",
          c, k, s, nr, nm, dr, dm, dr / nr, dm / nm }'
+# The load of a shared machine changes from round to round; the ratio within
+# a round (the two measured back to back) is the steadier figure.
+echo "per-round ratio dfdaemon/nginx (req/s): median $(median < "$WORK/r.t"), spread" \
+     "$(sort -g "$WORK/r.t" | head -n1)-$(sort -g "$WORK/r.t" | tail -n1)"
+echo "server CPU s per GiB, medians: nginx $(median < "$WORK/nc.t"), dfdaemon $(median < "$WORK/dc.t")"

@@ -186,6 +186,11 @@ typedef struct {
     uint32_t fetch_parallel;    /* pieces in flight per download; default 8 */
     uint64_t stall_timeout_ms;  /* no progress this long -> P2P stalled; default 20 s */
     bool serve;                 /* run the upload server (pattern p2p); default true */
+    bool ephemeral;             /* the owner deletes home_dir when the peer is freed (an
+                                 * in-process dfget): no store metadata is written, and a
+                                 * download writes its pieces straight into a temporary
+                                 * file next to its output, renamed there once verified
+                                 * (no copy).  default false */
     /* Decentralized mode: set gossip_listen to run a Serf-compatible gossip
      * node instead of talking to supernodes (nodes is then ignored).  The
      * cluster decides per task an owner that reads the origin; peers fetch

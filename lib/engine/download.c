@@ -18,7 +18,8 @@
  * The whole-file digest is computed incrementally over the verified prefix
  * of the file as pieces land (pread from the page cache), so finishing does
  * not re-read the file.  The output appears only by df_stored_task_export()
- * after every check passed.
+ * after every check passed (for an ephemeral peer the pieces are written into
+ * a hidden temporary file next to the output, and export renames it).
  *
  * ORIGIN: when P2P cannot go on (tracker gone, task error, no progress for
  * stall_timeout), the download fetches what it still lacks from the origin
@@ -404,7 +405,9 @@ static void stop_all(df_download_t *dl)
     if (dl->src_tmp)
         unlink(dl->src_tmp);
     if (dl->task) {
-        df_stored_task_sync(dl->task);
+        /* meta.json follows lazily (df_store_flush, at close): an fdatasync
+         * of the whole file here would hold the loop, and the caller's
+         * answer, for the disk's write-back. */
         df_stored_task_unref(dl->task);
         dl->task = NULL;
     }
@@ -662,7 +665,10 @@ static void fetch_done(df_http_req_t *req, const df_http_result_t *res, void *ar
         /* our own disk failed: nothing the source did */
         int err = f->err; /* f is gone after fetch_free */
         fetch_free(f);
-        if (err == -ENOSPC || err == -EDQUOT)
+        if ((err == -ENOSPC || err == -EDQUOT) && df_stored_task_placed(dl->task))
+            finish(dl, err, "writing piece %u: the disk of %s is full (%s)", piece, dl->output,
+                   df_strerror(err));
+        else if (err == -ENOSPC || err == -EDQUOT)
             finish(dl, err, "writing piece %u: the disk of the piece store is full (%s); free space or lower "
                    "--cache-limit", piece, df_strerror(err));
         else
@@ -1289,6 +1295,16 @@ static void register_cb(const df_register_res_t *res, void *arg)
         if (!dl->inflight) {
             finish(dl, -ENOMEM, "out of memory");
             return;
+        }
+        /* An in-process dfget's store goes when it ends: write the pieces
+         * where the output will be, so export is a rename, not a copy.
+         * Refused for a store that keeps tasks, or a task holding pieces
+         * already; a failure leaves the task in the store (export copies). */
+        if (peer->cfg.ephemeral && dl->output &&
+            df_bitmap_count(df_stored_task_bitmap(dl->task), dl->piece_count) == 0) {
+            rc = df_stored_task_place_at(dl->task, dl->output);
+            if (rc < 0)
+                DF_LOG_D("task %.16s: pieces stay in the store: %s", res->task_id, df_strerror(rc));
         }
         /* Pieces this host already holds (an earlier run) are announced
          * in the first pull, so the tracker can offer them to others. */

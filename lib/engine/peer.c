@@ -319,6 +319,8 @@ int df_peer_new(struct event_base *base, const df_peer_config_t *cfg, df_peer_t 
     if (rc < 0)
         goto fail;
     df_store_set_max_age(peer->store, cfg->cache_max_age_ms);
+    if (cfg->ephemeral)
+        df_store_set_ephemeral(peer->store);
     rc = df_http_new(base, &peer->http);
     if (rc < 0)
         goto fail;

@@ -16,16 +16,6 @@
  * but our on_headers/on_data callbacks run there and may start or cancel
  * requests.  Such adds and frees are deferred to a libevent callback
  * (run_deferred) that runs right after, outside curl.
- *
- * Fairness: while its socket stays readable, one curl_multi_socket_action
- * call keeps reading (up to 100 buffers of 256 KiB: 25 MiB), and every byte
- * goes through on_data on the loop's thread.  A fast origin on a fast link
- * (a registry on loopback) thus held the supernode's loop for ~80 ms per
- * call, and Register and PullPiece answers waited for the seed to finish
- * (measured: a peer's first piece after 0.3-0.5 s for 100 MiB).  So a
- * streamed transfer gives the loop back every DF_HTTP_YIELD_BYTES: the
- * write callback pauses it and a zero timer, which runs only after the loop
- * polled its sockets again, resumes it.
  */
 #include "net/http_client.h"
 
@@ -49,7 +39,6 @@ struct df_http {
     int in_check;               /* check_done() re-entrancy guard */
     int in_curl_cb;             /* >0 while inside a curl callback */
     struct event *deferred;     /* runs deferred adds and frees, outside curl */
-    struct event *yield;        /* resumes transfers paused to give the loop a turn */
 };
 
 struct df_http_req {
@@ -63,9 +52,10 @@ struct df_http_req {
     bool streaming;
     bool headers_fired;
     bool follow;
-    bool paused;
-    bool yielded;               /* paused by us for a loop turn, not by on_data */
-    uint64_t turn_bytes;        /* streamed since the last turn */
+    bool paused;                /* by the caller (on_data returned DF_EAGAIN) */
+    bool yielded;               /* by us, until the next turn of the loop */
+    uint64_t burst;             /* bytes delivered since the last yield */
+    struct event *yield_ev;
     bool cancelled;             /* no more callbacks; freed by run_deferred */
     bool pending_add;           /* started inside a curl callback; added later */
     int abort_rc;               /* set when a callback aborted */
@@ -106,26 +96,6 @@ static void run_deferred(evutil_socket_t fd, short what, void *arg)
         }
     }
     curl_multi_socket_action(http->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-    check_done(http);
-}
-
-/* Zero timer: libevent runs due timers after it polled the sockets, so
- * whatever else was ready gets its turn first. */
-static void yield_cb(evutil_socket_t fd, short what, void *arg)
-{
-    df_http_t *http = arg;
-    df_http_req_t *req, *next;
-
-    for (req = http->reqs; req; req = next) {
-        next = req->next; /* on_data may start requests (added at the head) */
-        if (!req->yielded || req->cancelled)
-            continue;
-        req->yielded = false;
-        req->turn_bytes = 0;
-        /* May deliver the held chunk through on_data at once; curl's own
-         * timer and socket events carry on from there. */
-        curl_easy_pause(req->easy, CURLPAUSE_CONT);
-    }
     check_done(http);
 }
 
@@ -201,34 +171,47 @@ static int socket_cb(CURL *easy, curl_socket_t s, int what, void *userp, void *s
     return 0;
 }
 
-int df_http_new(struct event_base *base, df_http_t **out)
+/* libcurl (and through it OpenSSL and every library it pulls in) is set up
+ * at the first request, not when the client is made: a dfdaemon that has
+ * not downloaded anything yet does not pay their memory (docs/BENCHMARKS.md,
+ * "Memory"). */
+static int ensure_multi(df_http_t *http)
 {
     static bool global_done;
-    df_http_t *http;
 
+    if (http->multi)
+        return 0;
     if (!global_done) {
         if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
             return -ENOMEM;
         global_done = true;
     }
-    http = calloc(1, sizeof(*http));
-    if (!http)
-        return -ENOMEM;
-    http->base = base;
     http->multi = curl_multi_init();
-    http->timer = evtimer_new(base, timer_event_cb, http);
-    http->deferred = event_new(base, -1, 0, run_deferred, http);
-    http->yield = evtimer_new(base, yield_cb, http);
-    if (!http->multi || !http->timer || !http->deferred || !http->yield) {
-        df_http_free(http);
+    if (!http->multi)
         return -ENOMEM;
-    }
     curl_multi_setopt(http->multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
     curl_multi_setopt(http->multi, CURLMOPT_SOCKETDATA, http);
     curl_multi_setopt(http->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
     curl_multi_setopt(http->multi, CURLMOPT_TIMERDATA, http);
     /* Enough cached connections for kept-alive links to many peers. */
     curl_multi_setopt(http->multi, CURLMOPT_MAXCONNECTS, 256L);
+    return 0;
+}
+
+int df_http_new(struct event_base *base, df_http_t **out)
+{
+    df_http_t *http;
+
+    http = calloc(1, sizeof(*http));
+    if (!http)
+        return -ENOMEM;
+    http->base = base;
+    http->timer = evtimer_new(base, timer_event_cb, http);
+    http->deferred = event_new(base, -1, 0, run_deferred, http);
+    if (!http->timer || !http->deferred) {
+        df_http_free(http);
+        return -ENOMEM;
+    }
     *out = http;
     return 0;
 }
@@ -254,6 +237,8 @@ static void req_free(df_http_req_t *req)
             curl_multi_remove_handle(req->http->multi, req->easy);
         curl_easy_cleanup(req->easy);
     }
+    if (req->yield_ev)
+        event_free(req->yield_ev);
     curl_slist_free_all(req->hdrs);
     df_buf_free(&req->headers);
     df_buf_free(&req->body);
@@ -272,8 +257,6 @@ void df_http_free(df_http_t *http)
         event_free(http->timer);
     if (http->deferred)
         event_free(http->deferred);
-    if (http->yield)
-        event_free(http->yield);
     free(http);
 }
 
@@ -330,6 +313,36 @@ static size_t header_cb(char *data, size_t size, size_t n, void *userp)
     return ret;
 }
 
+static void yield_cb(evutil_socket_t fd, short what, void *arg)
+{
+    df_http_req_t *req = arg;
+
+    req->yielded = false;
+    if (req->cancelled || req->paused)
+        return; /* df_http_resume unpauses later */
+    curl_easy_pause(req->easy, CURLPAUSE_CONT);
+}
+
+/* Fairness.  curl keeps reading a socket while it stays readable (up to 100
+ * buffers per wake-up), so a fast stream -- the seed reading a local origin
+ * -- could hold the loop for tens of megabytes while every upload and API
+ * request waits.  After DF_HTTP_YIELD_BYTES a streaming transfer pauses (curl keeps
+ * the chunk and hands it over again) and continues from a zero timer, which
+ * runs only after the loop has polled every other socket once. */
+static bool yield_now(df_http_req_t *req)
+{
+    static const struct timeval zero = {0, 0};
+
+    if (req->burst < DF_HTTP_YIELD_BYTES)
+        return false;
+    if (!req->yield_ev && !(req->yield_ev = evtimer_new(req->http->base, yield_cb, req)))
+        return false; /* no memory: just go on */
+    req->burst = 0;
+    req->yielded = true;
+    evtimer_add(req->yield_ev, &zero);
+    return true;
+}
+
 static size_t body_chunk(df_http_req_t *req, char *data, size_t len)
 {
     int rc;
@@ -339,14 +352,8 @@ static size_t body_chunk(df_http_req_t *req, char *data, size_t len)
     if (req->cancelled)
         return 0;
     if (req->streaming) {
-        if (req->turn_bytes >= DF_HTTP_YIELD_BYTES) {
-            static const struct timeval now = {0, 0};
-            /* Not consumed: curl holds the chunk and hands it over again
-             * when yield_cb resumes the transfer. */
-            req->yielded = true;
-            evtimer_add(req->http->yield, &now);
+        if (yield_now(req))
             return CURL_WRITEFUNC_PAUSE;
-        }
         rc = req->cbs.on_data(req, data, len, req->arg);
         if (rc == DF_EAGAIN) {
             req->paused = true;
@@ -356,7 +363,7 @@ static size_t body_chunk(df_http_req_t *req, char *data, size_t len)
             req->abort_rc = rc;
             return 0;
         }
-        req->turn_bytes += len;
+        req->burst += len;
     } else if (df_buf_append(&req->body, data, len) < 0) {
         req->abort_rc = DF_ETOOBIG;
         return 0;
@@ -405,7 +412,7 @@ static void check_done(df_http_t *http)
     CURLMsg *msg;
     int left;
 
-    if (http->in_check)
+    if (http->in_check || !http->multi)
         return;
     http->in_check = 1;
     while ((msg = curl_multi_info_read(http->multi, &left))) {
@@ -455,6 +462,10 @@ int df_http_start(df_http_t *http, const df_http_opts_t *opts, const df_http_cbs
 
     if (!opts->url)
         return -EINVAL;
+    rc = ensure_multi(http);
+    if (rc < 0)
+        return rc;
+    rc = -ENOMEM;
     req = calloc(1, sizeof(*req));
     if (!req)
         return -ENOMEM;
@@ -586,6 +597,8 @@ void df_http_resume(df_http_req_t *req)
     if (!req || !req->paused || req->cancelled)
         return;
     req->paused = false;
+    if (req->yielded)
+        return; /* yield_cb unpauses */
     /* May deliver buffered data synchronously through on_data; curl then
      * schedules its own timer for the rest. */
     curl_easy_pause(req->easy, CURLPAUSE_CONT);

@@ -30,6 +30,18 @@
  * used first (wall-clock last use, persisted; an in-memory counter orders
  * uses within the same millisecond).
  *
+ * Ephemeral stores (df_store_set_ephemeral: an in-process dfget, whose
+ * store is deleted when it ends) never write meta.json, so nothing is ever
+ * fdatasync()ed for them, and a task of theirs may keep its bytes in a
+ * temporary file next to the download's output instead of `data`
+ * (df_stored_task_place_at): export is then a rename(2), not a copy.
+ *
+ * Lazy metadata: df_store_flush() writes a task's meta.json only once its
+ * data has not been written for FLUSH_QUIET_MS, by when the kernel's own
+ * writeback has usually put the bytes on disk and the fdatasync() is cheap;
+ * a flush in the middle of a transfer would stall the loop for the disk.
+ * df_store_close() and df_stored_task_sync() write at once.
+ *
  * Single-threaded: everything runs on the event loop thread.
  */
 #include "core/core.h"
@@ -56,6 +68,7 @@
  * the bitmap, with slack for the scalar fields and validators. */
 #define META_CAP ((size_t)DF_PIECE_COUNT_MAX * 72 + DF_PIECE_COUNT_MAX / 4 + 256 * 1024)
 #define COPY_CHUNK (128 * 1024)
+#define FLUSH_QUIET_MS 30000u /* the kernel's default dirty_expire_centisecs */
 
 struct df_stored_task {
     df_store_t *store;         /* NULL once detached */
@@ -77,6 +90,9 @@ struct df_stored_task {
     uint64_t last_use_ms;      /* CLOCK_REALTIME, persisted */
     uint64_t use_seq;          /* tie-break within one millisecond */
     int fd;                    /* `data`, O_RDWR; -1 if not open */
+    bool placed;               /* bytes in a temporary file next to an output (data_path) */
+    bool exported;             /* placed, and renamed to the output: not ours any more */
+    uint64_t last_write_ms;    /* monotonic; when data was last written */
     char *dir_path;
     char *data_path;
     char *meta_path;
@@ -88,6 +104,7 @@ struct df_store {
     uint64_t limit;            /* 0 = unlimited */
     uint64_t max_age_ms;       /* 0 = no age limit */
     uint64_t evicted;          /* tasks evicted since open */
+    bool ephemeral;            /* never persists meta.json (df_store_set_ephemeral) */
     uint64_t bytes;            /* sum of the listed tasks' lengths */
     uint64_t seq;
     df_stored_task_t **tasks;
@@ -212,6 +229,9 @@ static void task_free(df_stored_task_t *t)
         return;
     if (t->fd >= 0)
         close(t->fd);
+    /* A placed temporary file that never became the output is ours to remove. */
+    if (t->placed && !t->exported && t->data_path && unlink(t->data_path) < 0 && errno != ENOENT)
+        DF_LOG_W("store: cannot remove %s: %s", t->data_path, strerror(errno));
     free(t->url);
     free(t->bitmap);
     free(t->known);
@@ -314,6 +334,10 @@ static int meta_write(df_stored_task_t *t)
 
     if (!t->store)
         return 0; /* detached: its meta.json is gone or belongs to another task */
+    if (t->store->ephemeral) {
+        t->dirty = false;
+        return 0;
+    }
     /* The bytes first: meta.json must never claim pieces the disk lacks. */
     if (t->fd >= 0 && fdatasync(t->fd) < 0) {
         rc = -errno;
@@ -529,6 +553,8 @@ out:
 
 /* ------------------------------------------------------- store listing */
 
+static void flush(df_store_t *store, bool all);
+
 static df_stored_task_t *find(const df_store_t *store, const char *id)
 {
     for (size_t i = 0; i < store->ntasks; i++)
@@ -651,7 +677,7 @@ void df_store_close(df_store_t *store)
 {
     if (!store)
         return;
-    df_store_flush(store);
+    flush(store, true);
     while (store->ntasks > 0) {
         df_stored_task_t *t = store->tasks[store->ntasks - 1];
         if (t->refs > 0)
@@ -756,11 +782,25 @@ int df_store_task_remove(df_store_t *store, const char *task_id)
     return 0;
 }
 
+static void flush(df_store_t *store, bool all)
+{
+    uint64_t now = df_now_ms();
+
+    for (size_t i = 0; i < store->ntasks; i++) {
+        df_stored_task_t *t = store->tasks[i];
+        if (t->dirty && (all || now - t->last_write_ms >= FLUSH_QUIET_MS))
+            meta_write(t);
+    }
+}
+
 void df_store_flush(df_store_t *store)
 {
-    for (size_t i = 0; i < store->ntasks; i++)
-        if (store->tasks[i]->dirty)
-            meta_write(store->tasks[i]);
+    flush(store, false);
+}
+
+void df_store_set_ephemeral(df_store_t *store)
+{
+    store->ephemeral = true;
 }
 
 static bool task_complete(const df_stored_task_t *t)
@@ -929,6 +969,7 @@ int df_stored_task_write(df_stored_task_t *t, uint64_t off, const void *data, si
 {
     if (off > t->length || len > t->length - off)
         return -EINVAL;
+    t->last_write_ms = df_now_ms();
     return pwrite_all(t->fd, data, len, off);
 }
 
@@ -1128,42 +1169,159 @@ out:
     return rc;
 }
 
-/* Only a complete task can be exported: -EINVAL otherwise. */
-int df_stored_task_export(df_stored_task_t *t, const char *output, bool durable)
+/* Creates a hidden temporary file in output's own directory (rename(2)
+ * cannot cross filesystems), with the name shortened so it fits NAME_MAX.
+ * On success *dir and *tmp are allocated and *fd is open (mode 0600). */
+static char *dir_of(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+
+    if (!slash)
+        return strdup(".");
+    if (slash == path)
+        return strdup("/");
+    return strndup(path, (size_t)(slash - path));
+}
+
+static int tmp_next_to(const char *output, char **dir, char **tmp, int *fd)
 {
     const char *slash, *base;
-    char *dir = NULL, *tmp = NULL;
-    int fd = -1, dfd, rc;
 
-    if (!output || !*output || !task_complete(t))
+    *dir = *tmp = NULL;
+    *fd = -1;
+    if (!output || !*output)
         return -EINVAL;
     slash = strrchr(output, '/');
     base = slash ? slash + 1 : output;
     if (!*base || strcmp(base, ".") == 0 || strcmp(base, "..") == 0)
         return -EINVAL;
-    if (!slash)
-        dir = strdup(".");
-    else if (slash == output)
-        dir = strdup("/");
-    else
-        dir = strndup(output, (size_t)(slash - output));
-    rc = -ENOMEM;
-    if (!dir)
-        goto out;
-    /* Hidden, in the output's own directory (rename(2) cannot cross
-     * filesystems), with the name shortened so it fits NAME_MAX. */
-    tmp = path_fmt("%s/.%.200s.dfly-XXXXXX", dir, base);
-    if (!tmp) {
-        rc = -ENAMETOOLONG;
-        goto out;
+    *dir = dir_of(output);
+    if (!*dir)
+        return -ENOMEM;
+    *tmp = path_fmt("%s/.%.200s.dfly-XXXXXX", *dir, base);
+    if (!*tmp) {
+        free(*dir);
+        *dir = NULL;
+        return -ENAMETOOLONG;
     }
-    fd = mkostemp(tmp, O_CLOEXEC);
-    if (fd < 0) {
+    *fd = mkostemp(*tmp, O_CLOEXEC);
+    if (*fd < 0) {
+        int rc = -errno;
+        free(*dir);
+        free(*tmp);
+        *dir = *tmp = NULL;
+        return rc;
+    }
+    return 0;
+}
+
+int df_stored_task_place_at(df_stored_task_t *t, const char *output)
+{
+    char *dir = NULL, *tmp = NULL;
+    int fd = -1, rc;
+
+    if (!t->store || !t->store->ephemeral || t->placed || t->nverified > 0)
+        return -EINVAL;
+    rc = tmp_next_to(output, &dir, &tmp, &fd);
+    if (rc < 0)
+        return rc;
+    if (ftruncate(fd, (off_t)t->length) < 0) {
         rc = -errno;
+        close(fd);
+        unlink(tmp);
         free(tmp);
-        tmp = NULL; /* nothing was created: nothing to remove */
+        free(dir);
+        return rc;
+    }
+    /* `data` held nothing verified: it goes, the temporary file replaces it. */
+    if (unlink(t->data_path) < 0 && errno != ENOENT)
+        DF_LOG_W("store: cannot remove %s: %s", t->data_path, strerror(errno));
+    if (t->fd >= 0)
+        close(t->fd);
+    t->fd = fd;
+    free(t->data_path);
+    t->data_path = tmp;
+    t->placed = true;
+    free(dir);
+    return 0;
+}
+
+bool df_stored_task_placed(const df_stored_task_t *t)
+{
+    return t->placed;
+}
+
+/* Makes the rename into dir durable (fsync of the directory); the file is in
+ * place either way. */
+static void sync_dir(const char *dir)
+{
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+    if (dfd < 0)
+        return;
+    if (fsync(dfd) < 0)
+        DF_LOG_W("store: fsync of %s failed: %s", dir, strerror(errno));
+    close(dfd);
+}
+
+/* A placed task: its temporary file becomes the output by rename(2), and
+ * the task leaves the store -- the file is the user's now, and what a user
+ * does to it must never be served. */
+static int export_placed(df_stored_task_t *t, const char *output, bool durable)
+{
+    char *dir = dir_of(output), *tmp_dir = dir_of(t->data_path);
+    int rc = 0;
+
+    /* The temporary file must be in output's directory for rename(2) to be
+     * the atomic step; a different output is refused. */
+    if (!dir || !tmp_dir) {
+        rc = -ENOMEM;
         goto out;
     }
+    if (strcmp(tmp_dir, dir) != 0) {
+        rc = -EXDEV;
+        goto out;
+    }
+    if (fchmod(t->fd, 0644) < 0 || (durable && fsync(t->fd) < 0)) {
+        rc = -errno;
+        goto out;
+    }
+    if (rename(t->data_path, output) < 0) {
+        rc = -errno;
+        goto out;
+    }
+    t->exported = true;
+    if (durable)
+        sync_dir(dir);
+    if (t->store) {
+        char *dir_path = t->dir_path;
+        t->dir_path = NULL;
+        store_detach(t->store, t); /* t is referenced by the caller: not freed */
+        if (dir_path)
+            remove_task_dir(dir_path);
+        free(dir_path);
+    }
+out:
+    free(tmp_dir);
+    free(dir);
+    return rc;
+}
+
+/* Only a complete task can be exported: -EINVAL otherwise. */
+int df_stored_task_export(df_stored_task_t *t, const char *output, bool durable)
+{
+    char *dir = NULL, *tmp = NULL;
+    int fd = -1, rc;
+
+    if (!output || !*output || !task_complete(t) || t->exported)
+        return -EINVAL;
+    if (t->placed) {
+        rc = export_placed(t, output, durable);
+        goto out;
+    }
+    rc = tmp_next_to(output, &dir, &tmp, &fd);
+    if (rc < 0)
+        goto out;
     rc = df__copy_file(t->fd, fd, t->length, DF__COPY_CLONE);
     if (rc < 0)
         goto out;
@@ -1182,13 +1340,8 @@ int df_stored_task_export(df_stored_task_t *t, const char *output, bool durable)
     }
     free(tmp);
     tmp = NULL;
-    /* Make the rename itself durable; the file is in place either way. */
-    dfd = durable ? open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
-    if (dfd >= 0) {
-        if (fsync(dfd) < 0)
-            DF_LOG_W("store: fsync of %s failed: %s", dir, strerror(errno));
-        close(dfd);
-    }
+    if (durable)
+        sync_dir(dir);
     rc = 0;
 out:
     if (fd >= 0)

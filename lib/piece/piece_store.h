@@ -101,8 +101,14 @@ void df_stored_task_touch(df_stored_task_t *t);
  * by df_store_flush).  A no-op for a detached task. */
 int df_stored_task_sync(df_stored_task_t *t);
 
-/* Writes meta.json of every dirty task. */
+/* Writes meta.json of every dirty task whose data has not been written for
+ * 30 s (by then the kernel has usually written the bytes back, so the
+ * fdatasync() that must precede meta.json does not stall the caller). */
 void df_store_flush(df_store_t *store);
+/* The store will be deleted by its owner when it closes (an in-process
+ * dfget): meta.json is never written (nothing is fdatasync()ed) and tasks
+ * may be placed next to their output (df_stored_task_place_at). */
+void df_store_set_ephemeral(df_store_t *store);
 /* Evicts complete, unreferenced tasks: first those not used for longer than
  * the store's max age (df_store_set_max_age), then least recently used ones
  * until the store is within its budget.  Calls evicted_cb(task_id, arg) for
@@ -121,6 +127,18 @@ uint64_t df_store_bytes(const df_store_t *store);
 /* Number of tasks in the store, complete or not. */
 size_t df_store_task_count(const df_store_t *store);
 
+/* Ephemeral stores only, for a task with no verified piece: its bytes move
+ * to a new hidden temporary file in output's directory
+ * (".<name>.dfly-XXXXXX", sparse, full length), so df_stored_task_export()
+ * to that same output is a rename(2) instead of a copy.  Until then the
+ * task is served and written as any other; the temporary file is removed
+ * when the task is freed without having been exported.  -EINVAL when the
+ * store is not ephemeral, the task was placed already or holds a verified
+ * piece; -errno when the file cannot be made (the task is left as it was). */
+int df_stored_task_place_at(df_stored_task_t *t, const char *output);
+/* Whether the task's bytes live next to an output (df_stored_task_place_at). */
+bool df_stored_task_placed(const df_stored_task_t *t);
+
 /* Places the verified, complete task's bytes at `output` atomically: a copy
  * (FICLONE reflink where the filesystem can, else copy_file_range) into a
  * temporary file in output's directory, then rename(2).  A copy, not a
@@ -129,7 +147,10 @@ size_t df_store_task_count(const df_store_t *store);
  * is removed.  The rename is atomic for every reader whatever `durable`
  * says; `durable` adds fsync of the file before the rename and of the
  * directory after it, so the file also survives a power loss (it costs the
- * disk's write-back time: about a second per 200 MiB on slow disks). */
+ * disk's write-back time: about a second per 200 MiB on slow disks).
+ * A placed task (df_stored_task_place_at, same output) is renamed instead,
+ * and leaves the store: the file is the user's now, never served again
+ * (-EXDEV for another output's directory).  Exporting twice is -EINVAL. */
 int df_stored_task_export(df_stored_task_t *t, const char *output, bool durable);
 
 /* Library-internal, exposed for tests: copies len bytes from offset 0 of

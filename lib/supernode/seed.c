@@ -752,9 +752,9 @@ static void on_done(df_http_req_t *req, const df_http_result_t *res, void *arg)
         refetch(sd);
         return;
     }
+    /* meta.json follows lazily (df_store_flush once the file is quiet, or
+     * at close): an fdatasync here would stall every upload for the disk. */
     rc = df_stored_task_set_digest(sd->stored, &file_d);
-    if (rc == 0)
-        rc = df_stored_task_sync(sd->stored);
     if (rc < 0)
         DF_LOG_W("seed %.12s: cannot persist the cache metadata: %s", t->id, df_strerror(rc));
     sd->phase = PHASE_IDLE;

@@ -688,6 +688,7 @@ static void run_in_process(const opts_t *o, const df_download_req_t *req, bar_t 
     pc.total_limit_bps = o->total_limit;
     /* cdn: fetch through the supernode and serve nobody; source: no P2P. */
     pc.serve = o->pattern == DF_PATTERN_P2P;
+    pc.ephemeral = true; /* peer_dir is removed below */
     rc = df_peer_new(r.base, &pc, &peer);
     if (rc < 0) {
         fail_result(res, rc, "cannot start the peer");

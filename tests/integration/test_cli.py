@@ -4,6 +4,8 @@ task identity (--identifier, --filter), --header."""
 
 import hashlib
 import os
+import signal
+import time
 
 import dflytest as T
 
@@ -152,7 +154,51 @@ def test_header_reaches_origin(env):
     r.expect_ok(info)
 
 
+
+
+@T.timeout(120)
+def test_output_appears_only_verified(env):
+    """An in-process dfget writes pieces into a hidden temporary file next to
+    the output: the output path never exists before the file is verified, the
+    temporary file becomes it by rename, and a stopped download leaves
+    nothing behind."""
+    o = env.origin()
+    info = o.add_file("p.bin", 12 * T.MiB)  # /slow/: 4 MiB/s, about 3 s
+    sn = env.supernode()
+    d = env.mkdir("partial")
+    out = os.path.join(d, "p.bin")
+
+    def temps():
+        return [n for n in os.listdir(d) if n.startswith(".p.bin.dfly-")]
+
+    run = env.start_dfget(o.url("p.bin", "slow"), out, node=sn.addr, timeout=90)
+    T.wait_for(lambda: temps(), 30, what="the temporary file next to the output", proc=run.proc)
+    T.check(not os.path.exists(out), "the output exists before the download is verified")
+    run.kill(signal.SIGTERM)
+    r = run.wait()
+    r.expect_fail("cancel|interrupt")
+    T.check(os.listdir(d) == [], f"a stopped download left {os.listdir(d)}")
+
+    # Whenever the output path exists while dfget runs (after the rename,
+    # before the exit), it is the whole file.
+    sizes, saw_temp = [], False
+    run = env.start_dfget(o.url("p.bin", "slow"), out, node=sn.addr, timeout=90)
+    deadline = time.monotonic() + 90
+    while run.proc.alive() and time.monotonic() < deadline:
+        saw_temp = saw_temp or bool(temps())
+        try:
+            sizes.append(os.stat(out).st_size)
+        except FileNotFoundError:
+            pass
+        time.sleep(0.02)
+    r = run.wait()
+    r.expect_ok(info)
+    T.check(saw_temp, "no temporary file was seen next to the output")
+    T.check(all(n == info.size for n in sizes), f"the output was visible with sizes {set(sizes)}")
+    T.check(os.listdir(d) == ["p.bin"], f"left next to the output: {os.listdir(d)}")
+
+
 if __name__ == "__main__":
     T.main([test_version_and_help, test_usage_errors, test_pattern_source, test_pattern_cdn,
             test_without_json, test_output_is_directory, test_task_identity,
-            test_header_reaches_origin])
+            test_header_reaches_origin, test_output_appears_only_verified])

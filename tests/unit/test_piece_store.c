@@ -638,6 +638,97 @@ static void test_export(void **state)
     df_store_close(s);
 }
 
+/* An ephemeral store: no meta.json, and a task placed next to its output
+ * becomes the output by rename; an unexported placed file is removed. */
+static void test_place_at(void **state)
+{
+    fixture_t *f = *state;
+    df_store_t *s;
+    df_stored_task_t *t, *u, *again;
+    char out[PATH_MAX], outdir[256], other[PATH_MAX];
+    char *text = NULL;
+    size_t len = 0;
+    struct stat st;
+
+    snprintf(outdir, sizeof(outdir), "%s/out", f->dir);
+    assert_int_equal(mkdir(outdir, 0755), 0);
+    snprintf(out, sizeof(out), "%s/file.bin", outdir);
+
+    /* A store that keeps its tasks refuses. */
+    assert_int_equal(df_store_open(f->store_dir, 0, &s), 0);
+    t = create(s, ID_A, 3 * PS);
+    assert_int_equal(df_stored_task_place_at(t, out), -EINVAL);
+    assert_int_equal(count_entries(outdir), 0);
+    df_stored_task_unref(t);
+    assert_int_equal(df_store_task_remove(s, ID_A), 0);
+    df_store_close(s);
+
+    assert_int_equal(df_store_open(f->store_dir, 0, &s), 0);
+    df_store_set_ephemeral(s);
+    t = create(s, ID_A, 5 * PS + 17);
+    assert_false(task_path_exists(f->store_dir, ID_A, "meta.json"));
+    assert_false(df_stored_task_placed(t));
+    assert_int_equal(df_stored_task_place_at(t, out), 0);
+    assert_true(df_stored_task_placed(t));
+    assert_false(path_exists(out));
+    assert_false(task_path_exists(f->store_dir, ID_A, "data"));
+    assert_int_equal(count_entries(outdir), 1); /* the hidden temporary file */
+    assert_int_equal(df_stored_task_place_at(t, out), -EINVAL); /* once */
+
+    /* Incomplete: refused, and still nothing at the output. */
+    fill_piece(t, 0, 7);
+    assert_int_equal(df_stored_task_export(t, out, false), -EINVAL);
+    assert_false(path_exists(out));
+    fill_all(t, 7);
+    df_store_flush(s);
+    df_stored_task_sync(t);
+    assert_false(task_path_exists(f->store_dir, ID_A, "meta.json"));
+
+    /* Another directory: refused, nothing there. */
+    snprintf(other, sizeof(other), "%s/elsewhere.bin", f->dir);
+    assert_int_equal(df_stored_task_export(t, other, false), -EXDEV);
+    assert_false(path_exists(other));
+
+    assert_int_equal(df_stored_task_export(t, out, false), 0);
+    assert_int_equal(df_read_file(out, 1 << 20, &text, &len), 0);
+    assert_int_equal(len, 5 * PS + 17);
+    for (size_t i = 0; i < len; i++)
+        if ((uint8_t)text[i] != byte_at(i, 7))
+            fail_msg("byte %zu differs", i);
+    free(text);
+    assert_int_equal(stat(out, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0644);
+    assert_int_equal(count_entries(outdir), 1); /* renamed, not copied */
+    /* The file is the user's now: the task left the store. */
+    assert_int_equal(df_store_task_get(s, ID_A, &again), -ENOENT);
+    assert_false(task_path_exists(f->store_dir, ID_A, NULL));
+    assert_int_equal(df_stored_task_export(t, out, false), -EINVAL);
+    df_stored_task_unref(t); /* freed: must not remove the output */
+    assert_true(path_exists(out));
+
+    /* Never exported (a failed download): the temporary file goes with the
+     * task, and the earlier output stays as it was. */
+    u = create(s, ID_B, 2 * PS);
+    assert_int_equal(df_stored_task_place_at(u, out), 0);
+    fill_piece(u, 0, 9);
+    assert_int_equal(count_entries(outdir), 2);
+    df_stored_task_unref(u);
+    df_store_close(s);
+    assert_int_equal(count_entries(outdir), 1);
+    assert_int_equal(stat(out, &st), 0);
+    assert_int_equal(st.st_size, 5 * PS + 17);
+
+    /* A task holding a verified piece is not moved. */
+    assert_int_equal(df_store_open(f->store_dir, 0, &s), 0);
+    df_store_set_ephemeral(s);
+    u = create(s, ID_C, 2 * PS);
+    fill_piece(u, 1, 3);
+    assert_int_equal(df_stored_task_place_at(u, out), -EINVAL);
+    df_stored_task_unref(u);
+    df_store_close(s);
+    assert_int_equal(count_entries(outdir), 1);
+}
+
 /* Every copy method, including the fallbacks FICLONE usually takes here. */
 static void test_copy_methods(void **state)
 {
@@ -823,6 +914,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_gc_max_age, setup, teardown),
         cmocka_unit_test_setup_teardown(test_remove, setup, teardown),
         cmocka_unit_test_setup_teardown(test_export, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_place_at, setup, teardown),
         cmocka_unit_test_setup_teardown(test_copy_methods, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hostile_ids, setup, teardown),
         cmocka_unit_test_setup_teardown(test_garbage_meta, setup, teardown),
