@@ -211,14 +211,17 @@ static void answer_register(df_supernode_t *sn, df_sn_task_t *task, struct evhtt
     static const char *route = "/api/v1/register";
     df_sn_member_t *m;
     json_t *doc;
+    const char *refusal = NULL;
+    long refused = df_sn_seed_refusal(task, &refusal); /* this Register's credentials refused */
     int rc;
 
-    if (task->state == DF_SN_TASK_FAILED) {
-        const char *kind = task->error_kind ? task->error_kind : "origin";
-        doc = json_pack("{s:s, s:s}", "error", kind, "message", task->error);
-        if (doc && task->origin_status > 0)
-            json_object_set_new(doc, "origin_status", json_integer(task->origin_status));
-        count_error(sn, "register_failed_task");
+    if (task->state == DF_SN_TASK_FAILED || refused) {
+        const char *kind = refused ? "origin" : task->error_kind ? task->error_kind : "origin";
+        long status = refused ? refused : task->origin_status;
+        doc = json_pack("{s:s, s:s}", "error", kind, "message", refused ? refusal : task->error);
+        if (doc && status > 0)
+            json_object_set_new(doc, "origin_status", json_integer(status));
+        count_error(sn, refused ? "register_refused" : "register_failed_task");
         send_json(sn, req, route, 502, doc);
         return;
     }
@@ -318,6 +321,12 @@ static int open_task(df_supernode_t *sn, const char *url, char *const *filter, s
             snprintf(err, errcap, "the task id is already used by a different url, digest or identifier");
             goto out;
         }
+        /* The next origin request (a revalidation, a retry) goes out with
+         * this registrant's headers: a first registrant's credentials may
+         * have expired, and this one's were just vouched for by its client
+         * (the mirror's access check).  Out of memory keeps the old ones. */
+        if (df_sn_task_set_headers(task, headers, nheaders) < 0)
+            DF_LOG_W("task %.12s: out of memory; the origin headers stay the previous registrant's", id);
     } else {
         rc = df_sn_task_create(sn->swarm, id, url, task_url, digest, identifier, headers, nheaders, pattern, now,
                                &task);
@@ -325,8 +334,8 @@ static int open_task(df_supernode_t *sn, const char *url, char *const *filter, s
             snprintf(err, errcap, "%s", rc == -ENOSPC ? "too many tasks" : df_strerror(rc));
             goto out;
         }
-        /* Like the headers, the first registrant's TLS settings are the
-         * seed's: the digest a registrant may give still checks the bytes. */
+        /* Unlike the headers, the TLS settings stay the first registrant's
+         * (the digest a registrant may give still checks the bytes). */
         task->insecure = insecure;
         if (root_ca) {
             task->root_ca = *root_ca;

@@ -268,6 +268,47 @@ def test_preheat_token_registry(env):
     check_p2p_pull(env, reg, d, image, f"{reg.USER}:{reg.PASSWORD}", "pull")
 
 
+@T.timeout(240)
+def test_preheat_token_expired(env):
+    """The seed revalidates a cached blob (past the 10 s freshness window)
+    with the headers of the registrant that asked for it, not with the first
+    one's: tokens live 5 s here, so the preheat's token has expired when a
+    pull comes.  A dfget bringing an expired token is refused (the registry's
+    401, no bytes), and that refusal does not stick to the task: a skopeo
+    pull with credentials right after gets every blob by P2P, revalidated
+    with its own token (304), no blob bytes from the registry."""
+    lifetime = 5
+    ts, reg, image, blobs, sn, d = token_setup(env, 2 * T.MiB, lifetime)
+    stale = reg.credentials()  # a token for test/img, expired by the time it is used
+    t0 = time.monotonic()
+
+    pid = preheat(sn, {"type": "image", "url": f"{reg.url}/v2/test/img/manifests/1",
+                       "headers": {"Authorization": reg.basic()}})
+    doc = wait_preheat(sn, pid)
+    T.check(doc["status"] == "SUCCESS" and doc["blobs"] == len(blobs), f"preheat: {doc}")
+
+    # Past the freshness window and every token issued so far.
+    time.sleep(max(0.0, 11.0 - (time.monotonic() - t0)))
+    st, _, _ = T.http_request(reg.port, "HEAD", f"/v2/test/img/blobs/{image['big']}", headers={"Authorization": stale})
+    T.check(st == 401, f"the registry still accepts a token older than its {lifetime} s lifetime: {st}")
+
+    mark = len(reg.access())
+    r = env.dfget(f"{reg.url}/v2/test/img/blobs/{image['big']}", env.path("stale.bin"), node=sn.addr,
+                  extra=["--digest", image["big"], "--header", f"Authorization: {stale}"], timeout=60)
+    T.check(r.rc != 0 and "401" in r.message() and not os.path.exists(env.path("stale.bin")),
+            f"dfget with an expired token was not refused: {r.describe()}")
+    refused = reg.access()[mark:]
+    T.check(not blob_gets(reg, blobs, mark) and any(m == "GET" and st == 401 for m, _, st in refused),
+            f"expected the seed's revalidation refused (401), no bytes: {refused}")
+
+    during = check_p2p_pull(env, reg, d, image, f"{reg.USER}:{reg.PASSWORD}", "pull")
+    revalidated = sum(1 for m, p_, st in during if m == "GET" and "/blobs/" in p_ and st == 304)
+    T.log(f"after the token expired: dfget refused; the pull revalidated {revalidated} of {len(blobs)} blobs (304)")
+    T.check(revalidated == len(blobs), f"expected one 304 revalidation per blob: {during}")
+    T.check(not any(m == "GET" and "/blobs/" in p_ and st == 401 for m, p_, st in during),
+            f"a revalidation used an expired token: {during}")
+
+
 @T.timeout(180)
 def test_preheat_tls_registry(env):
     """A registry over TLS with a private CA: without "rootCAs" the preheat
@@ -376,4 +417,4 @@ def test_preheat_errors(env):
 
 if __name__ == "__main__":
     T.main([test_preheat_image_then_pull, test_preheat_index_platforms, test_preheat_token_registry,
-            test_preheat_tls_registry, test_preheat_file, test_preheat_errors])
+            test_preheat_token_expired, test_preheat_tls_registry, test_preheat_file, test_preheat_errors])
