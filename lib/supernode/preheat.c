@@ -543,8 +543,10 @@ static void check_seeds(preheat_t *p)
             finish(p, DF_SN_PREHEAT_FAILED, "%s: %s", t->url, t->error);
             return;
         }
-        if (t->state == DF_SN_TASK_COMPLETE && !df_sn_seed_active(t) && df_sn_seed_refusal(t, &refusal)) {
-            /* Revalidated with the preheat's headers, which were refused. */
+        if (t->state == DF_SN_TASK_COMPLETE && !df_sn_seed_active(t) &&
+            df_sn_seed_refusal(t, t->headers_gen, &refusal)) {
+            /* Revalidated with the preheat's headers (or a later
+             * registrant's), which were refused. */
             finish(p, DF_SN_PREHEAT_FAILED, "%s: %s", t->url, refusal);
             return;
         }

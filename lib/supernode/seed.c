@@ -16,12 +16,13 @@
  * the latest registrant's (server.c replaces them at each Register), so a
  * revalidation goes out with the credentials of the client that asked for
  * it, not with a first registrant's token that may have expired.  A 401 or
- * 403 speaks of those credentials, not of the file: when newer headers came
- * while the request ran it is repeated with them; otherwise a refused
- * revalidation leaves the cached task complete and only the Registers that
- * waited for it get the refusal (df_sn_seed_refusal), and a refused fetch
- * fails the task without the usual retry delay, so the next registrant,
- * with its own credentials, tries again at once.
+ * 403 speaks of those credentials, not of the file: it is answered to the
+ * Registers whose headers were refused (by generation, df_sn_seed_refusal),
+ * and when newer headers came while the request ran it is repeated with
+ * them before anyone is answered.  A refused revalidation leaves the cached
+ * task complete (but not fresh); a refused fetch fails the task without the
+ * usual retry delay, so the next registrant, with its own credentials,
+ * tries again at once.
  *
  * Streaming: body bytes are written at their offset into the stored task
  * and fed to a per-piece sha256; when a piece is complete it is marked
@@ -86,9 +87,10 @@ typedef struct {
     df_hasher_t *piece_h, *file_h, *extra_h;
     df_digest_alg_t extra_alg;    /* registered digest's algorithm when not sha256 */
     bool failed_here;             /* fail() ran during this request */
-    uint32_t req_gen;             /* task->headers_gen the request was made with */
+    uint64_t req_gen;             /* task->headers_gen the request was made with */
     bool repeat;                  /* 401/403 with outdated headers: ask again */
-    long refused;                 /* 401/403 to the last revalidation, else 0 */
+    long refused;                 /* 401/403 to a request of this round, else 0 */
+    uint64_t refused_gen;         /* the newest headers generation refused */
     char refusal[160];            /* its message */
     struct event *watchdog;       /* fails a request silent for origin_timeout */
     struct event *hash_ev;        /* resume: hashes the cached prefix in steps */
@@ -181,11 +183,11 @@ bool df_sn_seed_active(const df_sn_task_t *task)
     return sd && (sd->req || sd->hashing);
 }
 
-long df_sn_seed_refusal(const df_sn_task_t *task, const char **msg)
+long df_sn_seed_refusal(const df_sn_task_t *task, uint64_t gen, const char **msg)
 {
     const seed_t *sd = task->seed;
 
-    if (!sd || !sd->refused || task->state != DF_SN_TASK_COMPLETE)
+    if (!sd || !sd->refused || gen > sd->refused_gen || task->state != DF_SN_TASK_COMPLETE)
         return 0;
     *msg = sd->refusal;
     return sd->refused;
@@ -470,8 +472,9 @@ static int request(seed_t *sd)
     o.headers = hdrs;
     sd->phase = PHASE_CONNECTING;
     sd->failed_here = false;
+    if (!sd->repeat)
+        sd->refused = 0; /* a new round: the refusals of the last are answered */
     sd->repeat = false;
-    sd->refused = 0;
     sd->req_gen = t->headers_gen;
     rc = df_http_start(s->opts.http, &o, &cbs, sd, &sd->req);
     free(hdrs);
@@ -594,9 +597,16 @@ static int on_headers(df_http_req_t *req, long code, void *arg)
         return 0;
     }
     if (code == 401 || code == 403) {
+        /* Registers with these headers (or older ones) get this answer. */
+        sd->refused = code;
+        sd->refused_gen = sd->req_gen;
+        snprintf(sd->refusal, sizeof(sd->refusal), "origin returned %ld %s", code,
+                 code == 401 ? "Unauthorized" : "Forbidden");
         if (t->headers_gen != sd->req_gen) {
-            /* A registrant with other credentials came meanwhile: on_done
-             * asks again with them before anyone is answered. */
+            /* A registrant with other headers came meanwhile: on_done asks
+             * again with them before anyone is answered. */
+            DF_LOG_I("seed %.12s: origin refused (%ld) a registrant's headers; asking with the next one's",
+                     t->id, code);
             sd->repeat = true;
             return DF_ECANCELED;
         }
@@ -607,9 +617,6 @@ static int on_headers(df_http_req_t *req, long code, void *arg)
             DF_LOG_W("seed %.12s: origin refused the revalidation (%ld); the cache stays, for registrants "
                      "the origin accepts", t->id, code);
             sd->s->errors[DF_SN_SEED_ERR_ORIGIN_HTTP]++;
-            sd->refused = code;
-            snprintf(sd->refusal, sizeof(sd->refusal), "origin returned %ld %s", code,
-                     code == 401 ? "Unauthorized" : "Forbidden");
             sd->phase = PHASE_IDLE;
             notify(sd);
             return DF_ECANCELED;

@@ -86,11 +86,13 @@ int df_sn_seed_start(df_sn_seeder_t *s, df_sn_task_t *task, uint64_t now_ms);
  * revalidating, resuming, or streaming a body of unknown length). */
 bool df_sn_seed_ready(const df_sn_task_t *task);
 
-/* The origin's 401 or 403 to the task's last revalidation (with *msg, valid
- * until the next origin request), or 0.  The task stays complete: the
- * refusal is an answer for the Registers that waited for that revalidation
- * (their credentials were refused), not for the task. */
-long df_sn_seed_refusal(const df_sn_task_t *task, const char **msg);
+/* For a Register that registered the task's headers generation `gen`
+ * (task->headers_gen right after its Register replaced them): the origin's
+ * 401 or 403 to a revalidation made with those headers or older ones (with
+ * *msg, valid until the next origin request), or 0.  The task stays
+ * complete: the refusal answers the Registers whose credentials were
+ * refused, not the task. */
+long df_sn_seed_refusal(const df_sn_task_t *task, uint64_t gen, const char **msg);
 
 /* true while an origin request for the task is running. */
 bool df_sn_seed_active(const df_sn_task_t *task);

@@ -64,6 +64,7 @@
 typedef struct waiter {
     struct evhttp_request *req;
     df_sn_register_req_t r;
+    uint64_t gen;                /* the task's headers generation with this Register's headers */
     struct waiter *next;
 } waiter_t;
 
@@ -206,13 +207,13 @@ static bool same_str(const char *a, const char *b)
 
 /* Answers one Register for a ready task (see df_sn_seed_ready). */
 static void answer_register(df_supernode_t *sn, df_sn_task_t *task, struct evhttp_request *req,
-                            const df_sn_register_req_t *r)
+                            const df_sn_register_req_t *r, uint64_t gen)
 {
     static const char *route = "/api/v1/register";
     df_sn_member_t *m;
     json_t *doc;
     const char *refusal = NULL;
-    long refused = df_sn_seed_refusal(task, &refusal); /* this Register's credentials refused */
+    long refused = df_sn_seed_refusal(task, gen, &refusal); /* this Register's headers refused */
     int rc;
 
     if (task->state == DF_SN_TASK_FAILED || refused) {
@@ -251,7 +252,7 @@ static void flush_waiters(df_supernode_t *sn, df_sn_task_t *task, bool unavailab
         if (unavailable)
             send_error(sn, w->req, "/api/v1/register", 503, "unavailable", "supernode shutting down");
         else
-            answer_register(sn, task, w->req, &w->r);
+            answer_register(sn, task, w->req, &w->r, w->gen);
         df_sn_register_req_clear(&w->r);
         free(w);
     }
@@ -382,7 +383,7 @@ static void h_register(df_supernode_t *sn, struct evhttp_request *req)
     }
     task->last_access_ms = now;
     if (df_sn_seed_ready(task)) {
-        answer_register(sn, task, req, &r);
+        answer_register(sn, task, req, &r, task->headers_gen);
     } else {
         waiter_t *w;
         if (count_waiters(task) >= WAITERS_MAX || !(w = calloc(1, sizeof(*w)))) {
@@ -390,6 +391,7 @@ static void h_register(df_supernode_t *sn, struct evhttp_request *req)
             goto out;
         }
         w->req = req;
+        w->gen = task->headers_gen; /* open_task just set this Register's headers */
         w->r = r; /* moved */
         memset(&r, 0, sizeof(r));
         w->next = task->waiters;

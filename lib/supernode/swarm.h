@@ -85,7 +85,7 @@ typedef struct df_sn_task {
     char *identifier;            /* or NULL */
     char **headers;              /* origin request headers of the latest registrant */
     size_t nheaders;
-    uint32_t headers_gen;        /* bumped whenever headers change */
+    uint64_t headers_gen;        /* bumped whenever headers change */
     bool insecure;               /* the first registrant's TLS settings for the origin */
     char *root_ca;               /* PEM, or NULL */
     size_t root_ca_len;

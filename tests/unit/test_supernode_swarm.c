@@ -440,7 +440,7 @@ static void test_set_headers(void **state)
     fx_t f;
     char *same[] = {"Authorization: x"};
     char *fresh[] = {"Authorization: Bearer new", "X-Trace: 1"};
-    uint32_t gen;
+    uint64_t gen;
 
     (void)state;
     fx_new(&f, 1, 1, 1);
