@@ -187,7 +187,7 @@ long df_sn_seed_refusal(const df_sn_task_t *task, uint64_t gen, const char **msg
 {
     const seed_t *sd = task->seed;
 
-    if (!sd || !sd->refused || gen > sd->refused_gen || task->state != DF_SN_TASK_COMPLETE)
+    if (!sd || !sd->refused || gen > sd->refused_gen)
         return 0;
     *msg = sd->refusal;
     return sd->refused;
@@ -380,6 +380,7 @@ static void watchdog_cb(evutil_socket_t fd, short what, void *arg)
         return;
     df_http_cancel(sd->req); /* no callback runs for it any more */
     sd->req = NULL;
+    sd->repeat = false;
     event_del(sd->watchdog);
     if (sd->phase == PHASE_CONNECTING)
         fail(sd, DF_SN_SEED_ERR_ORIGIN_TIMEOUT, 0, "origin timed out: no response within %llu ms",

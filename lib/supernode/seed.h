@@ -88,10 +88,11 @@ bool df_sn_seed_ready(const df_sn_task_t *task);
 
 /* For a Register that registered the task's headers generation `gen`
  * (task->headers_gen right after its Register replaced them): the origin's
- * 401 or 403 to a revalidation made with those headers or older ones (with
- * *msg, valid until the next origin request), or 0.  The task stays
- * complete: the refusal answers the Registers whose credentials were
- * refused, not the task. */
+ * 401 or 403 to a request of the current round (a request and its repeats
+ * with newer headers) made with those headers or older ones, with *msg
+ * (valid until the next round), or 0.  It answers the Registers whose
+ * credentials were refused, not the task: a refused revalidation leaves the
+ * task complete, and a repeat with newer headers may have succeeded. */
 long df_sn_seed_refusal(const df_sn_task_t *task, uint64_t gen, const char **msg);
 
 /* true while an origin request for the task is running. */

@@ -217,12 +217,13 @@ static void answer_register(df_supernode_t *sn, df_sn_task_t *task, struct evhtt
     int rc;
 
     if (task->state == DF_SN_TASK_FAILED || refused) {
-        const char *kind = refused ? "origin" : task->error_kind ? task->error_kind : "origin";
-        long status = refused ? refused : task->origin_status;
-        doc = json_pack("{s:s, s:s}", "error", kind, "message", refused ? refusal : task->error);
+        bool failed = task->state == DF_SN_TASK_FAILED;
+        const char *kind = failed && task->error_kind ? task->error_kind : "origin";
+        long status = failed ? task->origin_status : refused;
+        doc = json_pack("{s:s, s:s}", "error", kind, "message", failed ? task->error : refusal);
         if (doc && status > 0)
             json_object_set_new(doc, "origin_status", json_integer(status));
-        count_error(sn, refused ? "register_refused" : "register_failed_task");
+        count_error(sn, failed ? "register_failed_task" : "register_refused");
         send_json(sn, req, route, 502, doc);
         return;
     }
