@@ -289,11 +289,14 @@ typedef struct {
     bool durable;                /* fsync the output before it appears (--fsync): it then
                                   * survives a power loss too; costs the disk's write-back */
     const char *call_system;     /* caller name for logs */
-    /* TLS to the origin, for this download's own origin requests (back-source,
-     * when the supernode cannot serve): skip certificate verification, or
-     * trust this extra CA bundle (a PEM file; NULL = the system CAs).  Not
-     * sent to the supernode, whose seed uses its own trust store, and not
-     * carried over the dfdaemon control socket (dfget has no such flags). */
+    /* TLS to the origin: skip certificate verification, or trust this CA
+     * bundle (a PEM file of at most 32 KiB, read once when the download
+     * starts; NULL = the system CAs).  Used for this download's own origin
+     * requests (back-source) and also sent with Register ("insecure", and
+     * the file's contents as "rootCAs"): the supernode's seed uses them when
+     * this Register creates the task (a task keeps its first registrant's
+     * TLS settings).  Not carried over the dfdaemon control socket (dfget
+     * has no such flags). */
     bool insecure;
     const char *ca_file;
 } df_download_req_t;

@@ -512,6 +512,7 @@ static void start_seeding(preheat_t *p)
 static void check_seeds(preheat_t *p)
 {
     size_t active = 0;
+    const char *refusal;
 
     for (size_t i = 0; i < p->nblobs; i++) {
         blob_t *b = &p->blobs[i];
@@ -540,6 +541,13 @@ static void check_seeds(preheat_t *p)
         }
         if (t->state == DF_SN_TASK_FAILED) {
             finish(p, DF_SN_PREHEAT_FAILED, "%s: %s", t->url, t->error);
+            return;
+        }
+        if (t->state == DF_SN_TASK_COMPLETE && !df_sn_seed_active(t) &&
+            df_sn_seed_refusal(t, t->headers_gen, &refusal)) {
+            /* Revalidated with the preheat's headers (or a later
+             * registrant's), which were refused. */
+            finish(p, DF_SN_PREHEAT_FAILED, "%s: %s", t->url, refusal);
             return;
         }
         if (t->state == DF_SN_TASK_COMPLETE && !df_sn_seed_active(t)) {

@@ -12,6 +12,18 @@
  * or REVALIDATE (conditional GET for a cached complete task; 304 = reuse,
  * 200 = the content changed, and this very response becomes the new seed).
  *
+ * Credentials: every request carries the task's current headers, which are
+ * the latest registrant's (server.c replaces them at each Register), so a
+ * revalidation goes out with the credentials of the client that asked for
+ * it, not with a first registrant's token that may have expired.  A 401 or
+ * 403 speaks of those credentials, not of the file: it is answered to the
+ * Registers whose headers were refused (by generation, df_sn_seed_refusal),
+ * and when newer headers came while the request ran it is repeated with
+ * them before anyone is answered.  A refused revalidation leaves the cached
+ * task complete (but not fresh); a refused fetch fails the task without the
+ * usual retry delay, so the next registrant, with its own credentials,
+ * tries again at once.
+ *
  * Streaming: body bytes are written at their offset into the stored task
  * and fed to a per-piece sha256; when a piece is complete it is marked
  * verified in the store and announced to the swarm at once, so peers can
@@ -75,6 +87,11 @@ typedef struct {
     df_hasher_t *piece_h, *file_h, *extra_h;
     df_digest_alg_t extra_alg;    /* registered digest's algorithm when not sha256 */
     bool failed_here;             /* fail() ran during this request */
+    uint64_t req_gen;             /* task->headers_gen the request was made with */
+    bool repeat;                  /* 401/403 with outdated headers: ask again */
+    long refused;                 /* 401/403 to a request of this round, else 0 */
+    uint64_t refused_gen;         /* the newest headers generation refused */
+    char refusal[160];            /* its message */
     struct event *watchdog;       /* fails a request silent for origin_timeout */
     struct event *hash_ev;        /* resume: hashes the cached prefix in steps */
     uint64_t hash_off;            /* resume: prefix bytes hashed so far */
@@ -164,6 +181,16 @@ bool df_sn_seed_active(const df_sn_task_t *task)
 {
     const seed_t *sd = task->seed;
     return sd && (sd->req || sd->hashing);
+}
+
+long df_sn_seed_refusal(const df_sn_task_t *task, uint64_t gen, const char **msg)
+{
+    const seed_t *sd = task->seed;
+
+    if (!sd || !sd->refused || gen > sd->refused_gen)
+        return 0;
+    *msg = sd->refusal;
+    return sd->refused;
 }
 
 bool df_sn_seed_ready(const df_sn_task_t *task)
@@ -353,6 +380,7 @@ static void watchdog_cb(evutil_socket_t fd, short what, void *arg)
         return;
     df_http_cancel(sd->req); /* no callback runs for it any more */
     sd->req = NULL;
+    sd->repeat = false;
     event_del(sd->watchdog);
     if (sd->phase == PHASE_CONNECTING)
         fail(sd, DF_SN_SEED_ERR_ORIGIN_TIMEOUT, 0, "origin timed out: no response within %llu ms",
@@ -445,6 +473,10 @@ static int request(seed_t *sd)
     o.headers = hdrs;
     sd->phase = PHASE_CONNECTING;
     sd->failed_here = false;
+    if (!sd->repeat)
+        sd->refused = 0; /* a new round: the refusals of the last are answered */
+    sd->repeat = false;
+    sd->req_gen = t->headers_gen;
     rc = df_http_start(s->opts.http, &o, &cbs, sd, &sd->req);
     free(hdrs);
     if (rc < 0) {
@@ -564,6 +596,36 @@ static int on_headers(df_http_req_t *req, long code, void *arg)
         if (!sd->spooling)
             notify(sd);
         return 0;
+    }
+    if (code == 401 || code == 403) {
+        /* Registers with these headers (or older ones) get this answer. */
+        sd->refused = code;
+        sd->refused_gen = sd->req_gen;
+        snprintf(sd->refusal, sizeof(sd->refusal), "origin returned %ld %s", code,
+                 code == 401 ? "Unauthorized" : "Forbidden");
+        if (t->headers_gen != sd->req_gen) {
+            /* A registrant with other headers came meanwhile: on_done asks
+             * again with them before anyone is answered. */
+            DF_LOG_I("seed %.12s: origin refused (%ld) a registrant's headers; asking with the next one's",
+                     t->id, code);
+            sd->repeat = true;
+            return DF_ECANCELED;
+        }
+        if (sd->mode == MODE_REVALIDATE) {
+            /* These credentials were refused, the file was not: the cached
+             * copy stays complete (peers keep fetching it) but not fresh,
+             * so the next Register revalidates with its own headers. */
+            DF_LOG_W("seed %.12s: origin refused the revalidation (%ld); the cache stays, for registrants "
+                     "the origin accepts", t->id, code);
+            sd->s->errors[DF_SN_SEED_ERR_ORIGIN_HTTP]++;
+            sd->phase = PHASE_IDLE;
+            notify(sd);
+            return DF_ECANCELED;
+        }
+        fail(sd, DF_SN_SEED_ERR_ORIGIN_HTTP, code, "origin returned %ld %s", code,
+             code == 401 ? "Unauthorized" : "Forbidden");
+        t->failed_ms = 0; /* the next registrant retries with its credentials */
+        return DF_ECANCELED;
     }
     if (code >= 400 || code < 200 || code == 304 || code == 206 || code >= 300)
         fail(sd, DF_SN_SEED_ERR_ORIGIN_HTTP, code, "origin returned %ld%s%s", code,
@@ -688,8 +750,14 @@ static void on_done(df_http_req_t *req, const df_http_result_t *res, void *arg)
     sd->req = NULL;
     if (sd->watchdog)
         event_del(sd->watchdog);
+    if (sd->repeat) {
+        rc = request(sd); /* same mode, the newer headers */
+        if (rc < 0)
+            fail(sd, DF_SN_SEED_ERR_ORIGIN_CONNECT, 0, "cannot start the origin request: %s", df_strerror(rc));
+        return;
+    }
     if (sd->failed_here || sd->phase == PHASE_IDLE)
-        return; /* already settled: an error, or a 304 */
+        return; /* already settled: an error, a 304, or a refusal */
     if (res->status < 0) {
         bool timeout = res->status == DF_ETIMEOUT;
         if (sd->phase == PHASE_STREAMING && !timeout && !sd->spooling && sd->off < sd->expect)

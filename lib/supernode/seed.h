@@ -86,6 +86,15 @@ int df_sn_seed_start(df_sn_seeder_t *s, df_sn_task_t *task, uint64_t now_ms);
  * revalidating, resuming, or streaming a body of unknown length). */
 bool df_sn_seed_ready(const df_sn_task_t *task);
 
+/* For a Register that registered the task's headers generation `gen`
+ * (task->headers_gen right after its Register replaced them): the origin's
+ * 401 or 403 to a request of the current round (a request and its repeats
+ * with newer headers) made with those headers or older ones, with *msg
+ * (valid until the next round), or 0.  It answers the Registers whose
+ * credentials were refused, not the task: a refused revalidation leaves the
+ * task complete, and a repeat with newer headers may have succeeded. */
+long df_sn_seed_refusal(const df_sn_task_t *task, uint64_t gen, const char **msg);
+
 /* true while an origin request for the task is running. */
 bool df_sn_seed_active(const df_sn_task_t *task);
 

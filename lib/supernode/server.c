@@ -64,6 +64,7 @@
 typedef struct waiter {
     struct evhttp_request *req;
     df_sn_register_req_t r;
+    uint64_t gen;                /* the task's headers generation with this Register's headers */
     struct waiter *next;
 } waiter_t;
 
@@ -206,19 +207,23 @@ static bool same_str(const char *a, const char *b)
 
 /* Answers one Register for a ready task (see df_sn_seed_ready). */
 static void answer_register(df_supernode_t *sn, df_sn_task_t *task, struct evhttp_request *req,
-                            const df_sn_register_req_t *r)
+                            const df_sn_register_req_t *r, uint64_t gen)
 {
     static const char *route = "/api/v1/register";
     df_sn_member_t *m;
     json_t *doc;
+    const char *refusal = NULL;
+    long refused = df_sn_seed_refusal(task, gen, &refusal); /* this Register's headers refused */
     int rc;
 
-    if (task->state == DF_SN_TASK_FAILED) {
-        const char *kind = task->error_kind ? task->error_kind : "origin";
-        doc = json_pack("{s:s, s:s}", "error", kind, "message", task->error);
-        if (doc && task->origin_status > 0)
-            json_object_set_new(doc, "origin_status", json_integer(task->origin_status));
-        count_error(sn, "register_failed_task");
+    if (task->state == DF_SN_TASK_FAILED || refused) {
+        bool failed = task->state == DF_SN_TASK_FAILED;
+        const char *kind = failed && task->error_kind ? task->error_kind : "origin";
+        long status = failed ? task->origin_status : refused;
+        doc = json_pack("{s:s, s:s}", "error", kind, "message", failed ? task->error : refusal);
+        if (doc && status > 0)
+            json_object_set_new(doc, "origin_status", json_integer(status));
+        count_error(sn, failed ? "register_failed_task" : "register_refused");
         send_json(sn, req, route, 502, doc);
         return;
     }
@@ -248,7 +253,7 @@ static void flush_waiters(df_supernode_t *sn, df_sn_task_t *task, bool unavailab
         if (unavailable)
             send_error(sn, w->req, "/api/v1/register", 503, "unavailable", "supernode shutting down");
         else
-            answer_register(sn, task, w->req, &w->r);
+            answer_register(sn, task, w->req, &w->r, w->gen);
         df_sn_register_req_clear(&w->r);
         free(w);
     }
@@ -318,6 +323,12 @@ static int open_task(df_supernode_t *sn, const char *url, char *const *filter, s
             snprintf(err, errcap, "the task id is already used by a different url, digest or identifier");
             goto out;
         }
+        /* The next origin request (a revalidation, a retry) goes out with
+         * this registrant's headers: a first registrant's credentials may
+         * have expired, and this one's were just vouched for by its client
+         * (the mirror's access check).  Out of memory keeps the old ones. */
+        if (df_sn_task_set_headers(task, headers, nheaders) < 0)
+            DF_LOG_W("task %.12s: out of memory; the origin headers stay the previous registrant's", id);
     } else {
         rc = df_sn_task_create(sn->swarm, id, url, task_url, digest, identifier, headers, nheaders, pattern, now,
                                &task);
@@ -325,8 +336,8 @@ static int open_task(df_supernode_t *sn, const char *url, char *const *filter, s
             snprintf(err, errcap, "%s", rc == -ENOSPC ? "too many tasks" : df_strerror(rc));
             goto out;
         }
-        /* Like the headers, the first registrant's TLS settings are the
-         * seed's: the digest a registrant may give still checks the bytes. */
+        /* Unlike the headers, the TLS settings stay the first registrant's
+         * (the digest a registrant may give still checks the bytes). */
         task->insecure = insecure;
         if (root_ca) {
             task->root_ca = *root_ca;
@@ -373,7 +384,7 @@ static void h_register(df_supernode_t *sn, struct evhttp_request *req)
     }
     task->last_access_ms = now;
     if (df_sn_seed_ready(task)) {
-        answer_register(sn, task, req, &r);
+        answer_register(sn, task, req, &r, task->headers_gen);
     } else {
         waiter_t *w;
         if (count_waiters(task) >= WAITERS_MAX || !(w = calloc(1, sizeof(*w)))) {
@@ -381,6 +392,7 @@ static void h_register(df_supernode_t *sn, struct evhttp_request *req)
             goto out;
         }
         w->req = req;
+        w->gen = task->headers_gen; /* open_task just set this Register's headers */
         w->r = r; /* moved */
         memset(&r, 0, sizeof(r));
         w->next = task->waiters;

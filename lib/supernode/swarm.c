@@ -219,15 +219,40 @@ static char *dup_or_null(const char *s)
     return s ? strdup(s) : NULL;
 }
 
+static void headers_free(char **headers, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(headers[i]);
+    free(headers);
+}
+
+/* A copy of n header lines (NULL when n is 0).  0 or -ENOMEM. */
+static int headers_copy(char *const *src, size_t n, char ***out)
+{
+    char **h = NULL;
+
+    *out = NULL;
+    if (n == 0)
+        return 0;
+    h = calloc(n, sizeof(*h));
+    if (!h)
+        return -ENOMEM;
+    for (size_t i = 0; i < n; i++)
+        if (!(h[i] = strdup(src[i]))) {
+            headers_free(h, i);
+            return -ENOMEM;
+        }
+    *out = h;
+    return 0;
+}
+
 static void task_free(df_sn_task_t *t)
 {
     free(t->url);
     free(t->task_url);
     free(t->digest);
     free(t->identifier);
-    for (size_t i = 0; i < t->nheaders; i++)
-        free(t->headers[i]);
-    free(t->headers);
+    headers_free(t->headers, t->nheaders);
     free(t->root_ca);
     free(t->seed_have);
     free(t->piece_sha);
@@ -256,17 +281,10 @@ int df_sn_task_create(df_sn_swarm_t *sw, const char *id, const char *url, const 
     t->task_url = strdup(task_url);
     t->digest = dup_or_null(digest);
     t->identifier = dup_or_null(identifier);
-    if (nheaders)
-        t->headers = calloc(nheaders, sizeof(*t->headers));
     if (!t->url || !t->task_url || (digest && !t->digest) || (identifier && !t->identifier) ||
-        (nheaders && !t->headers))
+        headers_copy(headers, nheaders, &t->headers) < 0)
         goto nomem;
-    for (size_t i = 0; i < nheaders; i++) {
-        t->headers[i] = strdup(headers[i]);
-        if (!t->headers[i])
-            goto nomem;
-        t->nheaders++;
-    }
+    t->nheaders = nheaders;
     t->pattern = pattern;
     t->state = DF_SN_TASK_SEEDING;
     t->created_ms = t->last_access_ms = now_ms;
@@ -286,6 +304,24 @@ int df_sn_task_create(df_sn_swarm_t *sw, const char *id, const char *url, const 
 nomem:
     task_free(t);
     return -ENOMEM;
+}
+
+int df_sn_task_set_headers(df_sn_task_t *task, char *const *headers, size_t nheaders)
+{
+    char **copy;
+    bool same = nheaders == task->nheaders;
+
+    for (size_t i = 0; same && i < nheaders; i++)
+        same = strcmp(headers[i], task->headers[i]) == 0;
+    if (same)
+        return 0;
+    if (headers_copy(headers, nheaders, &copy) < 0)
+        return -ENOMEM;
+    headers_free(task->headers, task->nheaders);
+    task->headers = copy;
+    task->nheaders = nheaders;
+    task->headers_gen++;
+    return 0;
 }
 
 void df_sn_task_remove(df_sn_swarm_t *sw, df_sn_task_t *task)

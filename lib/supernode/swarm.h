@@ -83,8 +83,9 @@ typedef struct df_sn_task {
     char *task_url;              /* filtered: the identity */
     char *digest;                /* registered whole-file digest "alg:hex", or NULL */
     char *identifier;            /* or NULL */
-    char **headers;              /* origin request headers of the first registrant */
+    char **headers;              /* origin request headers of the latest registrant */
     size_t nheaders;
+    uint64_t headers_gen;        /* bumped whenever headers change */
     bool insecure;               /* the first registrant's TLS settings for the origin */
     char *root_ca;               /* PEM, or NULL */
     size_t root_ca_len;
@@ -153,6 +154,11 @@ df_sn_task_t *df_sn_task_find(df_sn_swarm_t *sw, const char *id);
 int df_sn_task_create(df_sn_swarm_t *sw, const char *id, const char *url, const char *task_url,
                       const char *digest, const char *identifier, char *const *headers,
                       size_t nheaders, df_pattern_t pattern, uint64_t now_ms, df_sn_task_t **out);
+/* Replaces the task's origin request headers with a copy of these (a later
+ * registrant's: its credentials are what the next origin request, e.g. a
+ * revalidation, should carry).  headers_gen changes unless they are the same
+ * lines.  0, or -ENOMEM (the old headers stay). */
+int df_sn_task_set_headers(df_sn_task_t *task, char *const *headers, size_t nheaders);
 /* Frees the task and its members (peers stay, with ntasks decremented). */
 void df_sn_task_remove(df_sn_swarm_t *sw, df_sn_task_t *task);
 

@@ -133,13 +133,14 @@ class TokenServer:
     """tokenserver.py on a loopback port: an RSA key and a self-signed
     certificate (the registry's rootcertbundle) made with openssl; tokens for
     Registry.USER / PASSWORD grant what they ask, anonymous ones nothing but
-    pull on repositories under public (a name prefix), if given."""
+    pull on repositories under public (a name prefix), if given.  lifetime:
+    seconds the registry accepts a token (tokens that expire during a test)."""
 
     SERVICE, ISSUER = "dfly-test-registry", "dfly-test-token-issuer"
 
-    def __init__(self, env, public=None):
+    def __init__(self, env, public=None, lifetime=None):
         need("openssl")
-        self.env, self.public = env, public
+        self.env, self.public, self.lifetime = env, public, lifetime
         self.port = T.free_port()
         d = env.mkdir(f"token-{self.port}")
         self.key, self.cert = os.path.join(d, "key.pem"), os.path.join(d, "cert.pem")
@@ -155,8 +156,9 @@ class TokenServer:
     def start(self, timeout=15.0):
         import sys
         script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tokenserver.py")
+        opts = [f"--lifetime={self.lifetime}"] if self.lifetime else []
         self.proc = self.env.procs.start("tokenserver", [
-            sys.executable, script, str(self.port), self.key, self.cert, self.SERVICE, self.ISSUER,
+            sys.executable, script] + opts + [str(self.port), self.key, self.cert, self.SERVICE, self.ISSUER,
             f"{Registry.USER}:{Registry.PASSWORD}"] + ([self.public] if self.public else []))
         T.wait_for(lambda: T.port_open(self.port), timeout, what="token server", proc=self.proc)
         return self

@@ -222,9 +222,66 @@ def test_disk_full_while_fetching_pieces(env):
     T.check("No space left" in p.stdout() + p.stderr(),
             f"the disk's error is not reported: {p.stdout()[-500:]} {p.stderr()[-1500:]}")
 
+class AuthOrigin:
+    """authorigin.py serving one file to one Authorization value."""
+
+    def __init__(self, env, info, good):
+        self.port = T.free_port()
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "authorigin.py")
+        self.proc = env.procs.start("authorigin", [sys.executable, script, str(self.port), info.path, good])
+        T.wait_for(lambda: T.port_open(self.port), 15.0, what="auth origin", proc=self.proc)
+        self.url = f"http://{T.LOCALHOST}:{self.port}/file"
+
+    def log(self):
+        """[(status, authorization)] of the answered requests, and the
+        authorizations of the requests that arrived."""
+        done, arrived = [], []
+        for line in self.proc.stdout().splitlines():
+            p = line.split(" ", 3)
+            if p[0] == "arrived" and len(p) >= 2:
+                arrived.append(line.split(" ", 1)[1])
+            elif len(p) == 4 and p[2].isdigit():
+                done.append((int(p[2]), p[3]))
+        return done, arrived
+
+
+@T.timeout(120)
+def test_origin_refusal_per_registrant(env):
+    """The seed revalidates (past the 10 s freshness window) with the
+    headers of the Register that asked; an origin's 401 is an answer for
+    that registrant only.  B registers with a refused token (the origin
+    takes 2 s to say so) and C, with a good one, registers meanwhile: the
+    refused request is repeated with C's headers (304), B fails with the
+    401, C gets the file from the cache, the origin sends no body again."""
+    info = T.make_random_file(env.path("src.bin"), 3 * T.MiB + 11)
+    good = "Bearer good-token"
+    o = AuthOrigin(env, info, good)
+    sn = env.supernode()
+    a = env.dfget(o.url, env.path("a.bin"), node=sn.addr, extra=["--header", f"Authorization: {good}"],
+                  timeout=BOUND)
+    a.expect_ok(info)
+    T.check(o.log()[0] == [(200, good)], f"origin log after the first fetch: {o.log()}")
+
+    time.sleep(11.0)  # past the supernode's freshness window
+    b = env.start_dfget(o.url, env.path("b.bin"), node=sn.addr, timeout=BOUND,
+                        extra=["--header", "Authorization: Bearer slow-expired"])
+    T.wait_for(lambda: "Bearer slow-expired" in o.log()[1], 20.0, what="the revalidation with B's token")
+    c = env.start_dfget(o.url, env.path("c.bin"), node=sn.addr, timeout=BOUND,
+                        extra=["--header", f"Authorization: {good}"])
+    rb, rc = b.wait(), c.wait()
+    rb.expect_fail("401")
+    rc.expect_ok(info)
+    T.check(rc.json["bytes_from_origin"] == 0, f"C read the origin itself: {rc.describe()}")
+    done = o.log()[0]
+    T.log(f"origin answered: {done}")
+    T.check(done == [(200, good), (401, "Bearer slow-expired"), (304, good)],
+            f"expected B's revalidation refused, then C's answered 304: {done}")
+    T.check(sn.healthy(), "supernode unhealthy")
+
+
 if __name__ == "__main__":
     T.main([test_supernode_down_falls_back, test_supernode_down_notbs_fails, test_origin_404,
             test_origin_401, test_origin_auth_required, test_origin_drops_connection,
             test_timeout_on_stalled_origin, test_origin_without_length,
             test_supernode_killed_mid_swarm, test_peer_killed_mid_swarm, test_corrupting_peer,
-            test_disk_full_while_fetching_pieces])
+            test_disk_full_while_fetching_pieces, test_origin_refusal_per_registrant])

@@ -196,6 +196,119 @@ def test_preheat_index_platforms(env):
     T.check(revalidated == len(every), f"expected one 304 revalidation per blob: {later}")
 
 
+def check_p2p_pull(env, reg, d, image, creds, out):
+    """A skopeo pull with credentials through dfdaemon d: every blob checks,
+    the registry served no blob bytes meanwhile (only the mirror's HEAD
+    access checks, and conditional GETs it answered without a body), and
+    dfdaemon's counters show every blob by P2P, nothing from the registry.
+    Returns the registry's access-log entries of the pull."""
+    blobs = image["layers"] + [image["config"]]
+    mark = len(reg.access())
+    before = M.metric(M.daemon_metrics(d), "dfly_dfdaemon_mirror_p2p_total") or 0
+    p = M.start_pull(env, d.port, env.path(out), creds=creds)
+    T.check(p.wait(120.0) == 0, f"skopeo pull with credentials through the mirror failed:\n{p.tail()}")
+    M.check_pulled(env.path(out), image)
+    during = reg.access()[mark:]
+    T.check(not blob_gets(reg, blobs, mark), f"the registry served blob bytes during the pull: {during}")
+    T.check(sum(1 for m, p_, s in during if m == "HEAD" and "/blobs/" in p_ and s == 200) >= len(blobs),
+            f"expected the mirror's access checks (HEAD) per blob: {during}")
+    m = M.daemon_metrics(d)
+    T.check((M.metric(m, 'dfly_dfdaemon_download_bytes_total{source="origin"}') or 0) == 0,
+            f"the daemon read from the registry itself:\n{m}")
+    T.check(M.metric(m, "dfly_dfdaemon_mirror_fallbacks_total") == 0, f"fallbacks:\n{m}")
+    T.check(M.metric(m, "dfly_dfdaemon_mirror_p2p_total") - before >= len(blobs), f"blobs not by P2P:\n{m}")
+    return during
+
+
+def token_setup(env, big, lifetime=None):
+    """A registry with token auth (tokens living `lifetime` seconds) holding
+    test/img:1 with a layer of `big` bytes, a supernode and a dfdaemon whose
+    --registry is that registry: (token server, registry, image, blobs,
+    supernode, dfdaemon)."""
+    ts = M.TokenServer(env, lifetime=lifetime).start()
+    reg = M.Registry(env, token=ts).start()
+    layout = env.mkdir("oci")
+    M.make_oci_image(layout, big)
+    image = M.push(env, reg, layout)
+    sn = env.supernode()
+    d = env.dfdaemon(sn.addr, extra=["--registry", reg.url])
+    return ts, reg, image, image["layers"] + [image["config"]], sn, d
+
+
+@T.timeout(240)
+def test_preheat_token_registry(env):
+    """A registry with token (Bearer) auth: a preheat without credentials
+    gets an anonymous token from the realm, which grants nothing, and ends
+    FAILED with the registry's 401; with Basic credentials in its headers it
+    gets a token for them and SUCCEEDS; a skopeo pull with credentials
+    through a dfdaemon then reads no blob bytes from the registry."""
+    ts, reg, image, blobs, sn, d = token_setup(env, 4 * T.MiB)
+    url = f"{reg.url}/v2/test/img/manifests/1"
+
+    issued = len(ts.issued())
+    pid = preheat(sn, {"type": "image", "url": url})
+    doc = wait_preheat(sn, pid)
+    T.check(doc["status"] == "FAILED" and "401" in doc["errorMsg"] and "token from its realm" in doc["errorMsg"],
+            f"preheat without credentials: {doc}")
+    T.check([(u, st) for u, st, _ in ts.issued()[issued:]] == [("-", 200)],
+            f"expected one anonymous token request: {ts.issued()[issued:]}")
+    T.check(not blob_gets(reg, blobs), f"a refused preheat fetched blobs: {reg.access()}")
+
+    issued, mark = len(ts.issued()), len(reg.access())
+    T.check(preheat(sn, {"type": "image", "url": url, "headers": {"Authorization": reg.basic()}}) == pid,
+            "the same preheat with credentials got another id")
+    doc = wait_preheat(sn, pid)
+    T.check(doc["status"] == "SUCCESS" and doc["blobs"] == len(blobs) == doc["blobsDone"],
+            f"preheat with credentials: {doc}")
+    T.check([(u, st) for u, st, _ in ts.issued()[issued:]] == [(reg.USER, 200)],
+            f"expected one token for {reg.USER}: {ts.issued()[issued:]}")
+    seeded = blob_gets(reg, blobs, mark)
+    T.check(len(seeded) == len(blobs), f"the seed fetched {seeded}, want each of {len(blobs)} blobs once")
+
+    check_p2p_pull(env, reg, d, image, f"{reg.USER}:{reg.PASSWORD}", "pull")
+
+
+@T.timeout(240)
+def test_preheat_token_expired(env):
+    """The seed revalidates a cached blob (past the 10 s freshness window)
+    with the headers of the registrant that asked for it, not with the first
+    one's: tokens live 5 s here, so the preheat's token has expired when a
+    pull comes.  A dfget bringing an expired token is refused (the registry's
+    401, no bytes), and that refusal does not stick to the task: a skopeo
+    pull with credentials right after gets every blob by P2P, revalidated
+    with its own token (304), no blob bytes from the registry."""
+    lifetime = 5
+    ts, reg, image, blobs, sn, d = token_setup(env, 2 * T.MiB, lifetime)
+    stale = reg.credentials()  # a token for test/img, expired by the time it is used
+    t0 = time.monotonic()
+
+    pid = preheat(sn, {"type": "image", "url": f"{reg.url}/v2/test/img/manifests/1",
+                       "headers": {"Authorization": reg.basic()}})
+    doc = wait_preheat(sn, pid)
+    T.check(doc["status"] == "SUCCESS" and doc["blobs"] == len(blobs), f"preheat: {doc}")
+
+    # Past the freshness window and every token issued so far.
+    time.sleep(max(0.0, 11.0 - (time.monotonic() - t0)))
+    st, _, _ = T.http_request(reg.port, "HEAD", f"/v2/test/img/blobs/{image['big']}", headers={"Authorization": stale})
+    T.check(st == 401, f"the registry still accepts a token older than its {lifetime} s lifetime: {st}")
+
+    mark = len(reg.access())
+    r = env.dfget(f"{reg.url}/v2/test/img/blobs/{image['big']}", env.path("stale.bin"), node=sn.addr,
+                  extra=["--digest", image["big"], "--header", f"Authorization: {stale}"], timeout=60)
+    T.check(r.rc != 0 and "401" in r.message() and not os.path.exists(env.path("stale.bin")),
+            f"dfget with an expired token was not refused: {r.describe()}")
+    refused = reg.access()[mark:]
+    T.check(not blob_gets(reg, blobs, mark) and any(m == "GET" and st == 401 for m, _, st in refused),
+            f"expected the seed's revalidation refused (401), no bytes: {refused}")
+
+    during = check_p2p_pull(env, reg, d, image, f"{reg.USER}:{reg.PASSWORD}", "pull")
+    revalidated = sum(1 for m, p_, st in during if m == "GET" and "/blobs/" in p_ and st == 304)
+    T.log(f"after the token expired: dfget refused; the pull revalidated {revalidated} of {len(blobs)} blobs (304)")
+    T.check(revalidated == len(blobs), f"expected one 304 revalidation per blob: {during}")
+    T.check(not any(m == "GET" and "/blobs/" in p_ and st == 401 for m, p_, st in during),
+            f"a revalidation used an expired token: {during}")
+
+
 @T.timeout(180)
 def test_preheat_tls_registry(env):
     """A registry over TLS with a private CA: without "rootCAs" the preheat
@@ -303,4 +416,5 @@ def test_preheat_errors(env):
 
 
 if __name__ == "__main__":
-    T.main([test_preheat_image_then_pull, test_preheat_index_platforms, test_preheat_tls_registry, test_preheat_file, test_preheat_errors])
+    T.main([test_preheat_image_then_pull, test_preheat_index_platforms, test_preheat_token_registry,
+            test_preheat_token_expired, test_preheat_tls_registry, test_preheat_file, test_preheat_errors])

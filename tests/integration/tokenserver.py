@@ -2,7 +2,7 @@
 """A Docker registry token server for the mirror tests (the "token" auth of
 Docker Distribution, as auth.docker.io is for Docker Hub).
 
-    tokenserver.py PORT KEY CERT SERVICE ISSUER USER:PASSWORD [PUBLIC_PREFIX]
+    tokenserver.py [--lifetime=SECONDS] PORT KEY CERT SERVICE ISSUER USER:PASSWORD [PUBLIC_PREFIX]
 
 GET /token?service=S&scope=repository:NAME:ACTIONS[&scope=...]
   - with Basic credentials matching USER:PASSWORD: a token granting every
@@ -15,7 +15,12 @@ GET /token?service=S&scope=repository:NAME:ACTIONS[&scope=...]
 The token is a JWT signed RS256 with KEY (by `openssl dgst`), whose header
 carries CERT (self-signed; the registry's rootcertbundle) as x5c: Docker
 Distribution verifies the x5c chain against its bundle, then the signature.
-One line per request on stdout: "token <user|-> <status> <scope...>"."""
+One line per request on stdout: "token <user|-> <status> <scope...>".
+
+--lifetime: how long the registry accepts a token (default 600 s).  Docker
+Distribution accepts a token up to 60 s past its "exp" (clock-skew leeway),
+so a lifetime under that is written as an "exp" in the past: the token then
+stops working exactly `lifetime` seconds after it was issued."""
 
 import base64
 import json
@@ -26,8 +31,16 @@ import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-PORT, KEY, CERT, SERVICE, ISSUER, CREDS = sys.argv[1:7]
-PUBLIC = sys.argv[7] if len(sys.argv) > 7 else None
+LEEWAY = 60  # Docker Distribution's allowance past "exp" (registry/auth/token)
+LIFETIME = 600
+ARGS = []
+for a in sys.argv[1:]:
+    if a.startswith("--lifetime="):
+        LIFETIME = int(a.split("=", 1)[1])
+    else:
+        ARGS.append(a)
+PORT, KEY, CERT, SERVICE, ISSUER, CREDS = ARGS[0:6]
+PUBLIC = ARGS[6] if len(ARGS) > 6 else None
 USER, PASSWORD = CREDS.split(":", 1)
 
 
@@ -56,7 +69,7 @@ def sign(signing_input):
 def make_token(sub, access):
     now = int(time.time())
     header = {"typ": "JWT", "alg": "RS256", "x5c": [X5C]}
-    claims = {"iss": ISSUER, "sub": sub, "aud": SERVICE, "exp": now + 600, "nbf": now - 10,
+    claims = {"iss": ISSUER, "sub": sub, "aud": SERVICE, "exp": now + LIFETIME - LEEWAY, "nbf": now - 10,
               "iat": now, "jti": b64url(os.urandom(12)), "access": access}
     si = b64url(json.dumps(header).encode()) + "." + b64url(json.dumps(claims).encode())
     return si + "." + b64url(sign(si.encode()))
@@ -112,7 +125,7 @@ class Handler(BaseHTTPRequestHandler):
                 if a and a["actions"]:
                     access.append(a)
         tok = make_token(user if user != "-" else "", access)
-        self.reply(200, {"token": tok, "access_token": tok, "expires_in": 600,
+        self.reply(200, {"token": tok, "access_token": tok, "expires_in": LIFETIME,
                          "issued_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, user, scopes)
 
 

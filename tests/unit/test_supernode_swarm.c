@@ -433,6 +433,38 @@ static void test_inflight_cap(void **state)
     df_sn_swarm_free(f.sw);
 }
 
+/* A later registrant's headers replace the task's (what the next origin
+ * request carries); the generation moves only when they differ. */
+static void test_set_headers(void **state)
+{
+    fx_t f;
+    char *same[] = {"Authorization: x"};
+    char *fresh[] = {"Authorization: Bearer new", "X-Trace: 1"};
+    uint64_t gen;
+
+    (void)state;
+    fx_new(&f, 1, 1, 1);
+    assert_int_equal(f.t->nheaders, 1);
+    assert_string_equal(f.t->headers[0], "Authorization: x");
+    gen = f.t->headers_gen;
+    assert_int_equal(df_sn_task_set_headers(f.t, same, 1), 0);
+    assert_int_equal(f.t->headers_gen, gen);
+    assert_int_equal(df_sn_task_set_headers(f.t, fresh, 2), 0);
+    assert_int_equal(f.t->headers_gen, gen + 1);
+    assert_int_equal(f.t->nheaders, 2);
+    assert_string_equal(f.t->headers[0], "Authorization: Bearer new");
+    assert_string_equal(f.t->headers[1], "X-Trace: 1");
+    assert_ptr_not_equal(f.t->headers[0], fresh[0]); /* copied */
+    assert_int_equal(df_sn_task_set_headers(f.t, fresh, 1), 0); /* a prefix is not the same */
+    assert_int_equal(f.t->headers_gen, gen + 2);
+    assert_int_equal(df_sn_task_set_headers(f.t, NULL, 0), 0);
+    assert_int_equal(f.t->nheaders, 0);
+    assert_int_equal(f.t->headers_gen, gen + 3);
+    assert_int_equal(df_sn_task_set_headers(f.t, NULL, 0), 0);
+    assert_int_equal(f.t->headers_gen, gen + 3);
+    df_sn_swarm_free(f.sw);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -442,6 +474,7 @@ int main(void)
         cmocka_unit_test(test_service_down_rejoin_sweep),
         cmocka_unit_test(test_reshape_and_bad_results),
         cmocka_unit_test(test_inflight_cap),
+        cmocka_unit_test(test_set_headers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

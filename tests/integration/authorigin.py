@@ -1,0 +1,59 @@
+#!/usr/bin/env python3
+"""An origin that checks credentials on every request, for the tests of
+whose headers the supernode's seed sends (nginx cannot delay a refusal).
+
+    authorigin.py PORT FILE GOOD_AUTHORIZATION
+
+GET /file with `Authorization: GOOD_AUTHORIZATION`: FILE, with a strong
+ETag; 304 when If-None-Match names it.  Any other Authorization (or none):
+401, at once -- or after 2 s when the value contains "slow", so a test can
+register something else while that request is still out.
+One line per request on stdout: "arrived <auth>" when it comes in and
+"<method> <path> <status> <auth>" when answered."""
+
+import hashlib
+import sys
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+PORT, FILE, GOOD = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+with open(FILE, "rb") as f:
+    DATA = f.read()
+ETAG = '"' + hashlib.sha256(DATA).hexdigest()[:32] + '"'
+SLOW_REFUSAL_S = 2.0
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt, *args):
+        pass
+
+    def answer(self, status, body=b"", headers=()):
+        self.send_response(status)
+        for k, v in headers:
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+        auth = self.headers.get("Authorization", "-")
+        print(f"{self.command} {self.path} {status} {auth}", flush=True)
+
+    def do_GET(self):
+        auth = self.headers.get("Authorization", "-")
+        print(f"arrived {auth}", flush=True)
+        if self.path != "/file":
+            return self.answer(404)
+        if auth != GOOD:
+            if "slow" in auth:
+                time.sleep(SLOW_REFUSAL_S)
+            return self.answer(401, b"unauthorized\n", [("WWW-Authenticate", 'Bearer realm="test"')])
+        if self.headers.get("If-None-Match") == ETAG:
+            return self.answer(304, headers=[("ETag", ETAG)])
+        self.answer(200, DATA, [("ETag", ETAG), ("Content-Type", "application/octet-stream")])
+
+    do_HEAD = do_GET
+
+
+ThreadingHTTPServer(("127.0.0.1", PORT), Handler).serve_forever()
