@@ -9,9 +9,18 @@
  *    in gossip_events.h): START (a want with the url, or the owner's shape:
  *    length and piece size), HAVE (pieces now held, as run-length deltas,
  *    coalesced every FLUSH_MS), DIGEST (the owner's sha256 per piece),
- *    REMOVE, RECOVER (a restarted node asks everyone to re-announce).
+ *    REMOVE, RECOVER (a restarted node asks everyone to re-announce),
+ *    FILE (the owner's whole-file sha256).  Events about a task whose shape
+ *    has not arrived yet are kept and replayed when it does (gossip keeps
+ *    no order).
  *    Member tags carry the upload port (TAG_PORT); members without it (a
  *    plain `serf agent`) are never sources nor owners.
+ *  - Repair is point to point: a download that starves (nothing it may
+ *    fetch for SYNC_AFTER_MS) sends SYNC queries -- to the owner alone for
+ *    the digests it lacks, to everyone for their HAVE -- answered as Serf
+ *    query responses straight to it.  A broadcast can be crowded out of
+ *    every member's queue (least transmitted, newest first) and is never
+ *    re-sent by itself; a want no longer makes everyone re-announce.
  *  - One owner per task reads the origin: the alive member with the highest
  *    rendezvous score hash(task, name).  The owner runs a seed download of
  *    its own (through start_seed: an ordinary engine download with no
@@ -82,6 +91,10 @@
 #define JOIN_RETRY_MS 5000u
 #define DNS_EVERY_MS 30000u
 #define DNS_ADDRS_MAX 16
+#define SYNC_AFTER_MS 1000u
+#define SYNC_EVERY_MS 1000u
+#define PENDING_MAX 256u
+#define RESPONSE_CAP 900u
 
 typedef struct {
     char name[DF_GEV_SENDER_MAX + 1];
@@ -104,6 +117,8 @@ typedef struct task {
     uint8_t *announced;                /* pieces we announced holding */
     uint8_t *digest_sent;              /* digests we sent as owner */
     bool announce_full;                /* next HAVE is a full set (recover) */
+    bool file_known, file_sent;        /* the owner's whole-file sha256; owner: FILE sent */
+    uint8_t file_sha256[32];
     holder_t *holders;
     size_t nholders, cap_holders;
     df_stored_task_t *stored;          /* our store's copy, referenced; NULL until created */
@@ -114,10 +129,20 @@ typedef struct task {
     uint64_t wanted_ms;                /* last want (ours or others') */
     uint64_t want_sent_ms;
     uint64_t starved_ms;               /* our pulls found nothing to fetch since */
-    uint64_t repair_ms;                /* last re-announce for a starved member */
+    uint64_t repair_ms;                /* owner: last shape re-sent for a want */
+    uint64_t sync_have_ms, sync_digest_ms; /* our last SYNC queries */
     bool local;                        /* one of our downloads registered it */
     struct task *next;
 } task_t;
+
+/* An event about a task we have no shape for yet: gossip does not keep
+ * order, so a HAVE or DIGEST can overtake the owner's shape.  Kept (raw)
+ * and replayed once the shape arrives. */
+typedef struct {
+    uint8_t task[32];
+    uint8_t *p;
+    size_t len;
+} pending_t;
 
 typedef enum { CALL_REGISTER, CALL_PULL, CALL_DONE } call_kind_t;
 
@@ -157,6 +182,8 @@ typedef struct gossip_tracker {
     size_t ntasks;
     call_t *calls;
     task_t *seeding_now;         /* set while start_seed runs: its Register is the seed's */
+    pending_t pending[PENDING_MAX];     /* ring; oldest overwritten */
+    size_t pending_next;
     uint64_t last_flush_ms, last_join_ms, last_dns_ms, last_recover_ms;
     bool recover_sent, leaving;
     df_tracker_gossip_stats_t stats;
@@ -319,15 +346,20 @@ static task_t *task_get(gossip_tracker_t *tr, const char *id)
     return t;
 }
 
-static task_t *task_get_bin(gossip_tracker_t *tr, const uint8_t idb[32])
+static void task_hex(const uint8_t idb[32], char id[65])
 {
     static const char hex[] = "0123456789abcdef";
-    char id[65];
     for (int i = 0; i < 32; i++) {
         id[2 * i] = hex[idb[i] >> 4];
         id[2 * i + 1] = hex[idb[i] & 15];
     }
     id[64] = '\0';
+}
+
+static task_t *task_get_bin(gossip_tracker_t *tr, const uint8_t idb[32])
+{
+    char id[65];
+    task_hex(idb, id);
     return task_get(tr, id);
 }
 
@@ -497,6 +529,7 @@ static void send_start(gossip_tracker_t *tr, task_t *t, bool shape)
 }
 
 static void maybe_start_seed(gossip_tracker_t *tr, task_t *t);
+static void send_sync(gossip_tracker_t *tr, task_t *t, uint8_t what, uint32_t first, const char *owner);
 
 typedef struct {
     gossip_tracker_t *tr;
@@ -697,6 +730,7 @@ static void fill_pull(gossip_tracker_t *tr, call_t *c, df_pull_res_t *out)
     size_t ns = 0, na, nwant = 0;
     uint64_t now = df_now_ms();
     bool missing_held = false, missing = false;
+    uint32_t first_nodigest = UINT32_MAX;
 
     out->state = DF_PULL_WAIT;
     out->wait_ms = 200;
@@ -748,6 +782,8 @@ static void fill_pull(gossip_tracker_t *tr, call_t *c, df_pull_res_t *out)
             }
         if (held)
             missing_held = true;
+        if (first_nodigest == UINT32_MAX && !df_bitmap_test(t->digest_known, p))
+            first_nodigest = p;
         if (df_bitmap_test(t->assigned, p) || !df_bitmap_test(t->digest_known, p) || held == 0)
             continue;
         /* Frontier: a piece only the owner has goes to its designated
@@ -766,14 +802,27 @@ static void fill_pull(gossip_tracker_t *tr, call_t *c, df_pull_res_t *out)
         goto out;
     }
     if (nwant == 0 || ns == 0) {
-        /* Gossip is lossy (an event can age out of Serf's 512-slot window
-         * while queued): when our download starves, ask again with a want,
-         * which makes the owner re-send shape and digests and every holder
-         * re-announce in full (anti-entropy, rate-limited both ways). */
+        /* Gossip is lossy: a broadcast waits in every member's queue behind
+         * newer ones (least transmitted, newest first) and can be crowded
+         * out or age out of Serf's 512-slot window.  When our download
+         * starves, ask point to point (SYNC queries): the owner for the
+         * digests we lack, everyone for what they hold.  The want is
+         * re-sent too, so that a new owner knows the task is wanted. */
         if (missing && !c->seed) {
             if (!t->starved_ms)
                 t->starved_ms = now;
-            else if (now - t->starved_ms >= STARVED_MS && now - t->want_sent_ms >= STARVED_MS) {
+            if (now - t->starved_ms >= SYNC_AFTER_MS) {
+                if (first_nodigest != UINT32_MAX && strcmp(owner, tr->name) != 0 &&
+                    now - t->sync_digest_ms >= SYNC_EVERY_MS) {
+                    t->sync_digest_ms = now;
+                    send_sync(tr, t, DF_GEV_SYNC_DIGEST, first_nodigest, owner);
+                }
+                if (now - t->sync_have_ms >= SYNC_EVERY_MS) {
+                    t->sync_have_ms = now;
+                    send_sync(tr, t, DF_GEV_SYNC_HAVE, 0, NULL);
+                }
+            }
+            if (now - t->starved_ms >= STARVED_MS && now - t->want_sent_ms >= WANT_RESEND_MS) {
                 t->want_sent_ms = now;
                 send_start(tr, t, false);
             }
@@ -1045,7 +1094,127 @@ void df_tracker_gossip_seed_done(df_tracker_t *base, const char *task_id, int st
 
 /* ------------------------------------------------------------ events in */
 
-static void on_gev(gossip_tracker_t *tr, const df_gev_t *e)
+static void on_gev(gossip_tracker_t *tr, const df_gev_t *e, const uint8_t *raw, size_t len);
+
+/* Keeps an event about a task not shaped yet (see pending_t). */
+static void pending_add(gossip_tracker_t *tr, const uint8_t task[32], const uint8_t *raw, size_t len)
+{
+    pending_t *pe = &tr->pending[tr->pending_next];
+    uint8_t *copy = malloc(len);
+
+    if (!copy)
+        return;
+    free(pe->p);
+    memcpy(pe->task, task, 32);
+    memcpy(copy, raw, len);
+    pe->p = copy;
+    pe->len = len;
+    tr->pending_next = (tr->pending_next + 1) % PENDING_MAX;
+}
+
+/* The task just got its shape: what overtook it counts now. */
+static void pending_replay(gossip_tracker_t *tr, task_t *t)
+{
+    for (size_t i = 0; i < PENDING_MAX; i++) {
+        pending_t *pe = &tr->pending[i];
+        uint8_t *p = pe->p;
+        size_t len = pe->len;
+        df_gev_t e;
+        if (!p || memcmp(pe->task, t->idb, 32) != 0)
+            continue;
+        pe->p = NULL;
+        pe->len = 0;
+        if (df_gev_decode(p, len, &e) == 0)
+            on_gev(tr, &e, p, len);
+        free(p);
+    }
+}
+
+/* Our HAVE (full), as a query response: as many runs as fit; a set that
+ * does not fit whole goes as a delta (never "full" when it is not). */
+static int encode_own_have(gossip_tracker_t *tr, task_t *t, uint8_t *buf, size_t cap)
+{
+    df_stored_task_t *st = task_stored(tr, t);
+    uint32_t cursor = 0;
+    int n;
+
+    if (!st)
+        return -ENOENT;
+    n = df_gev_encode_have(buf, cap, tr->name, t->idb, true, df_stored_task_bitmap(st), t->piece_count, &cursor);
+    if (n >= 0 && cursor < t->piece_count) {
+        cursor = 0;
+        n = df_gev_encode_have(buf, cap, tr->name, t->idb, false, df_stored_task_bitmap(st), t->piece_count,
+                               &cursor);
+    }
+    return n;
+}
+
+/* Owner: our digests from piece `first` on (skipping pieces we do not
+ * hold yet), or the whole file's when first is past the last piece. */
+static int encode_own_digests(gossip_tracker_t *tr, task_t *t, uint32_t first, uint8_t *buf, size_t cap)
+{
+    df_stored_task_t *st = task_stored(tr, t);
+    uint8_t dg[DF_GEV_DIGESTS_MAX * 32];
+    size_t fit = df_gev_digests_fit(cap, tr->name), n = 0;
+
+    if (!st)
+        return -ENOENT;
+    if (first >= t->piece_count)
+        return t->file_known ? df_gev_encode_file(buf, cap, tr->name, t->idb, t->file_sha256) : -ENOENT;
+    while (first < t->piece_count && !df_stored_task_piece_digest(st, first, dg))
+        first++;
+    while (first + n < t->piece_count && n < fit && df_stored_task_piece_digest(st, first + (uint32_t)n, dg + n * 32))
+        n++;
+    return n ? df_gev_encode_digest(buf, cap, tr->name, t->idb, first, dg, n) : -ENOENT;
+}
+
+/* A SYNC query: answer point to point with what was asked (see
+ * gossip_events.h).  Only the owner answers for digests. */
+static void on_sync_query(gossip_tracker_t *tr, const df_gossip_event_t *ev, const df_gev_t *q)
+{
+    task_t *t;
+    uint8_t buf[RESPONSE_CAP];
+    char id[65];
+    int n;
+
+    task_hex(q->task, id);
+    t = task_find(tr, id);
+    if (!t || !t->shaped || strcmp(q->sender, tr->name) == 0)
+        return;
+    if (q->what == DF_GEV_SYNC_DIGEST) {
+        if (!is_owner(tr, t))
+            return;
+        n = encode_own_digests(tr, t, q->first, buf, sizeof(buf));
+    } else {
+        n = encode_own_have(tr, t, buf, sizeof(buf));
+    }
+    if (n <= 0)
+        return;
+    if (df_gossip_respond(df_gossip_io_node(tr->io), ev->ltime, ev->query_id, buf, (size_t)n, df_now_ms()) == 0)
+        tr->stats.sync_answered++;
+    df_gossip_io_pump(tr->io);
+}
+
+/* Asks (a Serf query) for what a starving download lacks: digests from the
+ * owner alone (node filter), holders' HAVE from everyone.  Answers come
+ * back point to point as query responses and go through on_gev. */
+static void send_sync(gossip_tracker_t *tr, task_t *t, uint8_t what, uint32_t first, const char *owner)
+{
+    uint8_t buf[128];
+    const char *nodes[1] = {owner};
+    uint32_t id;
+    int n = df_gev_encode_sync(buf, sizeof(buf), tr->name, t->idb, what, first);
+
+    if (n < 0 || df_gossip_query(df_gossip_io_node(tr->io), DF_GEV_NAME, buf, (size_t)n, nodes,
+                                 what == DF_GEV_SYNC_DIGEST ? 1 : 0, false, 0, df_now_ms(), &id) < 0) {
+        tr->stats.events_dropped++;
+        return;
+    }
+    tr->stats.sync_sent++;
+    df_gossip_io_pump(tr->io);
+}
+
+static void on_gev(gossip_tracker_t *tr, const df_gev_t *e, const uint8_t *raw, size_t len)
 {
     task_t *t;
     holder_t *h;
@@ -1066,14 +1235,22 @@ static void on_gev(gossip_tracker_t *tr, const df_gev_t *e)
             t->announce_full = true;
             if (is_owner(tr, t)) {
                 memset(t->digest_sent, 0, df_bitmap_bytes(t->piece_count));
+                t->file_sent = false;
                 send_start(tr, t, true);
             }
         }
         return;
     }
+    if (e->kind == DF_GEV_SYNC)
+        return; /* only ever a query */
     t = task_get_bin(tr, e->task);
     if (!t)
         return;
+    if (!t->shaped && (e->kind == DF_GEV_HAVE || e->kind == DF_GEV_DIGEST || e->kind == DF_GEV_FILE)) {
+        holder_get(t, e->sender, NULL);
+        pending_add(tr, e->task, raw, len);
+        return;
+    }
     switch (e->kind) {
     case DF_GEV_START:
         if (e->url_len && !t->url) {
@@ -1081,26 +1258,29 @@ static void on_gev(gossip_tracker_t *tr, const df_gev_t *e)
         }
         holder_get(t, e->sender, NULL);
         if (e->length) {
-            if (may_vouch(tr, t, e->sender) && task_shape(t, e->length, e->piece_size) == -EEXIST)
-                DF_LOG_W("gossip: %s announced another shape for task %.16s; ignored", e->sender, t->id);
+            if (may_vouch(tr, t, e->sender)) {
+                bool was = t->shaped;
+                int rc = task_shape(t, e->length, e->piece_size);
+                if (rc == -EEXIST)
+                    DF_LOG_W("gossip: %s announced another shape for task %.16s; ignored", e->sender, t->id);
+                else if (rc == 0 && !was)
+                    pending_replay(tr, t);
+            }
         } else {
             t->wanted_ms = now;
-            if (t->shaped && now - t->repair_ms >= STARVED_MS) {
-                /* a late joiner, or a member that lost events: re-announce */
+            /* A want: the owner answers with the shape (a late Register
+             * waits for it); pieces and digests are repaired by SYNC
+             * queries from whoever starves, not by re-broadcasting. */
+            if (t->shaped && now - t->repair_ms >= WANT_RESEND_MS && is_owner(tr, t)) {
                 t->repair_ms = now;
-                memset(t->announced, 0, df_bitmap_bytes(t->piece_count));
-                t->announce_full = true;
-                if (is_owner(tr, t)) {
-                    memset(t->digest_sent, 0, df_bitmap_bytes(t->piece_count));
-                    send_start(tr, t, true);
-                }
+                send_start(tr, t, true);
             }
             maybe_start_seed(tr, t);
         }
         break;
     case DF_GEV_HAVE:
         h = holder_get(t, e->sender, NULL);
-        if (!h || !t->shaped)
+        if (!h)
             break;
         task_owner(tr, t, owner, sizeof(owner));
         if (e->full)
@@ -1113,7 +1293,7 @@ static void on_gev(gossip_tracker_t *tr, const df_gev_t *e)
             }
         break;
     case DF_GEV_DIGEST:
-        if (!t->shaped || !may_vouch(tr, t, e->sender))
+        if (!may_vouch(tr, t, e->sender))
             break;
         for (size_t i = 0; i < e->ndigests && e->first + i < t->piece_count; i++) {
             uint32_t p = e->first + (uint32_t)i;
@@ -1125,6 +1305,16 @@ static void on_gev(gossip_tracker_t *tr, const df_gev_t *e)
             }
             memcpy(t->digests + (size_t)p * 32, e->digests + i * 32, 32);
             df_bitmap_set(t->digest_known, p);
+        }
+        break;
+    case DF_GEV_FILE:
+        if (!may_vouch(tr, t, e->sender))
+            break;
+        if (t->file_known && memcmp(t->file_sha256, e->digests, 32) != 0)
+            DF_LOG_W("gossip: %s sent another file digest for task %.16s; kept the first", e->sender, t->id);
+        else if (!t->file_known) {
+            memcpy(t->file_sha256, e->digests, 32);
+            t->file_known = true;
         }
         break;
     case DF_GEV_REMOVE:
@@ -1151,7 +1341,27 @@ static void on_node_event(const df_gossip_event_t *ev, void *arg)
             tr->stats.events_dropped++;
             return;
         }
-        on_gev(tr, &e);
+        on_gev(tr, &e, ev->payload, ev->payload_len);
+        break;
+    case DF_GOSSIP_EV_QUERY:
+        if (strcmp(ev->name, DF_GEV_NAME) != 0)
+            return;
+        tr->stats.events_received++;
+        if (df_gev_decode(ev->payload, ev->payload_len, &e) < 0 || e.kind != DF_GEV_SYNC) {
+            tr->stats.events_dropped++;
+            return;
+        }
+        on_sync_query(tr, ev, &e);
+        break;
+    case DF_GOSSIP_EV_QUERY_RESPONSE:
+        /* ev->name is the responder; the payload must say the same */
+        tr->stats.events_received++;
+        if (df_gev_decode(ev->payload, ev->payload_len, &e) < 0 || strcmp(e.sender, ev->name) != 0 ||
+            (e.kind != DF_GEV_HAVE && e.kind != DF_GEV_DIGEST && e.kind != DF_GEV_FILE)) {
+            tr->stats.events_dropped++;
+            return;
+        }
+        on_gev(tr, &e, ev->payload, ev->payload_len);
         break;
     case DF_GOSSIP_EV_MEMBER_FAILED:
         tr->stats.probe_failures++;
@@ -1327,6 +1537,8 @@ static void gt_free(df_tracker_t *base)
         return;
     while (tr->calls)
         call_free(tr->calls);
+    for (size_t i = 0; i < PENDING_MAX; i++)
+        free(tr->pending[i].p);
     while (tr->tasks) {
         task_t *t = tr->tasks;
         tr->tasks = t->next;
