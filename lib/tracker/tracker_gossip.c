@@ -58,6 +58,7 @@
 #include "gossip/gossip_io.h"
 #include "net/http_client.h"
 #include "piece/piece.h"
+#include "piece/digest.h"
 #include "piece/piece_store.h"
 #include "sched/sched.h"
 #include "supernode/api_codec.h"
@@ -95,6 +96,9 @@
 #define SYNC_EVERY_MS 1000u
 #define PENDING_MAX 256u
 #define RESPONSE_CAP 900u
+#define HASH_BYTES_PER_TICK (4u << 20)
+#define HASH_CHUNK (1u << 20)
+#define FILE_WAIT_MS 10000u
 
 typedef struct {
     char name[DF_GEV_SENDER_MAX + 1];
@@ -119,6 +123,9 @@ typedef struct task {
     bool announce_full;                /* next HAVE is a full set (recover) */
     bool file_known, file_sent;        /* the owner's whole-file sha256; owner: FILE sent */
     uint8_t file_sha256[32];
+    df_hasher_t *fhash;                /* owner: whole-file sha256 over the pieces so far */
+    uint64_t fhash_pos;                /* bytes hashed */
+    uint64_t done_ms;                  /* a pull found our copy complete (first time) */
     holder_t *holders;
     size_t nholders, cap_holders;
     df_stored_task_t *stored;          /* our store's copy, referenced; NULL until created */
@@ -183,6 +190,7 @@ typedef struct gossip_tracker {
     call_t *calls;
     task_t *seeding_now;         /* set while start_seed runs: its Register is the seed's */
     pending_t pending[PENDING_MAX];     /* ring; oldest overwritten */
+    uint8_t *hash_buf;                  /* HASH_CHUNK bytes, for owner_hash_step */
     size_t pending_next;
     uint64_t last_flush_ms, last_join_ms, last_dns_ms, last_recover_ms;
     bool recover_sent, leaving;
@@ -435,6 +443,7 @@ static void task_release(gossip_tracker_t *tr, task_t *t)
 {
     (void)tr;
     df_http_cancel(t->head);
+    df_hasher_free(t->fhash);
     if (t->stored)
         df_stored_task_unref(t->stored);
     for (size_t i = 0; i < t->nholders; i++)
@@ -736,17 +745,33 @@ static void fill_pull(gossip_tracker_t *tr, call_t *c, df_pull_res_t *out)
     out->wait_ms = 200;
     if (!t->shaped || !st)
         return;
+    task_owner(tr, t, owner, sizeof(owner));
     if (df_stored_task_complete(st)) {
-        df_digest_t d;
+        df_digest_t d = {.alg = DF_DIGEST_SHA256, .len = 32};
         char text[DF_DIGEST_STR_MAX];
+        df_gossip_member_t om;
+        if (!t->done_ms)
+            t->done_ms = now;
+        if (!t->file_known && !c->seed && strcmp(owner, tr->name) != 0 && member_alive(tr, owner, &om) &&
+            now - t->done_ms < FILE_WAIT_MS) {
+            /* The owner's whole-file digest is what the file is checked
+             * against: ask for it (bounded wait; the owner hashes as its
+             * pieces land, so it has it about when its seed ends). */
+            if (now - t->sync_digest_ms >= SYNC_EVERY_MS) {
+                t->sync_digest_ms = now;
+                send_sync(tr, t, DF_GEV_SYNC_DIGEST, t->piece_count, owner);
+            }
+            return;
+        }
         out->state = DF_PULL_DONE;
-        if (df_stored_task_digest(st, &d)) {
+        if (t->file_known)
+            memcpy(d.value, t->file_sha256, 32);
+        if (t->file_known || df_stored_task_digest(st, &d)) {
             df_digest_format(&d, text, sizeof(text));
             df_strlcpy(out->digest, text, sizeof(out->digest));
         }
         return;
     }
-    task_owner(tr, t, owner, sizeof(owner));
     /* expire assignments whose results never came (a download died) */
     for (uint32_t p = 0; p < t->piece_count; p++)
         if (df_bitmap_test(t->assigned, p) && now - t->assigned_ms[p] > ASSIGN_EXPIRE_MS)
@@ -1391,6 +1416,11 @@ static void flush_task(gossip_tracker_t *tr, task_t *t, unsigned *budget)
     bm = df_stored_task_bitmap(st);
     bytes = df_bitmap_bytes(t->piece_count);
     owner = is_owner(tr, t);
+    if (owner && t->file_known && !t->file_sent) {
+        t->file_sent = true;
+        send_event(tr, buf, df_gev_encode_file(buf, event_cap(), tr->name, t->idb, t->file_sha256));
+        (*budget)--;
+    }
     /* DIGEST first: a HAVE without digests is of no use to anyone. */
     if (owner) {
         size_t fit = df_gev_digests_fit(event_cap(), tr->name);
@@ -1452,6 +1482,50 @@ static void flush_task(gossip_tracker_t *tr, task_t *t, unsigned *budget)
 }
 
 /* ------------------------------------------------------------ tick */
+
+/* Owner: extends the whole-file sha256 over the pieces present from the
+ * start of the file, at most HASH_BYTES_PER_TICK per call so the loop is
+ * never held long; the digest is known about when the seed ends, then
+ * sent (FILE) and recorded in the store. */
+static void owner_hash_step(gossip_tracker_t *tr, task_t *t)
+{
+    df_stored_task_t *st;
+    uint64_t budget = HASH_BYTES_PER_TICK;
+    df_digest_t d;
+
+    if (!t->shaped || t->file_known || !(st = task_stored(tr, t)) || !df_stored_task_has_piece(st, 0) ||
+        !is_owner(tr, t))
+        return;
+    if (!tr->hash_buf && !(tr->hash_buf = malloc(HASH_CHUNK)))
+        return;
+    if (!t->fhash && !(t->fhash = df_hasher_new(DF_DIGEST_SHA256)))
+        return;
+    while (budget > 0 && t->fhash_pos < t->length) {
+        uint64_t off, len, n;
+        df_piece_span(t->length, t->piece_size, (uint32_t)(t->fhash_pos / t->piece_size), &off, &len);
+        if (!df_stored_task_has_piece(st, (uint32_t)(t->fhash_pos / t->piece_size)))
+            return;
+        n = DF_MIN(DF_MIN(off + len - t->fhash_pos, (uint64_t)HASH_CHUNK), budget);
+        if (df_stored_task_read(st, t->fhash_pos, tr->hash_buf, (size_t)n) < 0) {
+            DF_LOG_W("gossip: cannot read task %.16s to hash it", t->id);
+            df_hasher_free(t->fhash);
+            t->fhash = NULL;
+            t->fhash_pos = 0;
+            return;
+        }
+        df_hasher_update(t->fhash, tr->hash_buf, (size_t)n);
+        t->fhash_pos += n;
+        budget -= n;
+    }
+    if (t->fhash_pos < t->length)
+        return;
+    df_hasher_final(t->fhash, &d);
+    df_hasher_free(t->fhash);
+    t->fhash = NULL;
+    memcpy(t->file_sha256, d.value, 32);
+    t->file_known = true;
+    df_stored_task_set_digest(st, &d);
+}
 
 static int resolve_join(gossip_tracker_t *tr, const char *host, uint16_t port, size_t max)
 {
@@ -1524,6 +1598,8 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
             maybe_start_seed(tr, t);
         }
     }
+    for (task_t *t = tr->tasks; t; t = t->next)
+        owner_hash_step(tr, t);
     df_gossip_io_pump(tr->io);
 }
 
@@ -1539,6 +1615,7 @@ static void gt_free(df_tracker_t *base)
         call_free(tr->calls);
     for (size_t i = 0; i < PENDING_MAX; i++)
         free(tr->pending[i].p);
+    free(tr->hash_buf);
     while (tr->tasks) {
         task_t *t = tr->tasks;
         tr->tasks = t->next;

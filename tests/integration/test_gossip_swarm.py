@@ -54,6 +54,9 @@ def check_results(origin, info, url, results, label, owners, origin_max=1.1):
                 T.check(T.file_hash(r.out) == info.sha256, f"owner output differs: {r.describe()}")
             else:
                 r.expect_ok(info)
+            # the owner's whole-file digest reached every node
+            want = "sha256:" + info.sha256
+            T.check(r.json["digest"] == want, f"JSON digest {r.json['digest']!r}, want the owner's {want}")
         except T.TestFailure as e:
             raise T.TestFailure(f"{label} peer {i}: {e}")
     served = origin.bytes_served(url)
