@@ -245,6 +245,8 @@ typedef struct {
     uint64_t tasks_owned;        /* tasks this node owns now (reads their origin) */
     uint64_t seeds_started;
     uint32_t health_score;       /* Lifeguard local health, 0 = healthy */
+    uint64_t sync_sent;          /* repair queries sent by starving downloads */
+    uint64_t sync_answered;      /* repair queries this node answered */
 } df_peer_gossip_stats_t;
 int df_peer_gossip_stats(const df_peer_t *peer, df_peer_gossip_stats_t *out);
 

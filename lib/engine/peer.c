@@ -252,6 +252,8 @@ int df_peer_gossip_stats(const df_peer_t *peer, df_peer_gossip_stats_t *out)
     out->tasks_owned = s.tasks_owned;
     out->seeds_started = s.seeds_started;
     out->health_score = s.health_score;
+    out->sync_sent = s.sync_sent;
+    out->sync_answered = s.sync_answered;
     return 0;
 }
 

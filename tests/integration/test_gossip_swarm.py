@@ -89,6 +89,26 @@ def run_swarm(env, n):
     T.check(from_peers >= 0.5 * got, f"only {from_peers} of {got} bytes came from peers (want >= 50%)")
     od = metric(daemons[owner], "dfly_dfdaemon_download_bytes_total", '{source="origin"}')
     T.check(od == SIZE, f"the owner's daemon read {od} bytes from the origin, want {SIZE}")
+    # Every daemon's /metrics tells the sources apart (in gossip mode the
+    # seed's bytes are the owner's) and matches what its dfget reported.
+    for i, (d, r) in enumerate(zip(daemons, results)):
+        for name, labels in [("dfly_dfdaemon_gossip_members", '{state="failed"}'),
+                             ("dfly_dfdaemon_gossip_events_total", '{result="dropped"}'),
+                             ("dfly_dfdaemon_gossip_sync_total", '{result="sent"}'),
+                             ("dfly_dfdaemon_gossip_sync_total", '{result="answered"}'),
+                             ("dfly_dfdaemon_gossip_probe_failures_total", ""),
+                             ("dfly_dfdaemon_gossip_tasks_owned", "")]:
+            T.check(metric(d, name, labels) is not None, f"n{i}: no {name}{labels} on /metrics")
+        T.check(metric(d, "dfly_dfdaemon_download_bytes_total", '{source="supernode"}') is None,
+                f"n{i}: a supernode byte count in gossip mode")
+        if i == owner:
+            continue
+        for src, key in [("peer", "bytes_from_peers"), ("owner", "bytes_from_supernode"),
+                         ("origin", "bytes_from_origin")]:
+            v = metric(d, "dfly_dfdaemon_download_bytes_total", f'{{source="{src}"}}')
+            T.check(v == r.json[key], f"n{i}: /metrics says {v} bytes from {src}, dfget's {key} says {r.json[key]}")
+    sent = [metric(d, "dfly_dfdaemon_gossip_events_total", '{result="sent"}') for d in daemons]
+    T.check(all(v and v > 0 for v in sent), f"events sent per daemon: {sent}")
     for d in daemons:
         T.check(d.proc.alive(), f"dfdaemon {d.port} died:\n{d.proc.tail()}")
 
