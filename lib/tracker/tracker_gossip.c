@@ -22,7 +22,9 @@
  *    every member's queue (least transmitted, newest first) and is never
  *    re-sent by itself; a want no longer makes everyone re-announce.
  *  - One owner per task reads the origin: the alive member with the highest
- *    rendezvous score hash(task, name).  The owner runs a seed download of
+ *    rendezvous score hash(task, name), sticky once seated (seat_owner); a
+ *    node whose membership view is younger than SETTLE_MS asks before it
+ *    acts as owner of a task it has no shape for.  The owner runs a seed download of
  *    its own (through start_seed: an ordinary engine download with no
  *    output) whose pulls are answered "error" so that the engine reads the
  *    origin into the piece store (its ORIGIN state, hashing each piece).
@@ -99,6 +101,7 @@
 #define HASH_BYTES_PER_TICK (4u << 20)
 #define HASH_CHUNK (1u << 20)
 #define FILE_WAIT_MS 10000u
+#define SETTLE_MS 2000u
 
 typedef struct {
     char name[DF_GEV_SENDER_MAX + 1];
@@ -137,6 +140,7 @@ typedef struct task {
     uint64_t want_sent_ms;
     uint64_t starved_ms;               /* our pulls found nothing to fetch since */
     uint64_t repair_ms;                /* owner: last shape re-sent for a want */
+    char owner[DF_GEV_SENDER_MAX + 1]; /* seated owner (seat_owner), "" = none yet */
     uint64_t sync_have_ms, sync_digest_ms; /* our last SYNC queries */
     bool local;                        /* one of our downloads registered it */
     struct task *next;
@@ -193,6 +197,7 @@ typedef struct gossip_tracker {
     uint8_t *hash_buf;                  /* HASH_CHUNK bytes, for owner_hash_step */
     size_t pending_next;
     uint64_t last_flush_ms, last_join_ms, last_dns_ms, last_recover_ms;
+    uint64_t member_change_ms;          /* last member join/leave/failure we saw */
     bool recover_sent, leaving;
     df_tracker_gossip_stats_t stats;
 } gossip_tracker_t;
@@ -269,12 +274,40 @@ static void owner_cb(const df_gossip_member_t *m, void *arg)
     }
 }
 
-/* The task's owner: the alive dfly member with the highest score. */
+static bool member_alive(gossip_tracker_t *tr, const char *name, df_gossip_member_t *m)
+{
+    return df_gossip_member_get(df_gossip_io_node(tr->io), name, m) == 0 && m->status == DF_GOSSIP_STATUS_ALIVE;
+}
+
+/* The task's owner: the member seated as owner while it is alive (see
+ * seat_owner), else the alive dfly member with the highest score. */
 static void task_owner(gossip_tracker_t *tr, const task_t *t, char *out, size_t cap)
 {
     owner_scan_t s = {.task = t->idb};
+    df_gossip_member_t m;
+
+    if (t->owner[0] && (strcmp(t->owner, tr->name) == 0 ? !tr->leaving : member_alive(tr, t->owner, &m))) {
+        df_strlcpy(out, t->owner, cap);
+        return;
+    }
     df_gossip_member_foreach(df_gossip_io_node(tr->io), owner_cb, &s);
     df_strlcpy(out, s.best[0] ? s.best : tr->name, cap);
+}
+
+/* Ownership is sticky: the member that announced the shape (or we, once
+ * we read the origin) stays the owner while it is alive, even when a
+ * member ranked above it joins later.  Rendezvous only picks the first
+ * owner and the next one after a failure. */
+static void seat_owner(task_t *t, const char *name)
+{
+    df_strlcpy(t->owner, name, sizeof(t->owner));
+}
+
+/* Our view of the membership changed within SETTLE_MS: a member ranked
+ * above us may exist without our knowing yet, or may own the task. */
+static bool settled(gossip_tracker_t *tr, uint64_t now)
+{
+    return now - tr->member_change_ms >= SETTLE_MS;
 }
 
 static bool is_owner(gossip_tracker_t *tr, const task_t *t)
@@ -291,11 +324,6 @@ static bool may_vouch(gossip_tracker_t *tr, const task_t *t, const char *sender)
     char owner[DF_GEV_SENDER_MAX + 1];
     task_owner(tr, t, owner, sizeof(owner));
     return strcmp(owner, sender) == 0 || score(t->idb, UINT32_MAX, sender) > score(t->idb, UINT32_MAX, owner);
-}
-
-static bool member_alive(gossip_tracker_t *tr, const char *name, df_gossip_member_t *m)
-{
-    return df_gossip_member_get(df_gossip_io_node(tr->io), name, m) == 0 && m->status == DF_GOSSIP_STATUS_ALIVE;
 }
 
 static int send_event(gossip_tracker_t *tr, const uint8_t *p, int len)
@@ -582,6 +610,7 @@ static void head_done(df_http_req_t *req, const df_http_result_t *res, void *arg
     } else if (task_shape(t, h->length, df_piece_size_for(h->length)) < 0) {
         answer_parked(tr, t, DF_ETASK, 0, "cannot shape the task");
     } else {
+        seat_owner(t, tr->name);
         send_start(tr, t, true);
         answer_parked(tr, t, 0, 0, NULL);
         maybe_start_seed(tr, t);
@@ -681,9 +710,11 @@ static int gt_register(df_tracker_t *base, const df_register_req_t *req, df_regi
             maybe_start_seed(tr, t);
         return 0;
     }
-    if (is_owner(tr, t)) {
+    if (is_owner(tr, t) && settled(tr, c->since_ms)) {
         start_head(tr, t, req->headers);
     } else {
+        /* Not the owner, or our view of the membership is new: ask first.
+         * A current owner answers with its shape, which seats it. */
         send_start(tr, t, false);
         t->want_sent_ms = c->since_ms;
     }
@@ -738,7 +769,7 @@ static void fill_pull(gossip_tracker_t *tr, call_t *c, df_pull_res_t *out)
     df_gossip_member_t m;
     size_t ns = 0, na, nwant = 0;
     uint64_t now = df_now_ms();
-    bool missing_held = false, missing = false;
+    bool missing_held = false, missing = false, seed_owner;
     uint32_t first_nodigest = UINT32_MAX;
 
     out->state = DF_PULL_WAIT;
@@ -772,6 +803,10 @@ static void fill_pull(gossip_tracker_t *tr, call_t *c, df_pull_res_t *out)
         }
         return;
     }
+    /* Our seed download reads the origin only while we own the task; if
+     * another member's shape seated it meanwhile, it is an ordinary
+     * participant. */
+    seed_owner = c->seed && strcmp(owner, tr->name) == 0;
     /* expire assignments whose results never came (a download died) */
     for (uint32_t p = 0; p < t->piece_count; p++)
         if (df_bitmap_test(t->assigned, p) && now - t->assigned_ms[p] > ASSIGN_EXPIRE_MS)
@@ -813,13 +848,13 @@ static void fill_pull(gossip_tracker_t *tr, call_t *c, df_pull_res_t *out)
             continue;
         /* Frontier: a piece only the owner has goes to its designated
          * participant first (the seed download takes what it needs). */
-        if (held_peers == 0 && !c->seed && !designated_here(tr, t, p, owner) &&
+        if (held_peers == 0 && !seed_owner && !designated_here(tr, t, p, owner) &&
             (t->owner_since[p] == 0 || now - t->owner_since[p] < FRONTIER_GRACE_MS))
             continue;
         df_bitmap_set(want, p);
         nwant++;
     }
-    if (c->seed && !missing_held && missing) {
+    if (seed_owner && !missing_held && missing) {
         /* Nothing left that a peer holds: read the origin from here. */
         out->state = DF_PULL_ERROR;
         snprintf(out->message, sizeof(out->message), "gossip: this node owns task %.16s and reads the origin",
@@ -833,7 +868,7 @@ static void fill_pull(gossip_tracker_t *tr, call_t *c, df_pull_res_t *out)
          * starves, ask point to point (SYNC queries): the owner for the
          * digests we lack, everyone for what they hold.  The want is
          * re-sent too, so that a new owner knows the task is wanted. */
-        if (missing && !c->seed) {
+        if (missing && !seed_owner) {
             if (!t->starved_ms)
                 t->starved_ms = now;
             if (now - t->starved_ms >= SYNC_AFTER_MS) {
@@ -1025,7 +1060,7 @@ static void call_fire(evutil_socket_t fd, short what, void *arg)
                 snprintf(c->reg->message, sizeof(c->reg->message),
                          "gossip: no owner announced task %.16s within %us", t->id, REGISTER_WAIT_MS / 1000);
             } else {
-                if (is_owner(tr, t)) {
+                if (is_owner(tr, t) && (settled(tr, now) || now - c->since_ms >= SETTLE_MS)) {
                     start_head(tr, t, NULL);
                 } else if (now - t->want_sent_ms >= WANT_RESEND_MS) {
                     send_start(tr, t, false);
@@ -1090,8 +1125,13 @@ static void maybe_start_seed(gossip_tracker_t *tr, task_t *t)
     st = task_stored(tr, t);
     if (st && df_stored_task_complete(st))
         return;
-    if (!is_owner(tr, t))
+    if (!is_owner(tr, t) || (!t->shaped && !settled(tr, now)))
         return;
+    if (t->shaped) {
+        /* a takeover: tell the others who owns the task now */
+        seat_owner(t, tr->name);
+        send_start(tr, t, true);
+    }
     DF_LOG_I("gossip: this node owns task %.16s: seeding %s", t->id, t->url);
     t->seeding = true;
     tr->stats.seeds_started++;
@@ -1283,13 +1323,22 @@ static void on_gev(gossip_tracker_t *tr, const df_gev_t *e, const uint8_t *raw, 
         }
         holder_get(t, e->sender, NULL);
         if (e->length) {
-            if (may_vouch(tr, t, e->sender)) {
+            /* The first shape seats its sender as owner when we know of
+             * none (we may have joined after the owner was chosen);
+             * after that, shapes from the owner or a member above it. */
+            df_gossip_member_t om;
+            bool seated = t->owner[0] && (strcmp(t->owner, tr->name) == 0 || member_alive(tr, t->owner, &om));
+            if (may_vouch(tr, t, e->sender) || (!seated && !t->shaped && !t->head_pending)) {
                 bool was = t->shaped;
                 int rc = task_shape(t, e->length, e->piece_size);
-                if (rc == -EEXIST)
+                if (rc == -EEXIST) {
                     DF_LOG_W("gossip: %s announced another shape for task %.16s; ignored", e->sender, t->id);
-                else if (rc == 0 && !was)
-                    pending_replay(tr, t);
+                } else if (rc == 0) {
+                    if (!seated)
+                        seat_owner(t, e->sender);
+                    if (!was)
+                        pending_replay(tr, t);
+                }
             }
         } else {
             t->wanted_ms = now;
@@ -1389,11 +1438,14 @@ static void on_node_event(const df_gossip_event_t *ev, void *arg)
         on_gev(tr, &e, ev->payload, ev->payload_len);
         break;
     case DF_GOSSIP_EV_MEMBER_FAILED:
+        tr->member_change_ms = df_now_ms();
         tr->stats.probe_failures++;
         DF_LOG_I("gossip: member %s failed", ev->name);
         break;
     case DF_GOSSIP_EV_MEMBER_JOIN:
-        DF_LOG_D("gossip: member %s joined", ev->name);
+    case DF_GOSSIP_EV_MEMBER_LEAVE:
+        tr->member_change_ms = df_now_ms();
+        DF_LOG_D("gossip: member %s joined or left", ev->name);
         break;
     default:
         break;
@@ -1728,6 +1780,7 @@ int df_tracker_gossip_new(const df_tracker_gossip_opts_t *o, df_tracker_t **out)
     }
     evtimer_add(tr->tick, &tv);
     tr->last_join_ms = df_now_ms();
+    tr->member_change_ms = tr->last_join_ms;
     do_joins(tr);
     DF_LOG_I("gossip: node %s on %s (gossip port %u), uploads on %s:%u", tr->name, o->listen,
              df_gossip_io_port(tr->io), tr->advertise_ip, o->upload_port);

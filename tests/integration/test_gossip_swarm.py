@@ -5,6 +5,7 @@ daemon gets the right bytes, the origin serves the file about once (the
 task's owner reads it), most bytes move between peers; and when the owner
 is killed mid-transfer the others still finish correctly."""
 
+import hashlib
 import re
 import signal
 import time
@@ -23,18 +24,44 @@ def metric(d, name, labels=""):
     return float(m.group(1)) if m else None
 
 
-def gossip_cluster(env, n):
-    ports = [T.free_port() for _ in range(n)]
-    daemons = []
-    for i in range(n):
-        extra = ["--mode", "gossip", "--gossip-listen", f"127.0.0.1:{ports[i]}", "--gossip-name", f"n{i}"]
-        if i > 0:
-            extra += ["--join", f"127.0.0.1:{ports[0]}"]
-        daemons.append(env.dfdaemon(NO_SUPERNODE, extra=extra))
+def gossip_daemon(env, name, join=None):
+    port = T.free_port()
+    extra = ["--mode", "gossip", "--gossip-listen", f"127.0.0.1:{port}", "--gossip-name", name]
+    if join:
+        extra += ["--join", f"127.0.0.1:{join}"]
+    d = env.dfdaemon(NO_SUPERNODE, extra=extra)
+    d.gossip_port = port
+    return d
+
+
+def wait_alive(daemons, n):
     for d in daemons:
         T.wait_for(lambda d=d: metric(d, "dfly_dfdaemon_gossip_members", '{state="alive"}') == n, 20,
                    what=f"{n} alive members seen by {d.port}", proc=d.proc)
+
+
+def gossip_cluster(env, n):
+    daemons = [gossip_daemon(env, "n0")]
+    for i in range(1, n):
+        daemons.append(gossip_daemon(env, f"n{i}", daemons[0].gossip_port))
+    wait_alive(daemons, n)
     return daemons
+
+
+def rendezvous_score(task_id, name):
+    """tracker_gossip.c's score(task, UINT32_MAX, name): FNV-1a over the
+    task id's bytes, the piece number and the name, then a finalizer."""
+    m64 = (1 << 64) - 1
+    h = 0xcbf29ce484222325
+    for b in bytes.fromhex(task_id) + b"\xff\xff\xff\xff" + name.encode():
+        h = ((h ^ b) * 0x100000001b3) & m64
+    h = ((h ^ (h >> 30)) * 0xbf58476d1ce4e5b9) & m64
+    h = ((h ^ (h >> 27)) * 0x94d049bb133111eb) & m64
+    return h ^ (h >> 31)
+
+
+def task_id_of(url):
+    return hashlib.sha256(url.encode() + b"\n").hexdigest()
 
 
 def owner_of(daemons):
@@ -160,9 +187,36 @@ def run_owner_killed(env, n):
 
 
 @T.timeout(240)
+def test_gossip_late_top_joiner(env):
+    """A daemon that ranks first for the task joins mid-transfer and asks
+    for it too: the owner stays the one that is reading the origin (no
+    second read), and everybody finishes correctly."""
+    o = env.origin(slow_rate="8m")
+    info = o.add_file("late.bin", SIZE)
+    url = o.url("late.bin", "slow")
+    tid = task_id_of(url)
+    daemons = gossip_cluster(env, 6)
+    top = max(rendezvous_score(tid, f"n{i}") for i in range(6))
+    late = next(f"late{k}" for k in range(1000) if rendezvous_score(tid, f"late{k}") > top)
+    runs = [env.start_dfget(url, env.path(f"out{i}.bin"), home=d.home) for i, d in enumerate(daemons)]
+    T.wait_for(lambda: len(owner_of(daemons)) == 1, 20, what="an owner seeding")
+    first_owner = owner_of(daemons)[0]
+    time.sleep(1.5)
+    T.log(f"n{first_owner} owns the task; {late} (ranked above every member) joins")
+    d = gossip_daemon(env, late, daemons[0].gossip_port)
+    daemons.append(d)
+    wait_alive(daemons, 7)
+    runs.append(env.start_dfget(url, env.path("out-late.bin"), home=d.home))
+    results = [r.wait() for r in runs]
+    T.check(results[0].json and results[0].json["task_id"] == tid, "the test's task id is not the daemons'")
+    T.check(owner_of(daemons) == [first_owner], f"daemons that started a seed: {owner_of(daemons)}")
+    check_results(o, info, url, results, "late top joiner", [first_owner])
+
+
+@T.timeout(240)
 def test_gossip_owner_killed_10(env):
     run_owner_killed(env, 10)
 
 
 if __name__ == "__main__":
-    T.main([test_gossip_swarm_4, test_gossip_swarm_10, test_gossip_owner_killed_10])
+    T.main([test_gossip_swarm_4, test_gossip_swarm_10, test_gossip_late_top_joiner, test_gossip_owner_killed_10])
