@@ -112,8 +112,7 @@ int df_gev_decode(const uint8_t *buf, size_t len, df_gev_t *out)
         uint64_t first;
         out->what = rd_u8(&r);
         first = rd_var(&r);
-        if (r.bad || (out->what != DF_GEV_SYNC_HAVE && out->what != DF_GEV_SYNC_DIGEST) ||
-            first > DF_PIECE_COUNT_MAX)
+        if (r.bad || out->what < DF_GEV_SYNC_HAVE || out->what > DF_GEV_SYNC_SHAPE || first > DF_PIECE_COUNT_MAX)
             return DF_EPROTO;
         out->first = (uint32_t)first;
         break;
@@ -289,7 +288,7 @@ int df_gev_encode_sync(uint8_t *out, size_t cap, const char *sender, const uint8
 
     if (rc < 0)
         return rc;
-    if (what != DF_GEV_SYNC_HAVE && what != DF_GEV_SYNC_DIGEST)
+    if (what < DF_GEV_SYNC_HAVE || what > DF_GEV_SYNC_SHAPE)
         return -EINVAL;
     wr_u8(&w, what);
     wr_var(&w, first);

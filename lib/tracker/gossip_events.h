@@ -20,7 +20,8 @@
  *   SYNC    task | u8 what | first: the payload of a Serf *query* (never a
  *           user event): what 1 = "answer with your HAVE (full)", 2 = "owner,
  *           answer with your DIGESTs from piece `first`, or with FILE when
- *           first >= the piece count".  Answers are query responses, sent
+ *           first >= the piece count"; 3 = "owner, answer with your shape
+ *           (a START)".  Answers are query responses, sent
  *           point to point to the asker, so repair costs no broadcast.
  *   FILE    task | 32-byte sha256 of the whole file (only the owner sends it)
  * Serf's default user-event limit is 512 bytes (name + payload): encoders
@@ -55,6 +56,7 @@ typedef enum {
 
 #define DF_GEV_SYNC_HAVE 1
 #define DF_GEV_SYNC_DIGEST 2
+#define DF_GEV_SYNC_SHAPE 3
 
 typedef struct {
     uint32_t first, count;
@@ -78,7 +80,7 @@ typedef struct {
     const uint8_t *digests;     /* DIGEST: ndigests x 32 bytes; FILE: 32 bytes */
     size_t ndigests;
     /* SYNC */
-    uint8_t what;               /* DF_GEV_SYNC_HAVE or DF_GEV_SYNC_DIGEST */
+    uint8_t what;               /* DF_GEV_SYNC_HAVE, _DIGEST or _SHAPE */
 } df_gev_t;
 
 /* 0, or DF_EPROTO for anything malformed (unknown version or kind, a count

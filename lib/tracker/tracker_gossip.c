@@ -102,6 +102,8 @@
 #define HASH_CHUNK (1u << 20)
 #define FILE_WAIT_MS 10000u
 #define SETTLE_MS 2000u
+#define ASK_WINDOW_MS 10000u
+#define ASK_EVERY_MS 500u
 
 typedef struct {
     char name[DF_GEV_SENDER_MAX + 1];
@@ -141,7 +143,7 @@ typedef struct task {
     uint64_t starved_ms;               /* our pulls found nothing to fetch since */
     uint64_t repair_ms;                /* owner: last shape re-sent for a want */
     char owner[DF_GEV_SENDER_MAX + 1]; /* seated owner (seat_owner), "" = none yet */
-    uint64_t sync_have_ms, sync_digest_ms; /* our last SYNC queries */
+    uint64_t sync_have_ms, sync_digest_ms, ask_ms; /* our last SYNC queries */
     bool local;                        /* one of our downloads registered it */
     struct task *next;
 } task_t;
@@ -300,14 +302,22 @@ static void task_owner(gossip_tracker_t *tr, const task_t *t, char *out, size_t 
  * owner and the next one after a failure. */
 static void seat_owner(task_t *t, const char *name)
 {
+    if (strcmp(t->owner, name) != 0)
+        DF_LOG_I("gossip: task %.16s is owned by %s", t->id, name);
     df_strlcpy(t->owner, name, sizeof(t->owner));
 }
 
-/* Our view of the membership changed within SETTLE_MS: a member ranked
- * above us may exist without our knowing yet, or may own the task. */
-static bool settled(gossip_tracker_t *tr, uint64_t now)
+/* May we act as the owner of a task we have no shape for (HEAD, read the
+ * origin)?  Not at once when our view of the membership changed in the
+ * last ASK_WINDOW_MS: a member that owns the task may exist that
+ * rendezvous over our new view does not pick (it was seated before we
+ * joined, or before a member ranked above it joined).  We ask first (SYNC
+ * SHAPE, answered point to point by a current owner) and act only when
+ * SETTLE_MS passed since `since` without an answer. */
+static bool owner_may_act(gossip_tracker_t *tr, uint64_t since, uint64_t now)
 {
-    return now - tr->member_change_ms >= SETTLE_MS;
+    return df_gossip_count(df_gossip_io_node(tr->io), DF_GOSSIP_STATUS_ALIVE) <= 1 ||
+           now - tr->member_change_ms >= ASK_WINDOW_MS || now - since >= SETTLE_MS;
 }
 
 static bool is_owner(gossip_tracker_t *tr, const task_t *t)
@@ -710,11 +720,12 @@ static int gt_register(df_tracker_t *base, const df_register_req_t *req, df_regi
             maybe_start_seed(tr, t);
         return 0;
     }
-    if (is_owner(tr, t) && settled(tr, c->since_ms)) {
+    if (is_owner(tr, t) && owner_may_act(tr, c->since_ms, c->since_ms)) {
         start_head(tr, t, req->headers);
+    } else if (is_owner(tr, t)) {
+        t->ask_ms = c->since_ms;
+        send_sync(tr, t, DF_GEV_SYNC_SHAPE, 0, NULL);
     } else {
-        /* Not the owner, or our view of the membership is new: ask first.
-         * A current owner answers with its shape, which seats it. */
         send_start(tr, t, false);
         t->want_sent_ms = c->since_ms;
     }
@@ -1060,8 +1071,13 @@ static void call_fire(evutil_socket_t fd, short what, void *arg)
                 snprintf(c->reg->message, sizeof(c->reg->message),
                          "gossip: no owner announced task %.16s within %us", t->id, REGISTER_WAIT_MS / 1000);
             } else {
-                if (is_owner(tr, t) && (settled(tr, now) || now - c->since_ms >= SETTLE_MS)) {
+                if (is_owner(tr, t) && owner_may_act(tr, c->since_ms, now)) {
                     start_head(tr, t, NULL);
+                } else if (is_owner(tr, t)) {
+                    if (now - t->ask_ms >= ASK_EVERY_MS) {
+                        t->ask_ms = now;
+                        send_sync(tr, t, DF_GEV_SYNC_SHAPE, 0, NULL);
+                    }
                 } else if (now - t->want_sent_ms >= WANT_RESEND_MS) {
                     send_start(tr, t, false);
                     t->want_sent_ms = now;
@@ -1125,7 +1141,7 @@ static void maybe_start_seed(gossip_tracker_t *tr, task_t *t)
     st = task_stored(tr, t);
     if (st && df_stored_task_complete(st))
         return;
-    if (!is_owner(tr, t) || (!t->shaped && !settled(tr, now)))
+    if (!is_owner(tr, t))
         return;
     if (t->shaped) {
         /* a takeover: tell the others who owns the task now */
@@ -1246,7 +1262,11 @@ static void on_sync_query(gossip_tracker_t *tr, const df_gossip_event_t *ev, con
     t = task_find(tr, id);
     if (!t || !t->shaped || strcmp(q->sender, tr->name) == 0)
         return;
-    if (q->what == DF_GEV_SYNC_DIGEST) {
+    if (q->what == DF_GEV_SYNC_SHAPE) {
+        if (!is_owner(tr, t))
+            return;
+        n = df_gev_encode_start(buf, sizeof(buf), tr->name, t->idb, t->length, t->piece_size, t->url);
+    } else if (q->what == DF_GEV_SYNC_DIGEST) {
         if (!is_owner(tr, t))
             return;
         n = encode_own_digests(tr, t, q->first, buf, sizeof(buf));
@@ -1289,18 +1309,23 @@ static void on_gev(gossip_tracker_t *tr, const df_gev_t *e, const uint8_t *raw, 
     if (strcmp(e->sender, tr->name) == 0)
         return; /* our own, relayed back */
     if (e->kind == DF_GEV_RECOVER) {
-        /* Re-announce everything (bounded: at most once per RECOVER_QUIET_MS). */
-        if (now - tr->last_recover_ms < RECOVER_QUIET_MS)
-            return;
-        tr->last_recover_ms = now;
+        /* A member joined or restarted: owners re-send their shapes (which
+         * seat them there; at most once per WANT_RESEND_MS per task),
+         * holders re-announce in full (at most once per RECOVER_QUIET_MS,
+         * however many join).  Digests are not re-broadcast: whoever needs
+         * them asks the owner (SYNC). */
+        bool full = now - tr->last_recover_ms >= RECOVER_QUIET_MS;
+        if (full)
+            tr->last_recover_ms = now;
         for (t = tr->tasks; t; t = t->next) {
             if (!t->shaped)
                 continue;
-            memset(t->announced, 0, df_bitmap_bytes(t->piece_count));
-            t->announce_full = true;
-            if (is_owner(tr, t)) {
-                memset(t->digest_sent, 0, df_bitmap_bytes(t->piece_count));
-                t->file_sent = false;
+            if (full) {
+                memset(t->announced, 0, df_bitmap_bytes(t->piece_count));
+                t->announce_full = true;
+            }
+            if (now - t->repair_ms >= WANT_RESEND_MS && is_owner(tr, t)) {
+                t->repair_ms = now;
                 send_start(tr, t, true);
             }
         }
@@ -1379,6 +1404,8 @@ static void on_gev(gossip_tracker_t *tr, const df_gev_t *e, const uint8_t *raw, 
             }
             memcpy(t->digests + (size_t)p * 32, e->digests + i * 32, 32);
             df_bitmap_set(t->digest_known, p);
+            /* news: a starving download may ask for the next ones at once */
+            t->sync_digest_ms = 0;
         }
         break;
     case DF_GEV_FILE:
@@ -1431,7 +1458,8 @@ static void on_node_event(const df_gossip_event_t *ev, void *arg)
         /* ev->name is the responder; the payload must say the same */
         tr->stats.events_received++;
         if (df_gev_decode(ev->payload, ev->payload_len, &e) < 0 || strcmp(e.sender, ev->name) != 0 ||
-            (e.kind != DF_GEV_HAVE && e.kind != DF_GEV_DIGEST && e.kind != DF_GEV_FILE)) {
+            (e.kind != DF_GEV_HAVE && e.kind != DF_GEV_DIGEST && e.kind != DF_GEV_FILE &&
+             !(e.kind == DF_GEV_START && e.length))) {
             tr->stats.events_dropped++;
             return;
         }

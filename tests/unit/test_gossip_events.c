@@ -37,8 +37,8 @@ static void test_sync_roundtrip(void **state)
     assert_int_equal(df_gev_decode(buf, (size_t)n, &e), 0);
     assert_int_equal(e.what, DF_GEV_SYNC_HAVE);
     /* an unknown "what" is neither encoded nor decoded */
-    assert_int_equal(df_gev_encode_sync(buf, sizeof(buf), "node-a", TASK, 3, 0), -EINVAL);
-    buf[3 + 6 + 32] = 3;
+    assert_int_equal(df_gev_encode_sync(buf, sizeof(buf), "node-a", TASK, 4, 0), -EINVAL);
+    buf[3 + 6 + 32] = 4;
     assert_int_equal(df_gev_decode(buf, (size_t)n, &e), DF_EPROTO);
     /* truncated, or trailing bytes */
     n = df_gev_encode_sync(buf, sizeof(buf), "node-a", TASK, DF_GEV_SYNC_HAVE, 0);
