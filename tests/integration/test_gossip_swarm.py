@@ -180,9 +180,11 @@ def run_owner_killed(env, n):
                   if (metric(daemons[i], "dfly_dfdaemon_gossip_seeds_total") or 0) >= 1]
     T.log(f"survivors that took over the task: {[survivors[k] for k in new_owners]}")
     T.check(len(new_owners) >= 1, "no survivor took the task over")
-    # Correct bytes everywhere; the origin may serve more than once here
-    # (the new owner reads from its first missing piece to the end).
-    check_results(o, info, url, others, "owner killed", new_owners, origin_max=2.1)
+    # Correct bytes everywhere; the origin serves more than once here: the
+    # new owner reads from its first missing piece to the end, and the dead
+    # owner had read about a third (what it read but never passed on is
+    # read again).  1.5x catches a second owner reading the whole file.
+    check_results(o, info, url, others, "owner killed", new_owners, origin_max=1.5)
     for i in survivors:
         T.check(daemons[i].proc.alive(), f"dfdaemon {daemons[i].port} died:\n{daemons[i].proc.tail()}")
 
@@ -206,7 +208,7 @@ def test_gossip_late_top_joiner(env):
     T.log(f"n{first_owner} owns the task; {late} (ranked above every member) joins")
     d = gossip_daemon(env, late, daemons[0].gossip_port)
     daemons.append(d)
-    wait_alive(daemons, 7)
+    wait_alive([d], 7)  # the joiner knows everyone (the others learn of it by gossip)
     runs.append(env.start_dfget(url, env.path("out-late.bin"), home=d.home))
     results = [r.wait() for r in runs]
     T.check(results[0].json and results[0].json["task_id"] == tid, "the test's task id is not the daemons'")
