@@ -144,6 +144,7 @@ typedef struct task {
     uint64_t repair_ms;                /* owner: last shape re-sent for a want */
     char owner[DF_GEV_SENDER_MAX + 1]; /* seated owner (seat_owner), "" = none yet */
     uint64_t sync_have_ms, sync_digest_ms, ask_ms; /* our last SYNC queries */
+    uint64_t ask_since_ms;             /* first asked who owns it before seeding */
     bool local;                        /* one of our downloads registered it */
     struct task *next;
 } task_t;
@@ -313,11 +314,15 @@ static void seat_owner(task_t *t, const char *name)
  * rendezvous over our new view does not pick (it was seated before we
  * joined, or before a member ranked above it joined).  We ask first (SYNC
  * SHAPE, answered point to point by a current owner) and act only when
- * SETTLE_MS passed since `since` without an answer. */
-static bool owner_may_act(gossip_tracker_t *tr, uint64_t since, uint64_t now)
+ * SETTLE_MS passed since the task's asking period began without an answer. */
+static bool owner_may_act(gossip_tracker_t *tr, task_t *t, uint64_t now)
 {
+    /* One asking period per task (shared by its Registers and the seed),
+     * restarted when the last one is older than the window. */
+    if (!t->ask_since_ms || now - t->ask_since_ms >= ASK_WINDOW_MS)
+        t->ask_since_ms = now;
     return df_gossip_count(df_gossip_io_node(tr->io), DF_GOSSIP_STATUS_ALIVE) <= 1 ||
-           now - tr->member_change_ms >= ASK_WINDOW_MS || now - since >= SETTLE_MS;
+           now - tr->member_change_ms >= ASK_WINDOW_MS || now - t->ask_since_ms >= SETTLE_MS;
 }
 
 static bool is_owner(gossip_tracker_t *tr, const task_t *t)
@@ -577,6 +582,7 @@ static void send_start(gossip_tracker_t *tr, task_t *t, bool shape)
 
 static void maybe_start_seed(gossip_tracker_t *tr, task_t *t);
 static void send_sync(gossip_tracker_t *tr, task_t *t, uint8_t what, uint32_t first, const char *owner);
+static void owner_hash_step(gossip_tracker_t *tr, task_t *t);
 
 typedef struct {
     gossip_tracker_t *tr;
@@ -720,7 +726,7 @@ static int gt_register(df_tracker_t *base, const df_register_req_t *req, df_regi
             maybe_start_seed(tr, t);
         return 0;
     }
-    if (is_owner(tr, t) && owner_may_act(tr, c->since_ms, c->since_ms)) {
+    if (is_owner(tr, t) && owner_may_act(tr, t, c->since_ms)) {
         start_head(tr, t, req->headers);
     } else if (is_owner(tr, t)) {
         t->ask_ms = c->since_ms;
@@ -794,16 +800,23 @@ static void fill_pull(gossip_tracker_t *tr, call_t *c, df_pull_res_t *out)
         df_gossip_member_t om;
         if (!t->done_ms)
             t->done_ms = now;
-        if (!t->file_known && !c->seed && strcmp(owner, tr->name) != 0 && member_alive(tr, owner, &om) &&
-            now - t->done_ms < FILE_WAIT_MS) {
+        if (!t->file_known && now - t->done_ms < FILE_WAIT_MS) {
             /* The owner's whole-file digest is what the file is checked
-             * against: ask for it (bounded wait; the owner hashes as its
-             * pieces land, so it has it about when its seed ends). */
-            if (now - t->sync_digest_ms >= SYNC_EVERY_MS) {
-                t->sync_digest_ms = now;
-                send_sync(tr, t, DF_GEV_SYNC_DIGEST, t->piece_count, owner);
+             * against (bounded wait).  The owner hashes as its pieces land:
+             * the last ones may still be in the hash; others ask it. */
+            if (strcmp(owner, tr->name) == 0) {
+                owner_hash_step(tr, t);
+                if (!t->file_known) {
+                    out->wait_ms = 50;
+                    return;
+                }
+            } else if (!c->seed && member_alive(tr, owner, &om)) {
+                if (now - t->sync_digest_ms >= SYNC_EVERY_MS) {
+                    t->sync_digest_ms = now;
+                    send_sync(tr, t, DF_GEV_SYNC_DIGEST, t->piece_count, owner);
+                }
+                return;
             }
-            return;
         }
         out->state = DF_PULL_DONE;
         if (t->file_known)
@@ -1071,7 +1084,7 @@ static void call_fire(evutil_socket_t fd, short what, void *arg)
                 snprintf(c->reg->message, sizeof(c->reg->message),
                          "gossip: no owner announced task %.16s within %us", t->id, REGISTER_WAIT_MS / 1000);
             } else {
-                if (is_owner(tr, t) && owner_may_act(tr, c->since_ms, now)) {
+                if (is_owner(tr, t) && owner_may_act(tr, t, now)) {
                     start_head(tr, t, NULL);
                 } else if (is_owner(tr, t)) {
                     if (now - t->ask_ms >= ASK_EVERY_MS) {
@@ -1143,6 +1156,18 @@ static void maybe_start_seed(gossip_tracker_t *tr, task_t *t)
         return;
     if (!is_owner(tr, t))
         return;
+    if (!t->shaped) {
+        /* Not a seed before we know we own it: ask first (owner_may_act),
+         * or a seed started now may find another owner seated and end up
+         * fetching beside our own download of the task. */
+        if (!owner_may_act(tr, t, now)) {
+            if (now - t->ask_ms >= ASK_EVERY_MS) {
+                t->ask_ms = now;
+                send_sync(tr, t, DF_GEV_SYNC_SHAPE, 0, NULL);
+            }
+            return;
+        }
+    }
     if (t->shaped) {
         /* a takeover: tell the others who owns the task now */
         seat_owner(t, tr->name);
