@@ -63,6 +63,10 @@ static int add_gossip(const df_peer_t *peer, df_metrics_t *m)
          (double)g.events_received},
         {"dfly_dfdaemon_gossip_events_total", NULL, DF_METRIC_COUNTER, "result", "dropped",
          (double)g.events_dropped},
+        {"dfly_dfdaemon_gossip_sync_total", "Availability repair queries (point to point), by direction",
+         DF_METRIC_COUNTER, "result", "sent", (double)g.sync_sent},
+        {"dfly_dfdaemon_gossip_sync_total", NULL, DF_METRIC_COUNTER, "result", "answered",
+         (double)g.sync_answered},
         {"dfly_dfdaemon_gossip_probe_failures_total", "Members this node saw declared failed",
          DF_METRIC_COUNTER, NULL, NULL, (double)g.probe_failures},
         {"dfly_dfdaemon_gossip_tasks_owned", "Tasks this node owns (reads from the origin)", DF_METRIC_GAUGE,
@@ -102,6 +106,10 @@ int df_peer_metrics_render(const df_peer_t *peer, char **out, size_t *len_out)
     int rc;
 
     df_peer_stats(peer, &st);
+    /* In gossip mode the seed is the task's owner (another dfdaemon), not a
+     * supernode: its bytes are labelled so. */
+    df_peer_gossip_stats_t gs;
+    const char *seed_label = df_peer_gossip_stats(peer, &gs) == 0 ? "owner" : "supernode";
     const series_t series[] = {
         {"dfly_dfdaemon_up", "Whether the dfdaemon is running", DF_METRIC_GAUGE, NULL, NULL, 1},
         {"dfly_dfdaemon_info", "Build information", DF_METRIC_GAUGE, "version", df_version(), 1},
@@ -113,7 +121,7 @@ int df_peer_metrics_render(const df_peer_t *peer, char **out, size_t *len_out)
          (double)st.downloads_failed},
         {"dfly_dfdaemon_download_bytes_total", "Bytes downloaded, by where they came from",
          DF_METRIC_COUNTER, "source", "peer", (double)st.bytes_from_peers},
-        {"dfly_dfdaemon_download_bytes_total", NULL, DF_METRIC_COUNTER, "source", "supernode",
+        {"dfly_dfdaemon_download_bytes_total", NULL, DF_METRIC_COUNTER, "source", seed_label,
          (double)st.bytes_from_supernode},
         {"dfly_dfdaemon_download_bytes_total", NULL, DF_METRIC_COUNTER, "source", "origin",
          (double)st.bytes_from_origin},

@@ -108,6 +108,20 @@ int df_gev_decode(const uint8_t *buf, size_t len, df_gev_t *out)
         out->ndigests = n;
         break;
     }
+    case DF_GEV_SYNC: {
+        uint64_t first;
+        out->what = rd_u8(&r);
+        first = rd_var(&r);
+        if (r.bad || out->what < DF_GEV_SYNC_HAVE || out->what > DF_GEV_SYNC_SHAPE || first > DF_PIECE_COUNT_MAX)
+            return DF_EPROTO;
+        out->first = (uint32_t)first;
+        break;
+    }
+    case DF_GEV_FILE:
+        if (!(out->digests = rd_bytes(&r, 32)))
+            return DF_EPROTO;
+        out->ndigests = 1;
+        break;
     case DF_GEV_REMOVE:
     case DF_GEV_RECOVER:
         break;
@@ -263,6 +277,33 @@ int df_gev_encode_digest(uint8_t *out, size_t cap, const char *sender, const uin
     wr_var(&w, first);
     wr_var(&w, n);
     wr_bytes(&w, digests, n * 32);
+    return w.full ? DF_ETOOBIG : (int)w.len;
+}
+
+int df_gev_encode_sync(uint8_t *out, size_t cap, const char *sender, const uint8_t task[32], uint8_t what,
+                       uint32_t first)
+{
+    wr_t w = {out, 0, cap, false};
+    int rc = wr_head(&w, DF_GEV_SYNC, sender, task);
+
+    if (rc < 0)
+        return rc;
+    if (what < DF_GEV_SYNC_HAVE || what > DF_GEV_SYNC_SHAPE)
+        return -EINVAL;
+    wr_u8(&w, what);
+    wr_var(&w, first);
+    return w.full ? DF_ETOOBIG : (int)w.len;
+}
+
+int df_gev_encode_file(uint8_t *out, size_t cap, const char *sender, const uint8_t task[32],
+                       const uint8_t sha256[32])
+{
+    wr_t w = {out, 0, cap, false};
+    int rc = wr_head(&w, DF_GEV_FILE, sender, task);
+
+    if (rc < 0)
+        return rc;
+    wr_bytes(&w, sha256, 32);
     return w.full ? DF_ETOOBIG : (int)w.len;
 }
 

@@ -17,6 +17,13 @@
  *           (only the task's owner sends these)
  *   REMOVE  task: the sender no longer serves the task.
  *   RECOVER (nothing): the sender restarted; everyone re-announces.
+ *   SYNC    task | u8 what | first: the payload of a Serf *query* (never a
+ *           user event): what 1 = "answer with your HAVE (full)", 2 = "owner,
+ *           answer with your DIGESTs from piece `first`, or with FILE when
+ *           first >= the piece count"; 3 = "owner, answer with your shape
+ *           (a START)".  Answers are query responses, sent
+ *           point to point to the asker, so repair costs no broadcast.
+ *   FILE    task | 32-byte sha256 of the whole file (only the owner sends it)
  * Serf's default user-event limit is 512 bytes (name + payload): encoders
  * take a byte budget and stop before it.
  */
@@ -43,7 +50,13 @@ typedef enum {
     DF_GEV_DIGEST = 3,
     DF_GEV_REMOVE = 4,
     DF_GEV_RECOVER = 5,
+    DF_GEV_SYNC = 6,
+    DF_GEV_FILE = 7,
 } df_gev_kind_t;
+
+#define DF_GEV_SYNC_HAVE 1
+#define DF_GEV_SYNC_DIGEST 2
+#define DF_GEV_SYNC_SHAPE 3
 
 typedef struct {
     uint32_t first, count;
@@ -62,10 +75,12 @@ typedef struct {
     bool full;
     df_gev_run_t runs[DF_GEV_RUNS_MAX];
     size_t nruns;
-    /* DIGEST */
+    /* DIGEST, SYNC */
     uint32_t first;
-    const uint8_t *digests;     /* ndigests x 32 bytes */
+    const uint8_t *digests;     /* DIGEST: ndigests x 32 bytes; FILE: 32 bytes */
     size_t ndigests;
+    /* SYNC */
+    uint8_t what;               /* DF_GEV_SYNC_HAVE, _DIGEST or _SHAPE */
 } df_gev_t;
 
 /* 0, or DF_EPROTO for anything malformed (unknown version or kind, a count
@@ -87,6 +102,11 @@ int df_gev_encode_have(uint8_t *out, size_t cap, const char *sender, const uint8
  * most DF_GEV_DIGESTS_MAX). */
 int df_gev_encode_digest(uint8_t *out, size_t cap, const char *sender, const uint8_t task[32], uint32_t first,
                          const uint8_t *digests, size_t n);
+/* SYNC (what: DF_GEV_SYNC_*) and FILE. */
+int df_gev_encode_sync(uint8_t *out, size_t cap, const char *sender, const uint8_t task[32], uint8_t what,
+                       uint32_t first);
+int df_gev_encode_file(uint8_t *out, size_t cap, const char *sender, const uint8_t task[32],
+                       const uint8_t sha256[32]);
 /* How many digests fit in cap bytes for this sender. */
 size_t df_gev_digests_fit(size_t cap, const char *sender);
 

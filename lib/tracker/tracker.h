@@ -163,6 +163,8 @@ typedef struct {
     uint64_t members_alive, members_leaving, members_left, members_failed;
     uint64_t events_sent, events_received, events_dropped; /* dfly events (dropped: undecodable
                                                             * received or unsendable) */
+    uint64_t sync_sent;          /* SYNC queries sent by starving downloads */
+    uint64_t sync_answered;      /* SYNC queries this node answered */
     uint64_t probe_failures;     /* members declared failed */
     uint64_t tasks_owned;        /* tasks this node owns now (rendezvous) */
     uint64_t seeds_started;      /* seed downloads started as owner */

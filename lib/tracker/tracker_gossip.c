@@ -9,11 +9,22 @@
  *    in gossip_events.h): START (a want with the url, or the owner's shape:
  *    length and piece size), HAVE (pieces now held, as run-length deltas,
  *    coalesced every FLUSH_MS), DIGEST (the owner's sha256 per piece),
- *    REMOVE, RECOVER (a restarted node asks everyone to re-announce).
+ *    REMOVE, RECOVER (a restarted node asks everyone to re-announce),
+ *    FILE (the owner's whole-file sha256).  Events about a task whose shape
+ *    has not arrived yet are kept and replayed when it does (gossip keeps
+ *    no order).
  *    Member tags carry the upload port (TAG_PORT); members without it (a
  *    plain `serf agent`) are never sources nor owners.
+ *  - Repair is point to point: a download that starves (nothing it may
+ *    fetch for SYNC_AFTER_MS) sends SYNC queries -- to the owner alone for
+ *    the digests it lacks, to everyone for their HAVE -- answered as Serf
+ *    query responses straight to it.  A broadcast can be crowded out of
+ *    every member's queue (least transmitted, newest first) and is never
+ *    re-sent by itself; a want no longer makes everyone re-announce.
  *  - One owner per task reads the origin: the alive member with the highest
- *    rendezvous score hash(task, name).  The owner runs a seed download of
+ *    rendezvous score hash(task, name), sticky once seated (seat_owner); a
+ *    node whose membership view is younger than SETTLE_MS asks before it
+ *    acts as owner of a task it has no shape for.  The owner runs a seed download of
  *    its own (through start_seed: an ordinary engine download with no
  *    output) whose pulls are answered "error" so that the engine reads the
  *    origin into the piece store (its ORIGIN state, hashing each piece).
@@ -50,6 +61,7 @@
 #include "net/dns_watch.h"
 #include "net/http_client.h"
 #include "piece/piece.h"
+#include "piece/digest.h"
 #include "piece/piece_store.h"
 #include "sched/sched.h"
 #include "supernode/api_codec.h"
@@ -81,6 +93,16 @@
 #define EVENTS_PER_FLUSH 16u
 #define RECOVER_QUIET_MS 5000u
 #define JOIN_RETRY_MS 5000u
+#define SYNC_AFTER_MS 1000u
+#define SYNC_EVERY_MS 1000u
+#define PENDING_MAX 256u
+#define RESPONSE_CAP 900u
+#define HASH_BYTES_PER_TICK (4u << 20)
+#define HASH_CHUNK (1u << 20)
+#define FILE_WAIT_MS 10000u
+#define SETTLE_MS 2000u
+#define ASK_WINDOW_MS 10000u
+#define ASK_EVERY_MS 500u
 
 typedef struct {
     char name[DF_GEV_SENDER_MAX + 1];
@@ -103,6 +125,11 @@ typedef struct task {
     uint8_t *announced;                /* pieces we announced holding */
     uint8_t *digest_sent;              /* digests we sent as owner */
     bool announce_full;                /* next HAVE is a full set (recover) */
+    bool file_known, file_sent;        /* the owner's whole-file sha256; owner: FILE sent */
+    uint8_t file_sha256[32];
+    df_hasher_t *fhash;                /* owner: whole-file sha256 over the pieces so far */
+    uint64_t fhash_pos;                /* bytes hashed */
+    uint64_t done_ms;                  /* a pull found our copy complete (first time) */
     holder_t *holders;
     size_t nholders, cap_holders;
     df_stored_task_t *stored;          /* our store's copy, referenced; NULL until created */
@@ -113,10 +140,22 @@ typedef struct task {
     uint64_t wanted_ms;                /* last want (ours or others') */
     uint64_t want_sent_ms;
     uint64_t starved_ms;               /* our pulls found nothing to fetch since */
-    uint64_t repair_ms;                /* last re-announce for a starved member */
+    uint64_t repair_ms;                /* owner: last shape re-sent for a want */
+    char owner[DF_GEV_SENDER_MAX + 1]; /* seated owner (seat_owner), "" = none yet */
+    uint64_t sync_have_ms, sync_digest_ms, ask_ms; /* our last SYNC queries */
+    uint64_t ask_since_ms;             /* first asked who owns it before seeding */
     bool local;                        /* one of our downloads registered it */
     struct task *next;
 } task_t;
+
+/* An event about a task we have no shape for yet: gossip does not keep
+ * order, so a HAVE or DIGEST can overtake the owner's shape.  Kept (raw)
+ * and replayed once the shape arrives. */
+typedef struct {
+    uint8_t task[32];
+    uint8_t *p;
+    size_t len;
+} pending_t;
 
 typedef enum { CALL_REGISTER, CALL_PULL, CALL_DONE } call_kind_t;
 
@@ -157,7 +196,11 @@ typedef struct gossip_tracker {
     size_t ntasks;
     call_t *calls;
     task_t *seeding_now;         /* set while start_seed runs: its Register is the seed's */
+    pending_t pending[PENDING_MAX];     /* ring; oldest overwritten */
+    uint8_t *hash_buf;                  /* HASH_CHUNK bytes, for owner_hash_step */
+    size_t pending_next;
     uint64_t last_flush_ms, last_join_ms, last_recover_ms;
+    uint64_t member_change_ms;          /* last member join/leave/failure we saw */
     bool recover_sent, leaving;
     df_tracker_gossip_stats_t stats;
 } gossip_tracker_t;
@@ -234,12 +277,52 @@ static void owner_cb(const df_gossip_member_t *m, void *arg)
     }
 }
 
-/* The task's owner: the alive dfly member with the highest score. */
+static bool member_alive(gossip_tracker_t *tr, const char *name, df_gossip_member_t *m)
+{
+    return df_gossip_member_get(df_gossip_io_node(tr->io), name, m) == 0 && m->status == DF_GOSSIP_STATUS_ALIVE;
+}
+
+/* The task's owner: the member seated as owner while it is alive (see
+ * seat_owner), else the alive dfly member with the highest score. */
 static void task_owner(gossip_tracker_t *tr, const task_t *t, char *out, size_t cap)
 {
     owner_scan_t s = {.task = t->idb};
+    df_gossip_member_t m;
+
+    if (t->owner[0] && (strcmp(t->owner, tr->name) == 0 ? !tr->leaving : member_alive(tr, t->owner, &m))) {
+        df_strlcpy(out, t->owner, cap);
+        return;
+    }
     df_gossip_member_foreach(df_gossip_io_node(tr->io), owner_cb, &s);
     df_strlcpy(out, s.best[0] ? s.best : tr->name, cap);
+}
+
+/* Ownership is sticky: the member that announced the shape (or we, once
+ * we read the origin) stays the owner while it is alive, even when a
+ * member ranked above it joins later.  Rendezvous only picks the first
+ * owner and the next one after a failure. */
+static void seat_owner(task_t *t, const char *name)
+{
+    if (strcmp(t->owner, name) != 0)
+        DF_LOG_I("gossip: task %.16s is owned by %s", t->id, name);
+    df_strlcpy(t->owner, name, sizeof(t->owner));
+}
+
+/* May we act as the owner of a task we have no shape for (HEAD, read the
+ * origin)?  Not at once when our view of the membership changed in the
+ * last ASK_WINDOW_MS: a member that owns the task may exist that
+ * rendezvous over our new view does not pick (it was seated before we
+ * joined, or before a member ranked above it joined).  We ask first (SYNC
+ * SHAPE, answered point to point by a current owner) and act only when
+ * SETTLE_MS passed since the task's asking period began without an answer. */
+static bool owner_may_act(gossip_tracker_t *tr, task_t *t, uint64_t now)
+{
+    /* One asking period per task (shared by its Registers and the seed),
+     * restarted when the last one is older than the window. */
+    if (!t->ask_since_ms || now - t->ask_since_ms >= ASK_WINDOW_MS)
+        t->ask_since_ms = now;
+    return df_gossip_count(df_gossip_io_node(tr->io), DF_GOSSIP_STATUS_ALIVE) <= 1 ||
+           now - tr->member_change_ms >= ASK_WINDOW_MS || now - t->ask_since_ms >= SETTLE_MS;
 }
 
 static bool is_owner(gossip_tracker_t *tr, const task_t *t)
@@ -256,11 +339,6 @@ static bool may_vouch(gossip_tracker_t *tr, const task_t *t, const char *sender)
     char owner[DF_GEV_SENDER_MAX + 1];
     task_owner(tr, t, owner, sizeof(owner));
     return strcmp(owner, sender) == 0 || score(t->idb, UINT32_MAX, sender) > score(t->idb, UINT32_MAX, owner);
-}
-
-static bool member_alive(gossip_tracker_t *tr, const char *name, df_gossip_member_t *m)
-{
-    return df_gossip_member_get(df_gossip_io_node(tr->io), name, m) == 0 && m->status == DF_GOSSIP_STATUS_ALIVE;
 }
 
 static int send_event(gossip_tracker_t *tr, const uint8_t *p, int len)
@@ -319,15 +397,20 @@ static task_t *task_get(gossip_tracker_t *tr, const char *id)
     return t;
 }
 
-static task_t *task_get_bin(gossip_tracker_t *tr, const uint8_t idb[32])
+static void task_hex(const uint8_t idb[32], char id[65])
 {
     static const char hex[] = "0123456789abcdef";
-    char id[65];
     for (int i = 0; i < 32; i++) {
         id[2 * i] = hex[idb[i] >> 4];
         id[2 * i + 1] = hex[idb[i] & 15];
     }
     id[64] = '\0';
+}
+
+static task_t *task_get_bin(gossip_tracker_t *tr, const uint8_t idb[32])
+{
+    char id[65];
+    task_hex(idb, id);
     return task_get(tr, id);
 }
 
@@ -403,6 +486,7 @@ static void task_release(gossip_tracker_t *tr, task_t *t)
 {
     (void)tr;
     df_http_cancel(t->head);
+    df_hasher_free(t->fhash);
     if (t->stored)
         df_stored_task_unref(t->stored);
     for (size_t i = 0; i < t->nholders; i++)
@@ -497,6 +581,8 @@ static void send_start(gossip_tracker_t *tr, task_t *t, bool shape)
 }
 
 static void maybe_start_seed(gossip_tracker_t *tr, task_t *t);
+static void send_sync(gossip_tracker_t *tr, task_t *t, uint8_t what, uint32_t first, const char *owner);
+static void owner_hash_step(gossip_tracker_t *tr, task_t *t);
 
 typedef struct {
     gossip_tracker_t *tr;
@@ -540,6 +626,7 @@ static void head_done(df_http_req_t *req, const df_http_result_t *res, void *arg
     } else if (task_shape(t, h->length, df_piece_size_for(h->length)) < 0) {
         answer_parked(tr, t, DF_ETASK, 0, "cannot shape the task");
     } else {
+        seat_owner(t, tr->name);
         send_start(tr, t, true);
         answer_parked(tr, t, 0, 0, NULL);
         maybe_start_seed(tr, t);
@@ -639,8 +726,11 @@ static int gt_register(df_tracker_t *base, const df_register_req_t *req, df_regi
             maybe_start_seed(tr, t);
         return 0;
     }
-    if (is_owner(tr, t)) {
+    if (is_owner(tr, t) && owner_may_act(tr, t, c->since_ms)) {
         start_head(tr, t, req->headers);
+    } else if (is_owner(tr, t)) {
+        t->ask_ms = c->since_ms;
+        send_sync(tr, t, DF_GEV_SYNC_SHAPE, 0, NULL);
     } else {
         send_start(tr, t, false);
         t->want_sent_ms = c->since_ms;
@@ -696,23 +786,51 @@ static void fill_pull(gossip_tracker_t *tr, call_t *c, df_pull_res_t *out)
     df_gossip_member_t m;
     size_t ns = 0, na, nwant = 0;
     uint64_t now = df_now_ms();
-    bool missing_held = false, missing = false;
+    bool missing_held = false, missing = false, seed_owner;
+    uint32_t first_nodigest = UINT32_MAX;
 
     out->state = DF_PULL_WAIT;
     out->wait_ms = 200;
     if (!t->shaped || !st)
         return;
+    task_owner(tr, t, owner, sizeof(owner));
     if (df_stored_task_complete(st)) {
-        df_digest_t d;
+        df_digest_t d = {.alg = DF_DIGEST_SHA256, .len = 32};
         char text[DF_DIGEST_STR_MAX];
+        df_gossip_member_t om;
+        if (!t->done_ms)
+            t->done_ms = now;
+        if (!t->file_known && now - t->done_ms < FILE_WAIT_MS) {
+            /* The owner's whole-file digest is what the file is checked
+             * against (bounded wait).  The owner hashes as its pieces land:
+             * the last ones may still be in the hash; others ask it. */
+            if (strcmp(owner, tr->name) == 0) {
+                owner_hash_step(tr, t);
+                if (!t->file_known) {
+                    out->wait_ms = 50;
+                    return;
+                }
+            } else if (!c->seed && member_alive(tr, owner, &om)) {
+                if (now - t->sync_digest_ms >= SYNC_EVERY_MS) {
+                    t->sync_digest_ms = now;
+                    send_sync(tr, t, DF_GEV_SYNC_DIGEST, t->piece_count, owner);
+                }
+                return;
+            }
+        }
         out->state = DF_PULL_DONE;
-        if (df_stored_task_digest(st, &d)) {
+        if (t->file_known)
+            memcpy(d.value, t->file_sha256, 32);
+        if (t->file_known || df_stored_task_digest(st, &d)) {
             df_digest_format(&d, text, sizeof(text));
             df_strlcpy(out->digest, text, sizeof(out->digest));
         }
         return;
     }
-    task_owner(tr, t, owner, sizeof(owner));
+    /* Our seed download reads the origin only while we own the task; if
+     * another member's shape seated it meanwhile, it is an ordinary
+     * participant. */
+    seed_owner = c->seed && strcmp(owner, tr->name) == 0;
     /* expire assignments whose results never came (a download died) */
     for (uint32_t p = 0; p < t->piece_count; p++)
         if (df_bitmap_test(t->assigned, p) && now - t->assigned_ms[p] > ASSIGN_EXPIRE_MS)
@@ -748,17 +866,19 @@ static void fill_pull(gossip_tracker_t *tr, call_t *c, df_pull_res_t *out)
             }
         if (held)
             missing_held = true;
+        if (first_nodigest == UINT32_MAX && !df_bitmap_test(t->digest_known, p))
+            first_nodigest = p;
         if (df_bitmap_test(t->assigned, p) || !df_bitmap_test(t->digest_known, p) || held == 0)
             continue;
         /* Frontier: a piece only the owner has goes to its designated
          * participant first (the seed download takes what it needs). */
-        if (held_peers == 0 && !c->seed && !designated_here(tr, t, p, owner) &&
+        if (held_peers == 0 && !seed_owner && !designated_here(tr, t, p, owner) &&
             (t->owner_since[p] == 0 || now - t->owner_since[p] < FRONTIER_GRACE_MS))
             continue;
         df_bitmap_set(want, p);
         nwant++;
     }
-    if (c->seed && !missing_held && missing) {
+    if (seed_owner && !missing_held && missing) {
         /* Nothing left that a peer holds: read the origin from here. */
         out->state = DF_PULL_ERROR;
         snprintf(out->message, sizeof(out->message), "gossip: this node owns task %.16s and reads the origin",
@@ -766,14 +886,27 @@ static void fill_pull(gossip_tracker_t *tr, call_t *c, df_pull_res_t *out)
         goto out;
     }
     if (nwant == 0 || ns == 0) {
-        /* Gossip is lossy (an event can age out of Serf's 512-slot window
-         * while queued): when our download starves, ask again with a want,
-         * which makes the owner re-send shape and digests and every holder
-         * re-announce in full (anti-entropy, rate-limited both ways). */
-        if (missing && !c->seed) {
+        /* Gossip is lossy: a broadcast waits in every member's queue behind
+         * newer ones (least transmitted, newest first) and can be crowded
+         * out or age out of Serf's 512-slot window.  When our download
+         * starves, ask point to point (SYNC queries): the owner for the
+         * digests we lack, everyone for what they hold.  The want is
+         * re-sent too, so that a new owner knows the task is wanted. */
+        if (missing && !seed_owner) {
             if (!t->starved_ms)
                 t->starved_ms = now;
-            else if (now - t->starved_ms >= STARVED_MS && now - t->want_sent_ms >= STARVED_MS) {
+            if (now - t->starved_ms >= SYNC_AFTER_MS) {
+                if (first_nodigest != UINT32_MAX && strcmp(owner, tr->name) != 0 &&
+                    now - t->sync_digest_ms >= SYNC_EVERY_MS) {
+                    t->sync_digest_ms = now;
+                    send_sync(tr, t, DF_GEV_SYNC_DIGEST, first_nodigest, owner);
+                }
+                if (now - t->sync_have_ms >= SYNC_EVERY_MS) {
+                    t->sync_have_ms = now;
+                    send_sync(tr, t, DF_GEV_SYNC_HAVE, 0, NULL);
+                }
+            }
+            if (now - t->starved_ms >= STARVED_MS && now - t->want_sent_ms >= WANT_RESEND_MS) {
                 t->want_sent_ms = now;
                 send_start(tr, t, false);
             }
@@ -951,8 +1084,13 @@ static void call_fire(evutil_socket_t fd, short what, void *arg)
                 snprintf(c->reg->message, sizeof(c->reg->message),
                          "gossip: no owner announced task %.16s within %us", t->id, REGISTER_WAIT_MS / 1000);
             } else {
-                if (is_owner(tr, t)) {
+                if (is_owner(tr, t) && owner_may_act(tr, t, now)) {
                     start_head(tr, t, NULL);
+                } else if (is_owner(tr, t)) {
+                    if (now - t->ask_ms >= ASK_EVERY_MS) {
+                        t->ask_ms = now;
+                        send_sync(tr, t, DF_GEV_SYNC_SHAPE, 0, NULL);
+                    }
                 } else if (now - t->want_sent_ms >= WANT_RESEND_MS) {
                     send_start(tr, t, false);
                     t->want_sent_ms = now;
@@ -1018,6 +1156,23 @@ static void maybe_start_seed(gossip_tracker_t *tr, task_t *t)
         return;
     if (!is_owner(tr, t))
         return;
+    if (!t->shaped) {
+        /* Not a seed before we know we own it: ask first (owner_may_act),
+         * or a seed started now may find another owner seated and end up
+         * fetching beside our own download of the task. */
+        if (!owner_may_act(tr, t, now)) {
+            if (now - t->ask_ms >= ASK_EVERY_MS) {
+                t->ask_ms = now;
+                send_sync(tr, t, DF_GEV_SYNC_SHAPE, 0, NULL);
+            }
+            return;
+        }
+    }
+    if (t->shaped) {
+        /* a takeover: tell the others who owns the task now */
+        seat_owner(t, tr->name);
+        send_start(tr, t, true);
+    }
     DF_LOG_I("gossip: this node owns task %.16s: seeding %s", t->id, t->url);
     t->seeding = true;
     tr->stats.seeds_started++;
@@ -1045,7 +1200,131 @@ void df_tracker_gossip_seed_done(df_tracker_t *base, const char *task_id, int st
 
 /* ------------------------------------------------------------ events in */
 
-static void on_gev(gossip_tracker_t *tr, const df_gev_t *e)
+static void on_gev(gossip_tracker_t *tr, const df_gev_t *e, const uint8_t *raw, size_t len);
+
+/* Keeps an event about a task not shaped yet (see pending_t). */
+static void pending_add(gossip_tracker_t *tr, const uint8_t task[32], const uint8_t *raw, size_t len)
+{
+    pending_t *pe = &tr->pending[tr->pending_next];
+    uint8_t *copy = malloc(len);
+
+    if (!copy)
+        return;
+    free(pe->p);
+    memcpy(pe->task, task, 32);
+    memcpy(copy, raw, len);
+    pe->p = copy;
+    pe->len = len;
+    tr->pending_next = (tr->pending_next + 1) % PENDING_MAX;
+}
+
+/* The task just got its shape: what overtook it counts now. */
+static void pending_replay(gossip_tracker_t *tr, task_t *t)
+{
+    for (size_t i = 0; i < PENDING_MAX; i++) {
+        pending_t *pe = &tr->pending[i];
+        uint8_t *p = pe->p;
+        size_t len = pe->len;
+        df_gev_t e;
+        if (!p || memcmp(pe->task, t->idb, 32) != 0)
+            continue;
+        pe->p = NULL;
+        pe->len = 0;
+        if (df_gev_decode(p, len, &e) == 0)
+            on_gev(tr, &e, p, len);
+        free(p);
+    }
+}
+
+/* Our HAVE (full), as a query response: as many runs as fit; a set that
+ * does not fit whole goes as a delta (never "full" when it is not). */
+static int encode_own_have(gossip_tracker_t *tr, task_t *t, uint8_t *buf, size_t cap)
+{
+    df_stored_task_t *st = task_stored(tr, t);
+    uint32_t cursor = 0;
+    int n;
+
+    if (!st)
+        return -ENOENT;
+    n = df_gev_encode_have(buf, cap, tr->name, t->idb, true, df_stored_task_bitmap(st), t->piece_count, &cursor);
+    if (n >= 0 && cursor < t->piece_count) {
+        cursor = 0;
+        n = df_gev_encode_have(buf, cap, tr->name, t->idb, false, df_stored_task_bitmap(st), t->piece_count,
+                               &cursor);
+    }
+    return n;
+}
+
+/* Owner: our digests from piece `first` on (skipping pieces we do not
+ * hold yet), or the whole file's when first is past the last piece. */
+static int encode_own_digests(gossip_tracker_t *tr, task_t *t, uint32_t first, uint8_t *buf, size_t cap)
+{
+    df_stored_task_t *st = task_stored(tr, t);
+    uint8_t dg[DF_GEV_DIGESTS_MAX * 32];
+    size_t fit = df_gev_digests_fit(cap, tr->name), n = 0;
+
+    if (!st)
+        return -ENOENT;
+    if (first >= t->piece_count)
+        return t->file_known ? df_gev_encode_file(buf, cap, tr->name, t->idb, t->file_sha256) : -ENOENT;
+    while (first < t->piece_count && !df_stored_task_piece_digest(st, first, dg))
+        first++;
+    while (first + n < t->piece_count && n < fit && df_stored_task_piece_digest(st, first + (uint32_t)n, dg + n * 32))
+        n++;
+    return n ? df_gev_encode_digest(buf, cap, tr->name, t->idb, first, dg, n) : -ENOENT;
+}
+
+/* A SYNC query: answer point to point with what was asked (see
+ * gossip_events.h).  Only the owner answers for digests. */
+static void on_sync_query(gossip_tracker_t *tr, const df_gossip_event_t *ev, const df_gev_t *q)
+{
+    task_t *t;
+    uint8_t buf[RESPONSE_CAP];
+    char id[65];
+    int n;
+
+    task_hex(q->task, id);
+    t = task_find(tr, id);
+    if (!t || !t->shaped || strcmp(q->sender, tr->name) == 0)
+        return;
+    if (q->what == DF_GEV_SYNC_SHAPE) {
+        if (!is_owner(tr, t))
+            return;
+        n = df_gev_encode_start(buf, sizeof(buf), tr->name, t->idb, t->length, t->piece_size, t->url);
+    } else if (q->what == DF_GEV_SYNC_DIGEST) {
+        if (!is_owner(tr, t))
+            return;
+        n = encode_own_digests(tr, t, q->first, buf, sizeof(buf));
+    } else {
+        n = encode_own_have(tr, t, buf, sizeof(buf));
+    }
+    if (n <= 0)
+        return;
+    if (df_gossip_respond(df_gossip_io_node(tr->io), ev->ltime, ev->query_id, buf, (size_t)n, df_now_ms()) == 0)
+        tr->stats.sync_answered++;
+    df_gossip_io_pump(tr->io);
+}
+
+/* Asks (a Serf query) for what a starving download lacks: digests from the
+ * owner alone (node filter), holders' HAVE from everyone.  Answers come
+ * back point to point as query responses and go through on_gev. */
+static void send_sync(gossip_tracker_t *tr, task_t *t, uint8_t what, uint32_t first, const char *owner)
+{
+    uint8_t buf[128];
+    const char *nodes[1] = {owner};
+    uint32_t id;
+    int n = df_gev_encode_sync(buf, sizeof(buf), tr->name, t->idb, what, first);
+
+    if (n < 0 || df_gossip_query(df_gossip_io_node(tr->io), DF_GEV_NAME, buf, (size_t)n, nodes,
+                                 what == DF_GEV_SYNC_DIGEST ? 1 : 0, false, 0, df_now_ms(), &id) < 0) {
+        tr->stats.events_dropped++;
+        return;
+    }
+    tr->stats.sync_sent++;
+    df_gossip_io_pump(tr->io);
+}
+
+static void on_gev(gossip_tracker_t *tr, const df_gev_t *e, const uint8_t *raw, size_t len)
 {
     task_t *t;
     holder_t *h;
@@ -1055,25 +1334,38 @@ static void on_gev(gossip_tracker_t *tr, const df_gev_t *e)
     if (strcmp(e->sender, tr->name) == 0)
         return; /* our own, relayed back */
     if (e->kind == DF_GEV_RECOVER) {
-        /* Re-announce everything (bounded: at most once per RECOVER_QUIET_MS). */
-        if (now - tr->last_recover_ms < RECOVER_QUIET_MS)
-            return;
-        tr->last_recover_ms = now;
+        /* A member joined or restarted: owners re-send their shapes (which
+         * seat them there; at most once per WANT_RESEND_MS per task),
+         * holders re-announce in full (at most once per RECOVER_QUIET_MS,
+         * however many join).  Digests are not re-broadcast: whoever needs
+         * them asks the owner (SYNC). */
+        bool full = now - tr->last_recover_ms >= RECOVER_QUIET_MS;
+        if (full)
+            tr->last_recover_ms = now;
         for (t = tr->tasks; t; t = t->next) {
             if (!t->shaped)
                 continue;
-            memset(t->announced, 0, df_bitmap_bytes(t->piece_count));
-            t->announce_full = true;
-            if (is_owner(tr, t)) {
-                memset(t->digest_sent, 0, df_bitmap_bytes(t->piece_count));
+            if (full) {
+                memset(t->announced, 0, df_bitmap_bytes(t->piece_count));
+                t->announce_full = true;
+            }
+            if (now - t->repair_ms >= WANT_RESEND_MS && is_owner(tr, t)) {
+                t->repair_ms = now;
                 send_start(tr, t, true);
             }
         }
         return;
     }
+    if (e->kind == DF_GEV_SYNC)
+        return; /* only ever a query */
     t = task_get_bin(tr, e->task);
     if (!t)
         return;
+    if (!t->shaped && (e->kind == DF_GEV_HAVE || e->kind == DF_GEV_DIGEST || e->kind == DF_GEV_FILE)) {
+        holder_get(t, e->sender, NULL);
+        pending_add(tr, e->task, raw, len);
+        return;
+    }
     switch (e->kind) {
     case DF_GEV_START:
         if (e->url_len && !t->url) {
@@ -1081,26 +1373,38 @@ static void on_gev(gossip_tracker_t *tr, const df_gev_t *e)
         }
         holder_get(t, e->sender, NULL);
         if (e->length) {
-            if (may_vouch(tr, t, e->sender) && task_shape(t, e->length, e->piece_size) == -EEXIST)
-                DF_LOG_W("gossip: %s announced another shape for task %.16s; ignored", e->sender, t->id);
+            /* The first shape seats its sender as owner when we know of
+             * none (we may have joined after the owner was chosen);
+             * after that, shapes from the owner or a member above it. */
+            df_gossip_member_t om;
+            bool seated = t->owner[0] && (strcmp(t->owner, tr->name) == 0 || member_alive(tr, t->owner, &om));
+            if (may_vouch(tr, t, e->sender) || (!seated && !t->shaped && !t->head_pending)) {
+                bool was = t->shaped;
+                int rc = task_shape(t, e->length, e->piece_size);
+                if (rc == -EEXIST) {
+                    DF_LOG_W("gossip: %s announced another shape for task %.16s; ignored", e->sender, t->id);
+                } else if (rc == 0) {
+                    if (!seated)
+                        seat_owner(t, e->sender);
+                    if (!was)
+                        pending_replay(tr, t);
+                }
+            }
         } else {
             t->wanted_ms = now;
-            if (t->shaped && now - t->repair_ms >= STARVED_MS) {
-                /* a late joiner, or a member that lost events: re-announce */
+            /* A want: the owner answers with the shape (a late Register
+             * waits for it); pieces and digests are repaired by SYNC
+             * queries from whoever starves, not by re-broadcasting. */
+            if (t->shaped && now - t->repair_ms >= WANT_RESEND_MS && is_owner(tr, t)) {
                 t->repair_ms = now;
-                memset(t->announced, 0, df_bitmap_bytes(t->piece_count));
-                t->announce_full = true;
-                if (is_owner(tr, t)) {
-                    memset(t->digest_sent, 0, df_bitmap_bytes(t->piece_count));
-                    send_start(tr, t, true);
-                }
+                send_start(tr, t, true);
             }
             maybe_start_seed(tr, t);
         }
         break;
     case DF_GEV_HAVE:
         h = holder_get(t, e->sender, NULL);
-        if (!h || !t->shaped)
+        if (!h)
             break;
         task_owner(tr, t, owner, sizeof(owner));
         if (e->full)
@@ -1113,7 +1417,7 @@ static void on_gev(gossip_tracker_t *tr, const df_gev_t *e)
             }
         break;
     case DF_GEV_DIGEST:
-        if (!t->shaped || !may_vouch(tr, t, e->sender))
+        if (!may_vouch(tr, t, e->sender))
             break;
         for (size_t i = 0; i < e->ndigests && e->first + i < t->piece_count; i++) {
             uint32_t p = e->first + (uint32_t)i;
@@ -1125,6 +1429,18 @@ static void on_gev(gossip_tracker_t *tr, const df_gev_t *e)
             }
             memcpy(t->digests + (size_t)p * 32, e->digests + i * 32, 32);
             df_bitmap_set(t->digest_known, p);
+            /* news: a starving download may ask for the next ones at once */
+            t->sync_digest_ms = 0;
+        }
+        break;
+    case DF_GEV_FILE:
+        if (!may_vouch(tr, t, e->sender))
+            break;
+        if (t->file_known && memcmp(t->file_sha256, e->digests, 32) != 0)
+            DF_LOG_W("gossip: %s sent another file digest for task %.16s; kept the first", e->sender, t->id);
+        else if (!t->file_known) {
+            memcpy(t->file_sha256, e->digests, 32);
+            t->file_known = true;
         }
         break;
     case DF_GEV_REMOVE:
@@ -1151,14 +1467,38 @@ static void on_node_event(const df_gossip_event_t *ev, void *arg)
             tr->stats.events_dropped++;
             return;
         }
-        on_gev(tr, &e);
+        on_gev(tr, &e, ev->payload, ev->payload_len);
+        break;
+    case DF_GOSSIP_EV_QUERY:
+        if (strcmp(ev->name, DF_GEV_NAME) != 0)
+            return;
+        tr->stats.events_received++;
+        if (df_gev_decode(ev->payload, ev->payload_len, &e) < 0 || e.kind != DF_GEV_SYNC) {
+            tr->stats.events_dropped++;
+            return;
+        }
+        on_sync_query(tr, ev, &e);
+        break;
+    case DF_GOSSIP_EV_QUERY_RESPONSE:
+        /* ev->name is the responder; the payload must say the same */
+        tr->stats.events_received++;
+        if (df_gev_decode(ev->payload, ev->payload_len, &e) < 0 || strcmp(e.sender, ev->name) != 0 ||
+            (e.kind != DF_GEV_HAVE && e.kind != DF_GEV_DIGEST && e.kind != DF_GEV_FILE &&
+             !(e.kind == DF_GEV_START && e.length))) {
+            tr->stats.events_dropped++;
+            return;
+        }
+        on_gev(tr, &e, ev->payload, ev->payload_len);
         break;
     case DF_GOSSIP_EV_MEMBER_FAILED:
+        tr->member_change_ms = df_now_ms();
         tr->stats.probe_failures++;
         DF_LOG_I("gossip: member %s failed", ev->name);
         break;
     case DF_GOSSIP_EV_MEMBER_JOIN:
-        DF_LOG_D("gossip: member %s joined", ev->name);
+    case DF_GOSSIP_EV_MEMBER_LEAVE:
+        tr->member_change_ms = df_now_ms();
+        DF_LOG_D("gossip: member %s joined or left", ev->name);
         break;
     default:
         break;
@@ -1181,6 +1521,11 @@ static void flush_task(gossip_tracker_t *tr, task_t *t, unsigned *budget)
     bm = df_stored_task_bitmap(st);
     bytes = df_bitmap_bytes(t->piece_count);
     owner = is_owner(tr, t);
+    if (owner && t->file_known && !t->file_sent) {
+        t->file_sent = true;
+        send_event(tr, buf, df_gev_encode_file(buf, event_cap(), tr->name, t->idb, t->file_sha256));
+        (*budget)--;
+    }
     /* DIGEST first: a HAVE without digests is of no use to anyone. */
     if (owner) {
         size_t fit = df_gev_digests_fit(event_cap(), tr->name);
@@ -1242,6 +1587,50 @@ static void flush_task(gossip_tracker_t *tr, task_t *t, unsigned *budget)
 }
 
 /* ------------------------------------------------------------ tick */
+
+/* Owner: extends the whole-file sha256 over the pieces present from the
+ * start of the file, at most HASH_BYTES_PER_TICK per call so the loop is
+ * never held long; the digest is known about when the seed ends, then
+ * sent (FILE) and recorded in the store. */
+static void owner_hash_step(gossip_tracker_t *tr, task_t *t)
+{
+    df_stored_task_t *st;
+    uint64_t budget = HASH_BYTES_PER_TICK;
+    df_digest_t d;
+
+    if (!t->shaped || t->file_known || !(st = task_stored(tr, t)) || !df_stored_task_has_piece(st, 0) ||
+        !is_owner(tr, t))
+        return;
+    if (!tr->hash_buf && !(tr->hash_buf = malloc(HASH_CHUNK)))
+        return;
+    if (!t->fhash && !(t->fhash = df_hasher_new(DF_DIGEST_SHA256)))
+        return;
+    while (budget > 0 && t->fhash_pos < t->length) {
+        uint64_t off, len, n;
+        df_piece_span(t->length, t->piece_size, (uint32_t)(t->fhash_pos / t->piece_size), &off, &len);
+        if (!df_stored_task_has_piece(st, (uint32_t)(t->fhash_pos / t->piece_size)))
+            return;
+        n = DF_MIN(DF_MIN(off + len - t->fhash_pos, (uint64_t)HASH_CHUNK), budget);
+        if (df_stored_task_read(st, t->fhash_pos, tr->hash_buf, (size_t)n) < 0) {
+            DF_LOG_W("gossip: cannot read task %.16s to hash it", t->id);
+            df_hasher_free(t->fhash);
+            t->fhash = NULL;
+            t->fhash_pos = 0;
+            return;
+        }
+        df_hasher_update(t->fhash, tr->hash_buf, (size_t)n);
+        t->fhash_pos += n;
+        budget -= n;
+    }
+    if (t->fhash_pos < t->length)
+        return;
+    df_hasher_final(t->fhash, &d);
+    df_hasher_free(t->fhash);
+    t->fhash = NULL;
+    memcpy(t->file_sha256, d.value, 32);
+    t->file_known = true;
+    df_stored_task_set_digest(st, &d);
+}
 
 static int resolve_join(gossip_tracker_t *tr, const char *host, uint16_t port, size_t max)
 {
@@ -1352,6 +1741,8 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
             maybe_start_seed(tr, t);
         }
     }
+    for (task_t *t = tr->tasks; t; t = t->next)
+        owner_hash_step(tr, t);
     df_gossip_io_pump(tr->io);
 }
 
@@ -1365,6 +1756,9 @@ static void gt_free(df_tracker_t *base)
         return;
     while (tr->calls)
         call_free(tr->calls);
+    for (size_t i = 0; i < PENDING_MAX; i++)
+        free(tr->pending[i].p);
+    free(tr->hash_buf);
     while (tr->tasks) {
         task_t *t = tr->tasks;
         tr->tasks = t->next;
@@ -1483,6 +1877,7 @@ int df_tracker_gossip_new(const df_tracker_gossip_opts_t *o, df_tracker_t **out)
     }
     evtimer_add(tr->tick, &tv);
     tr->last_join_ms = df_now_ms();
+    tr->member_change_ms = tr->last_join_ms;
     do_joins(tr);
     DF_LOG_I("gossip: node %s on %s (gossip port %u), uploads on %s:%u", tr->name, o->listen,
              df_gossip_io_port(tr->io), tr->advertise_ip, o->upload_port);
