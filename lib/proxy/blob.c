@@ -332,6 +332,8 @@ static void start_reply(xch_t *x, bool done_ok)
     x->end = off + len;
     x->replying = true;
     x->px->stats.p2p++;
+    if (partial)
+        x->px->stats.ranges++;
     evhttp_send_reply_start(x->req, partial ? 206 : 200, NULL);
 }
 
