@@ -2,13 +2,18 @@
 """Registry mirror with a full disk: dfdaemon's piece store cannot write
 (ENOSPC from pwrite, an LD_PRELOAD shim armed by a file the test creates).
 The client still gets the right bytes, from the registry, through the same
-access check; dfdaemon says why and counts it."""
+access check; dfdaemon says why and counts it.  When the registry answers the
+request for the rest wrong, the client's connection is cut: a short body,
+never a complete wrong blob."""
 
 import hashlib
 import http.client
+import http.server
 import os
+import re
 import shutil
 import subprocess
+import threading
 
 import dflytest as T
 import mirrorlib as M
@@ -106,5 +111,116 @@ def test_mirror_disk_full(env):
     T.check(st == 200 and "sha256:" + hashlib.sha256(body).hexdigest() == b, f"blob after the disk emptied -> {st}, {len(body)} B")
 
 
+class BadRangeRegistry(http.server.ThreadingHTTPServer):
+    """A registry that serves whole blobs right but answers Range requests
+    wrong, each blob its own way (by BLOBS[digest]["mode"]):
+      ignore   200 with the whole blob, as a server without Range support
+      corrupt  206 with the right Content-Range and one byte flipped
+      short    206 with the right headers, closed halfway through the body."""
+
+    daemon_threads = True
+
+    def __init__(self, blobs):
+        self.blobs, self.ranges = blobs, []
+        super().__init__((T.LOCALHOST, T.free_port()), BadRangeHandler)
+
+
+class BadRangeHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def _blob(self):
+        m = re.fullmatch(r"/v2/test/img/blobs/(sha256:[0-9a-f]{64})", self.path.split("?", 1)[0])
+        return (m.group(1), self.server.blobs.get(m.group(1))) if m else (None, None)
+
+    def _head(self, code, length, extra=()):
+        self.send_response(code)
+        self.send_header("Content-Length", str(length))
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Docker-Distribution-Api-Version", "registry/2.0")
+        for k, v in extra:
+            self.send_header(k, v)
+        self.end_headers()
+
+    def do_HEAD(self):
+        dg, b = self._blob()
+        if self.path.startswith("/v2/") and self.path.rstrip("/") == "/v2":
+            self._head(200, 0)
+        elif not b:
+            self._head(404, 0)
+        else:
+            self._head(200, len(b["data"]), [("Docker-Content-Digest", dg)])
+
+    def do_GET(self):
+        dg, b = self._blob()
+        if not b:
+            self._head(404, 0)
+            return
+        data, rng = b["data"], self.headers.get("Range")
+        if not rng:
+            self._head(200, len(data), [("Docker-Content-Digest", dg)])
+            self.wfile.write(data)
+            return
+        start = int(re.fullmatch(r"bytes=(\d+)-", rng).group(1))
+        self.server.ranges.append((dg, start))
+        rest = data[start:]
+        cr = [("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")]
+        if b["mode"] == "ignore":
+            self._head(200, len(data))
+            self.wfile.write(data)
+        elif b["mode"] == "corrupt":
+            self._head(206, len(rest), cr)
+            self.wfile.write(rest[:-2] + bytes([rest[-2] ^ 0x40]) + rest[-1:])
+        else:
+            self._head(206, len(rest), cr)
+            self.wfile.write(rest[:len(rest) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+
+
+@T.timeout(180)
+def test_mirror_disk_full_bad_registry(env):
+    """The disk fills mid-blob and the registry answers the Range request
+    for the rest wrong (ignores the Range, corrupts a byte, or closes
+    early): each time the client's connection is cut before the blob's last
+    byte (it sees a short body, never a complete wrong blob),
+    mirror_aborted_total counts it and mirror_resumed_total does not."""
+    blobs = {}
+    for mode in ("ignore", "corrupt", "short"):
+        data = os.urandom(8 * T.MiB)
+        blobs["sha256:" + hashlib.sha256(data).hexdigest()] = {"data": data, "mode": mode}
+    reg = BadRangeRegistry(blobs)
+    th = threading.Thread(target=reg.serve_forever, daemon=True)
+    th.start()
+    try:
+        arm = env.path("disk-full")
+        sn = env.supernode()
+        d = env.dfdaemon(sn.addr, extra=["--registry", f"http://{T.LOCALHOST}:{reg.server_address[1]}",
+                                         "--totallimit", "4M"], environ=shim_env(env, arm))
+        for n, (dg, b) in enumerate(blobs.items(), 1):
+            if os.path.exists(arm):
+                os.unlink(arm)
+            got = None
+            try:
+                st, _, body = get_blob(d.port, f"/v2/test/img/blobs/{dg}", "Basic eDp5",
+                                       first=(1 << 20, lambda: open(arm, "w").close()))
+                got = len(body)
+            except http.client.IncompleteRead as e:
+                T.log(f"{b['mode']}: cut after {(1 << 20) + len(e.partial)} of {len(b['data'])} B")
+            T.check(got is None, f"{b['mode']}: the client got a complete reply of {got} B")
+            T.check(any(r[0] == dg for r in reg.ranges), f"{b['mode']}: no Range request: {reg.ranges}")
+            m = M.daemon_metrics(d)
+            T.check(M.metric(m, "dfly_dfdaemon_mirror_aborted_total") == n, f"{b['mode']}: aborted:\n{m}")
+            T.check(M.metric(m, "dfly_dfdaemon_mirror_resumed_total") == 0, f"{b['mode']}: resumed:\n{m}")
+        T.check("does not match" in daemon_log(d) and "answered the rest with HTTP 200" in daemon_log(d),
+                f"the log does not say why:\n{daemon_log(d)[-3000:]}")
+    finally:
+        reg.shutdown()
+        reg.server_close()
+        th.join(10.0)
+
+
 if __name__ == "__main__":
-    T.main([test_mirror_disk_full])
+    T.main([test_mirror_disk_full, test_mirror_disk_full_bad_registry])
