@@ -45,7 +45,7 @@ bool df__proxy_resume_possible(const xch_t *x)
 
 void df__proxy_resume_start(xch_t *x, const char *why)
 {
-    DF_LOG_W("mirror: %s: P2P failed after %" PRIu64 " of %" PRIu64 " bytes were sent (%s); "
+    DF_LOG_W("mirror: %s: P2P failed at byte %" PRIu64 " of %" PRIu64 " of the reply (%s); "
              "fetching the rest from the registry", x->url, x->pos, x->end, why);
     x->rs_len = x->fl->length;
     x->rs_hash = df_hasher_new(DF_DIGEST_SHA256);
