@@ -413,6 +413,10 @@ typedef struct {
     uint64_t denied;             /* blob requests the registry refused for the client (the
                                   * access check) */
     uint64_t aborted;            /* replies cut after their first byte (P2P failure) */
+    uint64_t resumed;            /* replies whose P2P download failed after their first byte,
+                                  * finished from the registry (a Range request) and
+                                  * verified whole */
+    uint64_t ranges;             /* P2P replies to a Range request (206: a client resuming) */
     uint64_t p2p_bytes;          /* body bytes sent from P2P downloads */
     uint64_t direct_bytes;       /* body bytes relayed from the registry */
     uint64_t proxied;            /* absolute-form (HTTP proxy) requests, whatever their path */

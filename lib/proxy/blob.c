@@ -23,10 +23,12 @@
  * pulling one layer at once cost one download (proxy_internal.h).
  *
  * Integrity: the last byte of the blob is held back until the download
- * ended verified, so a client never receives a complete wrong blob: a
- * download that fails after the reply started has its connection closed
- * (the client sees a short body); one that fails before is relayed directly
- * instead (fallback).
+ * ended verified, so a client never receives a complete wrong blob.  A
+ * download that fails before the reply started (a full disk, no source) is
+ * relayed directly instead (fallback); one that fails after has the rest of
+ * the blob fetched from the registry with a Range request and checked whole
+ * (resume.c), or, where that cannot be checked, its connection closed (the
+ * client sees a short body).
  */
 #include "proxy/proxy_internal.h"
 
@@ -45,21 +47,13 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-static void on_written(struct evhttp_connection *evcon, void *arg)
-{
-    xch_t *x = arg;
-
-    if (!x->writing)
-        return;
-    x->writing = false;
-    df__proxy_kick(x);
-}
-
 static void go_direct(xch_t *x, bool fallback)
 {
     df__proxy_blob_detach(x);
-    if (fallback)
+    if (fallback) {
         x->px->stats.fallbacks++;
+        DF_LOG_W("mirror: %s: P2P failed before the reply; relaying it from the registry", x->url);
+    }
     if (df__proxy_direct_start(x) < 0) {
         x->state = XS_DONE;
         df__proxy_send_error(x, 502, "cannot reach the registry");
@@ -338,6 +332,8 @@ static void start_reply(xch_t *x, bool done_ok)
     x->end = off + len;
     x->replying = true;
     x->px->stats.p2p++;
+    if (partial)
+        x->px->stats.ranges++;
     evhttp_send_reply_start(x->req, partial ? 206 : 200, NULL);
 }
 
@@ -351,7 +347,9 @@ void df__proxy_blob_pump(xch_t *x)
         return;
     done_ok = !f->running && f->status == 0;
     if (!f->running && f->status < 0) {
-        if (x->replying)
+        if (x->replying && df__proxy_resume_possible(x))
+            df__proxy_resume_start(x, df_strerror(f->status));
+        else if (x->replying)
             df__proxy_abort(x); /* never let a short or wrong body look complete */
         else
             go_direct(x, true);
@@ -389,13 +387,16 @@ void df__proxy_blob_pump(xch_t *x)
             DF_LOG_W("mirror: reading the download of %s at %" PRIu64 " failed", x->url, x->pos);
             if (buf)
                 evbuffer_free(buf);
-            df__proxy_abort(x);
+            if (df__proxy_resume_possible(x))
+                df__proxy_resume_start(x, "reading the download's file failed");
+            else
+                df__proxy_abort(x);
             return;
         }
         x->pos += (uint64_t)got;
         x->px->stats.p2p_bytes += (uint64_t)got;
         x->writing = true;
-        evhttp_send_reply_chunk_with_cb(x->req, buf, on_written, x);
+        evhttp_send_reply_chunk_with_cb(x->req, buf, df__proxy_on_written, x);
         evbuffer_free(buf);
     }
     if (x->pos == x->end && done_ok) {

@@ -19,17 +19,6 @@
 #include <errno.h>
 #include <string.h>
 
-static void on_written(struct evhttp_connection *evcon, void *arg)
-{
-    xch_t *x = arg;
-
-    /* evhttp calls this each time the connection's output drains. */
-    if (!x->writing)
-        return;
-    x->writing = false;
-    df__proxy_kick(x);
-}
-
 void df__proxy_direct_pump(xch_t *x)
 {
     if (x->up && x->up_paused && df__proxy_queued(x) < DF_PROXY_CONN_BUFFER) {
@@ -53,8 +42,6 @@ static int up_headers(df_http_req_t *req, long code, void *arg)
 static int up_data(df_http_req_t *req, const void *data, size_t len, void *arg)
 {
     xch_t *x = arg;
-    struct evbuffer *buf;
-
     if (!x->req)
         return DF_ECANCELED;
     if (df__proxy_queued(x) >= DF_PROXY_CONN_BUFFER) {
@@ -62,17 +49,7 @@ static int up_data(df_http_req_t *req, const void *data, size_t len, void *arg)
         x->writing = true; /* on_written resumes us */
         return DF_EAGAIN;
     }
-    buf = evbuffer_new();
-    if (!buf || evbuffer_add(buf, data, len) < 0) {
-        if (buf)
-            evbuffer_free(buf);
-        return -ENOMEM;
-    }
-    x->px->stats.direct_bytes += len;
-    x->writing = true;
-    evhttp_send_reply_chunk_with_cb(x->req, buf, on_written, x);
-    evbuffer_free(buf);
-    return 0;
+    return df__proxy_send_chunk(x, data, len);
 }
 
 static void up_done(df_http_req_t *req, const df_http_result_t *res, void *arg)

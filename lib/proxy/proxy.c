@@ -15,6 +15,8 @@
  */
 #include "proxy/proxy_internal.h"
 
+#include "piece/digest.h"
+
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/dns.h>
@@ -238,6 +240,7 @@ static void xch_free(xch_t *x)
         x->next->prev = x->prev;
     df_http_cancel(x->up);
     df__proxy_blob_detach(x);
+    df_hasher_free(x->rs_hash);
     if (x->pump)
         event_free(x->pump);
     free(x->url);
@@ -315,11 +318,40 @@ static void pump_cb(evutil_socket_t fd, short what, void *arg)
         df__proxy_direct_pump(x);
     else if (x->state == XS_P2P || x->state == XS_CHECK)
         df__proxy_blob_pump(x);
+    else if (x->state == XS_RESUME)
+        df__proxy_resume_pump(x);
 }
 
 void df__proxy_kick(xch_t *x)
 {
     event_active(x->pump, EV_TIMEOUT, 0);
+}
+
+void df__proxy_on_written(struct evhttp_connection *evcon, void *arg)
+{
+    xch_t *x = arg;
+
+    /* evhttp calls this each time the connection's output drains. */
+    if (!x->writing)
+        return;
+    x->writing = false;
+    df__proxy_kick(x);
+}
+
+int df__proxy_send_chunk(xch_t *x, const void *data, size_t len)
+{
+    struct evbuffer *buf = evbuffer_new();
+
+    if (!buf || evbuffer_add(buf, data, len) < 0) {
+        if (buf)
+            evbuffer_free(buf);
+        return -ENOMEM;
+    }
+    x->px->stats.direct_bytes += len;
+    x->writing = true;
+    evhttp_send_reply_chunk_with_cb(x->req, buf, df__proxy_on_written, x);
+    evbuffer_free(buf);
+    return 0;
 }
 
 void df__proxy_send_error(xch_t *x, int code, const char *text)

@@ -11,6 +11,7 @@
  *   mint.c       leaf certificates for intercepted hosts, from a CA
  *   direct.c     relaying a request to the registry and its answer back
  *   blob.c       the P2P path: access check, download, streaming reply
+ *   resume.c     the rest of a P2P reply from the registry when P2P fails
  *
  * One exchange (xch_t) per client request, alive while its client side is
  * (the reply completes or the connection goes away).  A P2P download is a
@@ -120,6 +121,7 @@ typedef enum {
     XS_CHECK,                   /* P2P: HEAD to the registry with the client's credentials */
     XS_P2P,                     /* P2P: download running, streaming as it grows */
     XS_DIRECT,                  /* relaying to/from the registry */
+    XS_RESUME,                  /* P2P failed mid-reply: the rest from the registry */
     XS_DONE                     /* reply finished or abandoned */
 } xch_state_t;
 
@@ -151,6 +153,14 @@ struct xch {
     uint64_t pos, end;          /* next byte to send, end of the reply's range */
     const char *range;          /* the client's Range header (owned by req) */
     char range_buf[128];
+
+    /* resume (resume.c) */
+    struct df_hasher *rs_hash;  /* sha256 of the blob's bytes so far */
+    uint64_t rs_hashed;         /* prefix bytes hashed back from the P2P file */
+    uint64_t rs_len;            /* the blob's length */
+    bool rs_started;            /* the Range request was started */
+    bool rs_held;               /* the blob's last byte is in rs_last */
+    unsigned char rs_last;
 };
 
 /* proxy.c */
@@ -160,6 +170,12 @@ void df__proxy_kick(xch_t *x);          /* run the pump soon */
 size_t df__proxy_queued(const xch_t *x);
 /* Ends the client side by closing the connection (after a partial reply). */
 void df__proxy_abort(xch_t *x);
+/* evhttp's written callback for reply chunks (arg: the exchange): the
+ * connection's output drained, so the pump runs again. */
+void df__proxy_on_written(struct evhttp_connection *evcon, void *arg);
+/* Queues len bytes relayed from the registry as a reply chunk (counted in
+ * direct_bytes; its written callback kicks the pump).  0 or -ENOMEM. */
+int df__proxy_send_chunk(xch_t *x, const void *data, size_t len);
 /* A short text error reply. */
 void df__proxy_send_error(xch_t *x, int code, const char *text);
 
@@ -226,6 +242,12 @@ void df__proxy_direct_pump(xch_t *x);
 /* blob.c: the P2P path for x (x->url set). */
 void df__proxy_blob_start(xch_t *x);
 void df__proxy_blob_pump(xch_t *x);
+/* resume.c: whether x's reply (P2P, started, its flight failed) can be
+ * finished from the registry; then resume_start takes it over (why: the
+ * failure, for the log).  Otherwise the caller cuts the connection. */
+bool df__proxy_resume_possible(const xch_t *x);
+void df__proxy_resume_start(xch_t *x, const char *why);
+void df__proxy_resume_pump(xch_t *x);
 /* Detaches x from its flight (if any), dropping its reference. */
 void df__proxy_blob_detach(xch_t *x);
 /* Frees every flight whatever its references (df_proxy_free: the peer is

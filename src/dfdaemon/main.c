@@ -504,13 +504,15 @@ static int render_proxy_metrics(df_proxy_t *proxy, struct evbuffer *out)
         {"mirror_connect_tunnels_total", "CONNECTs tunnelled untouched (host not listed for interception).", 0},
         {"mirror_connect_intercepted_total", "CONNECTs TLS-terminated with a minted certificate (--hijack-host).", 0},
         {"mirror_intercepted_requests_total", "Requests read from intercepted CONNECTs.", 0},
+        {"mirror_resumed_total", "Replies whose P2P download failed after their first byte, finished from the registry.", 0},
+        {"mirror_p2p_ranges_total", "P2P replies to a Range request (206).", 0},
     };
-    uint64_t v[13];
+    uint64_t v[15];
 
     df_proxy_stats(proxy, &s);
     v[0] = s.requests, v[1] = s.p2p, v[2] = s.direct, v[3] = s.fallbacks;
     v[4] = s.denied, v[5] = s.aborted, v[6] = s.p2p_bytes, v[7] = s.direct_bytes, v[8] = s.shared, v[9] = s.proxied;
-    v[10] = s.tunnels, v[11] = s.intercepted, v[12] = s.intercepted_requests;
+    v[10] = s.tunnels, v[11] = s.intercepted, v[12] = s.intercepted_requests, v[13] = s.resumed, v[14] = s.ranges;
     for (size_t i = 0; i < sizeof(m) / sizeof(m[0]); i++)
         if (evbuffer_add_printf(out, "# HELP dfly_dfdaemon_%s %s\n# TYPE dfly_dfdaemon_%s counter\ndfly_dfdaemon_%s %llu\n",
                                 m[i].name, m[i].help, m[i].name, m[i].name, (unsigned long long)v[i]) < 0)

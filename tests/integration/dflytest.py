@@ -617,9 +617,10 @@ class Supernode:
 
 
 class Dfdaemon:
-    def __init__(self, env, node, home=None, port=None, upload_port=None, extra=()):
+    def __init__(self, env, node, home=None, port=None, upload_port=None, extra=(), environ=None):
         self.env = env
         self.node = node
+        self.environ = environ  # the process environment (None: ours)
         self.home = home or env.new_home()
         self.port = port or free_port()
         self.upload_port = upload_port or free_port()
@@ -631,7 +632,7 @@ class Dfdaemon:
         argv = [exe, "--home", self.home, "--node", self.node,
                 "--listen", f"{LOCALHOST}:{self.port}", "--upload-port", str(self.upload_port),
                 "--advertise-ip", LOCALHOST] + self.extra
-        self.proc = self.env.procs.start("dfdaemon", argv)
+        self.proc = self.env.procs.start("dfdaemon", argv, env=self.environ)
         wait_for(lambda: port_open(self.port) and port_open(self.upload_port), timeout,
                  what=f"dfdaemon listening on {self.port} and {self.upload_port}", proc=self.proc)
         return self

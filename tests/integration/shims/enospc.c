@@ -1,7 +1,9 @@
 /*
  * LD_PRELOAD shim for fault tests: pwrite(2) fails with ENOSPC at file
  * offsets at or past $DF_FAULT_PWRITE_FROM (bytes), as a full disk would for
- * the piece store's data file.  Built by the test that uses it.
+ * the piece store's data file.  With $DF_FAULT_PWRITE_ARM (a path) set, only
+ * while that file exists, so a test can fill the disk at a moment it
+ * chooses.  Built by the test that uses it.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -13,6 +15,9 @@
 static int failing(off_t off)
 {
     const char *s = getenv("DF_FAULT_PWRITE_FROM");
+    const char *arm = getenv("DF_FAULT_PWRITE_ARM");
+    if (arm && access(arm, F_OK) != 0)
+        return 0;
     return s && off >= (off_t)strtoll(s, NULL, 10);
 }
 
