@@ -731,6 +731,23 @@ out:
     free(buf);
 }
 
+/* hash_work ran (on a hash thread or here): check its result.  Frees f.
+ * Reading back our own file failed: the download's fault, not the source's. */
+static void hash_checked(fetch_t *f)
+{
+    df_download_t *dl = f->dl;
+    uint32_t piece = f->a.piece;
+    int err = f->hash_err;
+
+    if (err < 0) {
+        df_bitmap_clear(dl->inflight, piece);
+        fetch_free(f);
+        finish(dl, err, "reading back piece %u: %s", piece, df_strerror(err));
+        return;
+    }
+    fetch_check(f, f->hash_out);
+}
+
 /* Loop thread: the hash of a piece came back (status 0), or the queue was
  * freed before it ran (-ECANCELED, peer teardown).  A download that ended
  * meanwhile drops the piece: nothing is marked, served or reported. */
@@ -749,15 +766,7 @@ static void hash_done(void *arg, int status)
             event_active(dl->reap, EV_TIMEOUT, 0);
         return;
     }
-    if (f->hash_err < 0) {
-        uint32_t piece = f->a.piece;
-        int err = f->hash_err;
-        df_bitmap_clear(dl->inflight, piece);
-        fetch_free(f);
-        finish(dl, err, "reading back piece %u: %s", piece, df_strerror(err));
-        return;
-    }
-    fetch_check(f, f->hash_out);
+    hash_checked(f);
 }
 
 /* Hands a fully received piece to a hash thread; it stays in the inflight
@@ -807,14 +816,7 @@ static void fetch_done(df_http_req_t *req, const df_http_result_t *res, void *ar
             f->hash_fd = df_stored_task_fd(dl->task);
             hash_work(f);
             f->hash_fd = -1;
-            if (f->hash_err < 0) {
-                int err = f->hash_err;
-                df_bitmap_clear(dl->inflight, piece);
-                fetch_free(f);
-                finish(dl, err, "reading back piece %u: %s", piece, df_strerror(err));
-                return;
-            }
-            fetch_check(f, f->hash_out);
+            hash_checked(f);
             return;
         }
         df_hasher_final(f->hasher, &d);
