@@ -36,7 +36,7 @@ run() { # THREADS: appends "wall cpu" to $WORK/t$THREADS
 for i in $(seq 1 "$PAIRS"); do
     if [ $((i % 2)) -eq 1 ]; then a=$(run 0); b=$(run 1); else b=$(run 1); a=$(run 0); fi
     echo "pair $i: on the loop ${a% *} s (cpu ${a#* } s), hash thread ${b% *} s (cpu ${b#* } s)"
-    echo "${a% *} ${b% *}" | awk '{print $1 / $2}' >> "$WORK/ratio"
+    echo "${a% *} ${b% *}" | awk '{printf "%.2f\n", $1 / $2}' >> "$WORK/ratio"
 done
 for t in 0 1; do
     echo "hash-threads $t: wall median $(cut -d' ' -f1 "$WORK/t$t" | median) s" \

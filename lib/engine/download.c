@@ -46,6 +46,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #define RESULTS_CAP 4096u
@@ -695,40 +696,67 @@ static void fetch_check(fetch_t *f, const uint8_t sha256[32])
     fetch_outcome(f, false, DF_REPORT_DIGEST);
 }
 
-/* Hash thread: SHA-256 of the piece read back from the store file (the
- * page cache; it was written moments ago).  Touches only f's own fields
- * and a descriptor of its own, so nothing the loop may free under it. */
-static void hash_work(void *arg)
+/* SHA-256 of [off, off+len) of fd by pread (the fallback of map_hash).
+ * 0 or -errno (-EIO: the file is shorter than it must be). */
+static int pread_hash(int fd, uint64_t off, uint64_t len, df_hasher_t *h)
 {
-    fetch_t *f = arg;
-    size_t cap = (size_t)DF_MIN(f->a.length, (uint64_t)HASH_CHUNK);
+    size_t cap = (size_t)DF_MIN(len, (uint64_t)HASH_CHUNK);
     uint8_t *buf = malloc(cap ? cap : 1);
-    df_hasher_t *h = df_hasher_new(DF_DIGEST_SHA256);
     uint64_t done = 0;
-    df_digest_t d;
+    int rc = 0;
 
-    f->hash_err = 0;
-    if (!buf || !h) {
-        f->hash_err = -ENOMEM;
-        goto out;
-    }
-    while (done < f->a.length) {
-        size_t n = (size_t)DF_MIN(f->a.length - done, (uint64_t)cap);
-        ssize_t r = pread(f->hash_fd, buf, n, (off_t)(f->a.offset + done));
+    if (!buf)
+        return -ENOMEM;
+    while (done < len) {
+        size_t n = (size_t)DF_MIN(len - done, (uint64_t)cap);
+        ssize_t r = pread(fd, buf, n, (off_t)(off + done));
         if (r < 0 && errno == EINTR)
             continue;
         if (r <= 0) {
-            f->hash_err = r < 0 ? -errno : -EIO; /* 0: the file is shorter than it must be */
-            goto out;
+            rc = r < 0 ? -errno : -EIO;
+            break;
         }
         df_hasher_update(h, buf, (size_t)r);
         done += (uint64_t)r;
     }
-    df_hasher_final(h, &d);
-    memcpy(f->hash_out, d.value, sizeof(f->hash_out));
-out:
-    df_hasher_free(h);
     free(buf);
+    return rc;
+}
+
+/* Hash thread: SHA-256 of the piece read back from the store file (the
+ * page cache; it was written moments ago).  The piece is mapped rather than
+ * copied out: the file has its full length from its creation (ftruncate),
+ * so every page of the range exists; a failed map falls back to pread.
+ * Touches only f's own fields and a descriptor of its own, so nothing the
+ * loop may free under it. */
+static void hash_work(void *arg)
+{
+    fetch_t *f = arg;
+    df_hasher_t *h = df_hasher_new(DF_DIGEST_SHA256);
+    uint64_t pg = (uint64_t)sysconf(_SC_PAGESIZE);
+    uint64_t start = f->a.offset & ~(pg - 1), delta = f->a.offset - start;
+    size_t maplen = (size_t)(f->a.length + delta);
+    df_digest_t d;
+    void *m;
+
+    f->hash_err = 0;
+    if (!h) {
+        f->hash_err = -ENOMEM;
+        return;
+    }
+    m = f->a.length ? mmap(NULL, maplen, PROT_READ, MAP_SHARED | MAP_POPULATE, f->hash_fd, (off_t)start)
+                    : MAP_FAILED;
+    if (m != MAP_FAILED) {
+        df_hasher_update(h, (const uint8_t *)m + delta, (size_t)f->a.length);
+        munmap(m, maplen);
+    } else {
+        f->hash_err = pread_hash(f->hash_fd, f->a.offset, f->a.length, h);
+    }
+    if (f->hash_err == 0) {
+        df_hasher_final(h, &d);
+        memcpy(f->hash_out, d.value, sizeof(f->hash_out));
+    }
+    df_hasher_free(h);
 }
 
 /* hash_work ran (on a hash thread or here): check its result.  Frees f.
