@@ -17,6 +17,11 @@ import dflytest as T
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER_V2 = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 
 
 def need(*progs):
@@ -537,10 +542,11 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             f.write(swap(text, "127.0.0.1:65001", f"{T.LOCALHOST}:{mirror_port}"))
         return os.path.dirname(d)
 
-    def start_pull(self, namespace, ref, hosts_dir):
+    def start_pull(self, namespace, ref, hosts_dir, platform=None):
+        plat = ["--platform", platform] if platform else []
         return self.env.procs.start("ctr", ["ctr", "--address", self.sock, "--namespace", namespace,
                                             "images", "pull", "--hosts-dir", hosts_dir,
-                                            "--snapshotter", "native", ref])
+                                            "--snapshotter", "native"] + plat + [ref])
 
     def content(self, namespace):
         """{digest: size} of the namespace's content store."""
@@ -558,3 +564,79 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             rc = subprocess.run(["ctr", "--address", self.sock, "--namespace", namespace, "content", "get",
                                  digest], stdout=f, timeout=60.0).returncode
         T.check(rc == 0, f"ctr content get {digest} failed")
+
+
+def registry_blobs(reg, name, ref, accept=OCI_MANIFEST):
+    """[config digest, layer digests...] of the manifest name:ref the
+    registry holds (plain HTTP, no auth)."""
+    st, _, body = T.http_request(reg.port, "GET", f"/v2/{name}/manifests/{ref}", headers={"Accept": accept})
+    T.check(st == 200, f"manifest {name}:{ref} from the registry -> {st}")
+    man = json.loads(body)
+    return [man["config"]["digest"]] + [l["digest"] for l in man["layers"]]
+
+
+def registry_index(reg, name, ref, kind=OCI_INDEX, child=OCI_MANIFEST):
+    """{arch: [config + layer digests]} of the two-platform index (or Docker
+    manifest list: kind=DOCKER_LIST, child=DOCKER_V2) the registry holds,
+    asked for with that media type alone in Accept; its mediaType must be
+    kind."""
+    st, h, body = T.http_request(reg.port, "GET", f"/v2/{name}/manifests/{ref}", headers={"Accept": kind})
+    T.check(st == 200, f"index {name}:{ref} -> {st}")
+    idx = json.loads(body)
+    T.check(idx.get("mediaType") == kind and h.get("content-type") == kind and len(idx["manifests"]) == 2,
+            f"not a 2-entry {kind} ({h.get('content-type')}): {idx}")
+    return {m["platform"]["architecture"]: registry_blobs(reg, name, m["digest"], accept=child)
+            for m in idx["manifests"]}
+
+
+def api_put_blob(reg, name, data):
+    """Uploads data as a blob of repository name with the registry's API (a
+    monolithic POST + PUT, plain HTTP, no auth); returns its descriptor."""
+    dg = "sha256:" + hashlib.sha256(data).hexdigest()
+    st, h, _ = T.http_request(reg.port, "POST", f"/v2/{name}/blobs/uploads/")
+    T.check(st == 202 and "location" in h, f"blob upload start -> {st}")
+    loc = h["location"]
+    loc = loc[loc.index("/v2/"):] if "://" in loc else loc
+    st, _, body = T.http_request(reg.port, "PUT", f"{loc}{'&' if '?' in loc else '?'}digest={dg}", body=data,
+                                 headers={"Content-Type": "application/octet-stream"}, timeout=60.0)
+    T.check(st == 201, f"blob upload {dg} -> {st} {body[:200]!r}")
+    return {"digest": dg, "size": len(data)}
+
+
+def api_put_manifest(reg, name, ref, media_type, doc):
+    """PUTs the manifest doc (a dict, serialised here) as name:ref with its
+    media type; returns its descriptor."""
+    data = json.dumps(doc, sort_keys=True).encode()
+    st, _, body = T.http_request(reg.port, "PUT", f"/v2/{name}/manifests/{ref}", body=data,
+                                 headers={"Content-Type": media_type})
+    T.check(st == 201, f"manifest PUT {name}:{ref} ({media_type}) -> {st} {body[:300]!r}")
+    return {"mediaType": media_type, "digest": "sha256:" + hashlib.sha256(data).hexdigest(), "size": len(data)}
+
+
+def push_multi(reg, name, tag, docker, sizes):
+    """Pushes, with the registry's API, a two-platform image name:tag: an OCI
+    index of OCI manifests, or (docker) a Docker manifest list of Docker
+    schema 2 manifests.  linux/amd64 has two small layers; linux/arm64 one
+    gzip layer of random bytes per size in sizes, plus a small one.  Returns
+    {arch: {"layers": [...], "config": digest, "sizes": {digest: size}}}."""
+    import gzip
+    man_t, cfg_t, layer_t, list_t = ((DOCKER_V2, DOCKER_CONFIG, DOCKER_LAYER, DOCKER_LIST) if docker else
+                                     (OCI_MANIFEST, OCI_CONFIG, OCI_LAYER + "+gzip", OCI_INDEX))
+    entries, out = [], {}
+    for arch, lsizes in (("amd64", [200000, 300000]), ("arm64", list(sizes) + [3000])):
+        tars = [_tar([(f"data/{arch}-{i}.bin", os.urandom(n))]) for i, n in enumerate(lsizes)]
+        # Level 0: random bytes do not compress; a real gzip stream all the same.
+        descs = [dict(api_put_blob(reg, name, gzip.compress(t, compresslevel=0, mtime=0)), mediaType=layer_t)
+                 for t in tars]
+        config = json.dumps({"architecture": arch, "os": "linux", "config": {},
+                             "rootfs": {"type": "layers",
+                                        "diff_ids": ["sha256:" + hashlib.sha256(t).hexdigest() for t in tars]}},
+                            sort_keys=True).encode()
+        cdesc = dict(api_put_blob(reg, name, config), mediaType=cfg_t)
+        mdesc = api_put_manifest(reg, name, f"{tag}-{arch}", man_t,
+                                 {"schemaVersion": 2, "mediaType": man_t, "config": cdesc, "layers": descs})
+        entries.append(dict(mdesc, platform={"os": "linux", "architecture": arch}))
+        out[arch] = {"layers": [d["digest"] for d in descs], "config": cdesc["digest"],
+                     "sizes": {d["digest"]: d["size"] for d in descs}}
+    api_put_manifest(reg, name, tag, list_t, {"schemaVersion": 2, "mediaType": list_t, "manifests": entries})
+    return out

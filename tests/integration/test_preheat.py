@@ -15,9 +15,6 @@ import time
 import dflytest as T
 import mirrorlib as M
 
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-
-
 def preheat(sn, body, want=(201,)):
     st, doc = sn.api("POST", "/preheats", body)
     T.check(st in want and isinstance(doc, dict) and len(doc.get("ID", "")) == 64,
@@ -47,13 +44,6 @@ def blob_gets(reg, digests, since=0):
             if m == "GET" and 200 <= s < 300 and any(p.endswith("/blobs/" + d) for d in digests)]
 
 
-def registry_blobs(reg, name, ref, accept=M.OCI_MANIFEST):
-    st, _, body = T.http_request(reg.port, "GET", f"/v2/{name}/manifests/{ref}", headers={"Accept": accept})
-    T.check(st == 200, f"manifest {name}:{ref} from the registry -> {st}")
-    man = json.loads(body)
-    return [man["config"]["digest"]] + [l["digest"] for l in man["layers"]]
-
-
 def make_index_layout(layout):
     """An OCI layout whose tag "1" is an index of two images, linux/amd64 and
     linux/arm64, each with its own config and two layers.  Returns
@@ -72,24 +62,15 @@ def make_index_layout(layout):
         entries.append(dict(M._blob(layout, man), mediaType=M.OCI_MANIFEST,
                             platform={"os": "linux", "architecture": arch}))
         out[arch] = [cdesc["digest"]] + [d["digest"] for d in descs]
-    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries},
+    index = json.dumps({"schemaVersion": 2, "mediaType": M.OCI_INDEX, "manifests": entries},
                        sort_keys=True).encode()
-    idesc = dict(M._blob(layout, index), mediaType=OCI_INDEX,
+    idesc = dict(M._blob(layout, index), mediaType=M.OCI_INDEX,
                  annotations={"org.opencontainers.image.ref.name": "1"})
     with open(os.path.join(layout, "index.json"), "w") as f:
         json.dump({"schemaVersion": 2, "manifests": [idesc]}, f)
     with open(os.path.join(layout, "oci-layout"), "w") as f:
         json.dump({"imageLayoutVersion": "1.0.0"}, f)
     return out
-
-
-def registry_index(reg, name, ref):
-    """{arch: [config + layer digests]} of the index the registry holds."""
-    st, _, body = T.http_request(reg.port, "GET", f"/v2/{name}/manifests/{ref}", headers={"Accept": OCI_INDEX})
-    T.check(st == 200, f"index {name}:{ref} -> {st}")
-    idx = json.loads(body)
-    T.check(idx.get("mediaType") == OCI_INDEX and len(idx["manifests"]) == 2, f"not a 2-entry index: {idx}")
-    return {m["platform"]["architecture"]: registry_blobs(reg, name, m["digest"]) for m in idx["manifests"]}
 
 
 @T.timeout(300)
@@ -152,7 +133,7 @@ def test_preheat_index_platforms(env):
     rc, p = M.skopeo(env, ["copy", "--all", "--dest-tls-verify=false", f"oci:{layout}:1",
                            f"docker://{reg.addr}/multi/img:1"])
     T.check(rc == 0, f"skopeo push of the index failed rc={rc}:\n{p.tail()}")
-    plat = registry_index(reg, "multi/img", "1")
+    plat = M.registry_index(reg, "multi/img", "1")
     sn = env.supernode()
     d = env.dfdaemon(sn.addr, extra=["--registry", reg.url])
     url = f"{reg.url}/v2/multi/img/manifests/1"
