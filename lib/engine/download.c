@@ -105,6 +105,7 @@ struct df_download {
     char **bad_sources;          /* sources that served bad bytes or failed */
     size_t nbad;
     bool pull_pending, wait_pending;
+    uint64_t pull_sent_ms;       /* for the debug trace */
     int tracker_failures;
     char tracker_digest[160];
     bool tracker_done;
@@ -140,6 +141,7 @@ struct fetch {
     int err;
     struct event *resume;
     bool bad_status;
+    uint64_t started_ms;         /* for the per-piece debug trace */
 };
 
 static void finish(df_download_t *dl, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -639,6 +641,12 @@ static void fetch_done(df_http_req_t *req, const df_http_result_t *res, void *ar
     f->req = NULL;
     df_bitmap_clear(dl->inflight, piece);
     dl->ninflight--;
+    /* One line per piece: what the swarm benchmark reads to see where a
+     * download waited (bench/swarm/timeline.py). */
+    DF_LOG_D("task %.16s: piece %u from %s: %llu B in %llu ms, t=%llu ms, %u in flight, status %d/%ld",
+             dl->res.task_id, piece, f->a.src_id, (unsigned long long)f->got,
+             (unsigned long long)(df_now_ms() - f->started_ms), (unsigned long long)(df_now_ms() - dl->start_ms),
+             dl->ninflight, res->status, res->http_code);
     if (res->status == 0 && !f->bad_status && f->got == f->a.length) {
         df_digest_t d;
         df_hasher_final(f->hasher, &d);
@@ -734,6 +742,7 @@ static void start_fetch(df_download_t *dl, const df_assignment_t *a)
         return;
     f->dl = dl;
     f->a = *a;
+    f->started_ms = df_now_ms();
     f->hasher = df_hasher_new(DF_DIGEST_SHA256);
     if (!f->hasher) {
         free(f);
@@ -830,6 +839,7 @@ static void maybe_pull(df_download_t *dl)
     }
     results_sent(dl, pr.nresults);
     dl->pull_pending = true;
+    dl->pull_sent_ms = df_now_ms();
     dl->tracker_calls++;
 }
 
@@ -857,6 +867,10 @@ static void pull_cb(const df_pull_res_t *res, void *arg)
         return;
     }
     dl->tracker_failures = 0;
+    DF_LOG_D("task %.16s: pull answered in %llu ms: state %d, %zu assigned, t=%llu ms, %u in flight",
+             dl->res.task_id, (unsigned long long)(df_now_ms() - dl->pull_sent_ms), (int)res->state,
+             res->state == DF_PULL_ASSIGN ? res->nassign : 0, (unsigned long long)(df_now_ms() - dl->start_ms),
+             dl->ninflight);
     switch (res->state) {
     case DF_PULL_ASSIGN:
         for (size_t i = 0; i < res->nassign && dl->state == ST_P2P; i++)
