@@ -1104,7 +1104,7 @@ void df_supernode_config_init(df_supernode_config_t *cfg)
     cfg->peer_timeout_ms = 60000;
     cfg->origin_timeout_ms = 30000;
     cfg->peer_upload_slots = 4;
-    cfg->seed_upload_slots = 8;
+    cfg->seed_upload_slots = 16;
     cfg->seed_piece_limit = 1;
     cfg->batch_pieces = 8;
     cfg->piece_size = 0;
@@ -1153,7 +1153,7 @@ int df_supernode_new(struct event_base *base, const df_supernode_config_t *cfg, 
     if (!sn->cfg.peer_upload_slots)
         sn->cfg.peer_upload_slots = 4;
     if (!sn->cfg.seed_upload_slots)
-        sn->cfg.seed_upload_slots = 8;
+        sn->cfg.seed_upload_slots = 16;
     if (!sn->cfg.batch_pieces)
         sn->cfg.batch_pieces = 8;
     adv = cfg->advertise_ip && *cfg->advertise_ip ? cfg->advertise_ip
