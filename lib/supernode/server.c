@@ -525,7 +525,7 @@ static int cmp_wake(const void *a, const void *b)
 static void wake_task(df_supernode_t *sn, df_sn_task_t *t)
 {
     wake_order_t *order;
-    size_t n = 0, cap = 0;
+    size_t n = 0, cap = 0, skipped = 0, settled = 0;
 
     t->pulls_dirty = false;
     for (parked_t *p = t->pulls; p; p = p->next)
@@ -564,7 +564,6 @@ static void wake_task(df_supernode_t *sn, df_sn_task_t *t)
         }
         order[j] = v;
     }
-    size_t skipped = 0, settled = 0;
     for (size_t i = 0; i < n; i++) {
         parked_t *p = order[i].p;
         df_sn_peer_t *peer = df_sn_peer_find(sn->swarm, p->peer_id);
@@ -661,7 +660,7 @@ static void h_pull(df_supernode_t *sn, struct evhttp_request *req)
     want = r.has_want ? r.want : 0;
     df_sn_apply_results(task, m, r.results, r.nresults, true, r.running);
     /* Pieces to offer, or slots freed: the parked pulls get them before
-     * this requester, fewest in flight first, so that slots do not stick to
+     * this requester, furthest behind first, so that slots do not stick to
      * whoever just freed them. */
     if (r.nresults > 0 && task->pulls)
         wake_task(sn, task);

@@ -657,10 +657,11 @@ static bool holds_all(const df_sn_task_t *task, const df_sn_member_t *m)
 }
 
 /* true when the seed holds a piece that no uploading peer holds or is
- * fetching (coming: other members' fetches; m's own are in m->busy): a piece only the seed can put into the swarm.  Rule
- * 6 of df_sched (the seed sends each piece once) is applied only while such
- * a piece exists, so the seed's uplink goes to new pieces first and to
- * copies when there is nothing new to send. */
+ * fetching (coming: the other members' fetches; m's own are in m->busy), a
+ * piece only the seed can put into the swarm.  Rule 6 of df_sched (the seed
+ * sends each piece once) is applied only while such a piece exists or the
+ * origin still feeds the seed, so the seed's uplink goes to new pieces
+ * first and to copies when there is nothing new to send. */
 static bool frontier_open(const df_sn_task_t *task, const df_sn_member_t *m, const uint32_t *coming)
 {
     for (uint32_t p = 0; p < task->piece_count; p++) {
@@ -685,7 +686,7 @@ static bool frontier_open(const df_sn_task_t *task, const df_sn_member_t *m, con
  * just freed, so measured at N = 40 some requesters kept 7 pieces in flight
  * for the whole download while others ran on one for 30 s.  With it a
  * requester at its share is parked, and the freed slot goes to one below
- * it (server.c wakes parked pulls fewest-in-flight first). */
+ * it (server.c re-runs parked pulls furthest behind first). */
 static uint32_t fair_share(const df_sn_swarm_t *sw, const df_sn_task_t *task)
 {
     uint64_t slots = sw->opts.seed_upload_slots;
