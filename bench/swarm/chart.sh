@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Chart swarm benchmark results: mean completion time vs N for every mode,
-# the fluid bound T_min as a line.  Rows with the same (mode, N) are averaged.
+# Chart swarm benchmark results: mean (solid) and last client's (dashed)
+# completion time vs N for every mode, the fluid bound T_min as a line.  Rows with the same (mode, N) are averaged.
 #
 #   bench/swarm/chart.sh RESULTS.tsv OUT_PREFIX [TITLE]   -> OUT_PREFIX.png, OUT_PREFIX.svg
 set -euo pipefail
 TSV=$1 PREFIX=$2
-TITLE=${3:-"Swarm benchmark: mean completion time vs N"}
+TITLE=${3:-"Swarm benchmark: completion time vs N (mean, last client)"}
 command -v gnuplot >/dev/null || { echo "chart: needs gnuplot (bench/swarm/setup.sh)" >&2; exit 1; }
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
@@ -25,6 +25,7 @@ for mc in native:#1f77b4 bittorrent:#d62728 dfly:#2ca02c dfly-decentral:#9467bd;
     mode=${mc%%:*} color=${mc#*:}
     [ -s "$TMP/$mode.dat" ] || continue
     plot="$plot, '$TMP/$mode.dat' using 1:2 with linespoints lw 2 pt 7 lc rgb '$color' title '$mode (mean)'"
+    plot="$plot, '$TMP/$mode.dat' using 1:3 with linespoints lw 1 dt 2 pt 6 lc rgb '$color' title '$mode (last client)'"
 done
 for term in "pngcairo size 900,560 font 'sans,11'" "svg size 900,560 dynamic font 'sans,11'"; do
     ext=png; [[ $term == svg* ]] && ext=svg

@@ -14,8 +14,9 @@ native)
     rc=$?
     echo "$EPOCHREALTIME $rc" >"$dir/end"
     ;;
-dfly)
-    # Handed to the dfdaemon of this host (same --home: <home>/dfdaemon.sock).
+dfly|dfly-decentral)
+    # Handed to the dfdaemon of this host (same --home: <home>/dfdaemon.sock);
+    # in dfly-decentral mode that daemon runs in gossip mode and ignores --node.
     "$SW_BUILD/dfget" -u "$SW_URL" -o "$dir/out" --home "$dir/home" --node "$SW_SN" \
         --timeout "${SW_TMO}s" --json >"$dir/dfget.json" 2>"$dir/client.log"
     rc=$?

@@ -15,7 +15,7 @@
 #     --details DIR       keep per-client lines and small logs of every run here
 #     --sn-args "ARGS"    extra supernode flags (e.g. "--seed-upload-slots 16"), dfly mode
 #     --dfly-log-level L  supernode and dfdaemon log level (default warn); with --details,
-#                         logs other than warn are kept whole (capped at 400 KB per run)
+#                         logs other than warn are kept whole (capped at 20 MB per run)
 #     --tag T             label the rows "MODE+T" (variants: other flags, rates)
 #     --timeout S         per-run limit (default 12 x T_min + 60, at most 1800)
 #     --cleanup-stale     only remove namespaces left by a killed swarm.sh, then exit
@@ -166,7 +166,7 @@ for m in ${MODES//,/ }; do
     native) command -v curl nginx >/dev/null || { log "needs curl and nginx"; exit 1; } ;;
     bittorrent) command -v aria2c opentracker >/dev/null || { log "needs aria2c and opentracker (bench/swarm/setup.sh)"; exit 1; } ;;
     dfly) for b in supernode dfdaemon dfget; do [ -x "$BUILD/$b" ] || { log "no $BUILD/$b"; exit 1; }; done ;;
-    dfly-decentral) ;;
+    dfly-decentral) for b in dfdaemon dfget; do [ -x "$BUILD/$b" ] || { log "no $BUILD/$b"; exit 1; }; done ;;
     *) log "unknown mode $m"; exit 2 ;;
     esac
 done
@@ -339,6 +339,13 @@ sn_start() {
     SN_PID=$LAST_PID
     wait_http "$PFX-s" "http://$SN_IP:8002/healthz" 100 || { log "supernode did not start"; tail "$WORK/supernode.log" >&2; return 1; }
 }
+wait_daemons() {  # every client's dfdaemon has its control socket
+    local i
+    for i in $(seq 1 "$N"); do
+        for _ in $(seq 1 100); do [ -S "$WORK/c$i/home/dfdaemon.sock" ] && break; sleep 0.1; done
+        [ -S "$WORK/c$i/home/dfdaemon.sock" ] || { log "dfdaemon c$i did not start"; tail "$WORK/c$i/dfdaemon.log" >&2; return 1; }
+    done
+}
 daemons_start() {
     local i c
     DAEMON_PIDS=()
@@ -349,18 +356,41 @@ daemons_start() {
             --advertise-ip "$(client_ip "$i")" --log-level "$DFLY_LOG" 2>"$c/dfdaemon.log"
         DAEMON_PIDS+=("$LAST_PID")
     done
-    for i in $(seq 1 "$N"); do
-        for _ in $(seq 1 100); do [ -S "$WORK/c$i/home/dfdaemon.sock" ] && break; sleep 0.1; done
-        [ -S "$WORK/c$i/home/dfdaemon.sock" ] || { log "dfdaemon c$i did not start"; tail "$WORK/c$i/dfdaemon.log" >&2; return 1; }
-    done
+    wait_daemons
 }
 
 # ------------------------------------------------------------------ one run
-# Decentralized dfly (no supernode on the data path) does not exist yet.  Hook:
-# implement mode_start_dfly_decentral (start whatever each host runs; the
-# clients then use client.sh mode "dfly-decentral", to be added there) and
-# collect its origin bytes in collect_mode like the dfly branch.
-mode_start_dfly_decentral() { log "mode dfly-decentral: not implemented yet (hook in swarm.sh)"; return 3; }
+# Decentralized dfly: a gossip-mode dfdaemon on every client (no supernode),
+# each joining the first two clients; the rendezvous owner of the task reads
+# the origin (nginx, as in dfly mode).  The run starts once every daemon sees
+# all N members alive (or after 30 s, logged).
+mode_start_dfly_decentral() {
+    local i c join
+    DAEMON_PIDS=()
+    join="$(client_ip 1):7946"
+    [ "$N" -ge 2 ] && join="$join,$(client_ip 2):7946"
+    for i in $(seq 1 "$N"); do
+        c=$WORK/c$i
+        mkdir -p "$c/home"
+        start "$PFX-c$i" "$BUILD/dfdaemon" --home "$c/home" --mode gossip \
+            --gossip-listen "$(client_ip "$i"):7946" --join "$join" --gossip-name "c$i" \
+            --advertise-ip "$(client_ip "$i")" --log-level "$DFLY_LOG" 2>"$c/dfdaemon.log"
+        DAEMON_PIDS+=("$LAST_PID")
+    done
+    wait_daemons
+    local t0=$SECONDS alive
+    while [ $((SECONDS - t0)) -lt 30 ]; do
+        alive=0
+        for i in $(seq 1 "$N"); do
+            v=$(ip netns exec "$PFX-c$i" python3 "$HERE/swarmlib.py" metrics http://127.0.0.1:65001/metrics \
+                'dfly_dfdaemon_gossip_members{state="alive"}' | awk '{ print int($NF) }')
+            [ "${v:-0}" -ge "$N" ] && alive=$((alive + 1))
+        done
+        [ "$alive" = "$N" ] && { log "gossip: all $N daemons see $N members after $((SECONDS - t0)) s"; return 0; }
+        sleep 0.5
+    done
+    log "gossip: membership not converged after 30 s ($alive/$N daemons see all); starting anyway"
+}
 
 run_one() {  # MODE RUN
     local mode=$1 run=$2 i c pids=() delay t0 cpu0 cpu1 pc0 pc1 w0 w1 done_n deadline now
@@ -373,7 +403,7 @@ run_one() {  # MODE RUN
     native) nginx_start ;;
     bittorrent) bt_start ;;
     dfly) nginx_start && sn_start && daemons_start ;;
-    dfly-decentral) mode_start_dfly_decentral || return 0 ;;
+    dfly-decentral) nginx_start && mode_start_dfly_decentral ;;
     esac
     export SW_URL="http://$ORIGIN_IP/file.bin" SW_TMO=$TIMEOUT SW_BUILD=$BUILD SW_SN="$SN_IP:8002" \
         SW_TORRENT="$WORK/file.torrent" SW_HOOK="$WORK/bt-hook.sh" SW_HARNESS_PID=$$
@@ -416,6 +446,7 @@ run_one() {  # MODE RUN
     native) stop_pids "$NGINX_PID"; origin_bytes=$(nginx_bytes) ;;
     bittorrent) stop_pids "$SEED_PID" "$OT_PID" ;;
     dfly) stop_pids "${DAEMON_PIDS[@]}" "$SN_PID" "$NGINX_PID"; origin_bytes=$(nginx_bytes) ;;
+    dfly-decentral) stop_pids "${DAEMON_PIDS[@]}" "$NGINX_PID"; origin_bytes=$(nginx_bytes) ;;
     esac
     child_cpu; pc1=$CHILD_CPU
     # per-client lines: idx secs sha rc from_peers from_supernode from_origin back_source
@@ -431,7 +462,7 @@ run_one() {  # MODE RUN
         ok=bad
         [ -f "$out" ] && [ "$(sha256sum "$out" | cut -d' ' -f1)" = "$WANT" ] && ok=ok
         [ "$ok" = ok ] || secs=-
-        if [ "$mode" = dfly ] && [ -s "$c/dfget.json" ]; then
+        if [[ $mode == dfly* ]] && [ -s "$c/dfget.json" ]; then
             extra=$(python3 -c 'import json,sys
 j=json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
 print(j.get("bytes_from_peers","-"),j.get("bytes_from_supernode","-"),j.get("bytes_from_origin","-"),str(j.get("back_source","-")).lower())' "$c/dfget.json" 2>/dev/null || echo "- - - -")
@@ -439,7 +470,7 @@ print(j.get("bytes_from_peers","-"),j.get("bytes_from_supernode","-"),j.get("byt
         echo "$i $secs $ok $rcv $(client_rate "$i") $extra" >>"$WORK/clients.txt"
         rm -f "$out"
     done
-    if [ "$mode" = dfly ]; then
+    if [[ $mode == dfly* ]]; then
         peer_bytes=$(awk '$6 ~ /^[0-9]+$/ { s += $6 } END { printf "%.0f", s }' "$WORK/clients.txt")
     fi
     read -r busy sirq <<<"$(cpu_pct "$cpu0" "$cpu1")"
@@ -453,9 +484,9 @@ print(j.get("bytes_from_peers","-"),j.get("bytes_from_supernode","-"),j.get("byt
             done
         done >"$DETAILS/$tag.logs" 2>/dev/null
         [ "$mode" = dfly ] && tail -50 "$WORK/supernode.log" >"$DETAILS/$tag.supernode.log" 2>/dev/null
-        if [ "$mode" = dfly ] && [ "$DFLY_LOG" != warn ]; then
+        if [[ $mode == dfly* ]] && [ "$DFLY_LOG" != warn ]; then
             { for i in $(seq 1 "$N"); do sed "s/^/c$i /" "$WORK/c$i/dfdaemon.log"; done
-              sed 's/^/sn /' "$WORK/supernode.log"; } 2>/dev/null | head -c 400000 >"$DETAILS/$tag.fulllogs"
+              [ "$mode" = dfly ] && sed 's/^/sn /' "$WORK/supernode.log"; } 2>/dev/null | head -c 20000000 >"$DETAILS/$tag.fulllogs"
         fi
     fi
     python3 "$HERE/swarmlib.py" row mode="$mode${TAG:++$TAG}" n="$N" run="$run" file_bytes="$F" \

@@ -7,6 +7,7 @@
   swarmlib.py metrics URL NAME[,NAME...]                     -> prints 'name{labels} value' lines
   swarmlib.py row ...                                        -> one TSV row (see cmd_row)
   swarmlib.py tmin F_BYTES US_BPS N UC_SUM_BPS DC_MIN_BPS     -> fluid bound in seconds
+  swarmlib.py mdtable RESULTS.tsv                            -> the rows as a Markdown table (docs)
 """
 import hashlib
 import json
@@ -172,6 +173,26 @@ def cmd_row(argv):
     print("\t".join(str(row.get(c, "-")) for c in cols))
 
 
+def cmd_mdtable(path):
+    """The columns docs/BENCHMARKS.md shows, one Markdown row per TSV row."""
+    show = [("mode", "mode"), ("n", "N"), ("t_min_s", "T_min s"), ("mean_s", "mean s"), ("max_s", "max s"),
+            ("mean_x", "mean/T_min"), ("p50_x", "p50/T_min"), ("p95_x", "p95/T_min"), ("max_x", "max/T_min"),
+            ("sha_ok", "sha ok"), ("origin_x_F", "origin bytes / F"), ("seed_x_F", "seed bytes / F"),
+            ("cpu", "machine CPU busy % (softirq %)"), ("proc_cpu_s", "own CPU s")]
+    print("| " + " | ".join(h for _, h in show) + " |")
+    print("|" + "---|" * len(show))
+    with open(path) as f:
+        head = f.readline().rstrip("\n").split("\t")
+        for line in f:
+            r = dict(zip(head, line.rstrip("\n").split("\t")))
+            if r.get("mode") == "mode":
+                continue
+            sb = r.get("seed_bytes", "-")
+            r["seed_x_F"] = "%.2f" % (int(sb) / int(r["file_bytes"])) if sb.isdigit() else "-"
+            r["cpu"] = "%s (%s)" % (r.get("cpu_busy_pct", "-"), r.get("cpu_softirq_pct", "-"))
+            print("| " + " | ".join(r.get(k, "-") for k, _ in show) + " |")
+
+
 def main():
     a = sys.argv[1:]
     if not a:
@@ -190,6 +211,8 @@ def main():
         print("%.4f" % tmin(int(a[1]), float(a[2]), int(a[3]), float(a[4]), float(a[5])))
     elif c == "row":
         cmd_row(a[1:])
+    elif c == "mdtable":
+        cmd_mdtable(a[1])
     else:
         print(__doc__)
         sys.exit(2)

@@ -106,9 +106,11 @@ struct df_download {
     char **bad_sources;          /* sources that served bad bytes or failed */
     size_t nbad;
     bool pull_pending, wait_pending;
+    uint64_t pull_sent_ms;       /* for the debug trace */
     int tracker_failures;
     char tracker_digest[160];
     bool tracker_done;
+    uint32_t endgame_drops;      /* slow fetches abandoned in the endgame */
 
     /* whole-file hashing over the verified prefix */
     df_hasher_t *whole_sha256, *whole_user;
@@ -141,6 +143,7 @@ struct fetch {
     int err;
     struct event *resume;
     bool bad_status;
+    uint64_t started_ms;         /* for the per-piece debug trace */
 };
 
 static void finish(df_download_t *dl, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -642,6 +645,12 @@ static void fetch_done(df_http_req_t *req, const df_http_result_t *res, void *ar
     f->req = NULL;
     df_bitmap_clear(dl->inflight, piece);
     dl->ninflight--;
+    /* One line per piece: what the swarm benchmark reads to see where a
+     * download waited (bench/swarm/timeline.py). */
+    DF_LOG_D("task %.16s: piece %u from %s: %llu B in %llu ms, t=%llu ms, %u in flight, status %d/%ld",
+             dl->res.task_id, piece, f->a.src_id, (unsigned long long)f->got,
+             (unsigned long long)(df_now_ms() - f->started_ms), (unsigned long long)(df_now_ms() - dl->start_ms),
+             dl->ninflight, res->status, res->http_code);
     if (res->status == 0 && !f->bad_status && f->got == f->a.length) {
         df_digest_t d;
         df_hasher_final(f->hasher, &d);
@@ -740,6 +749,7 @@ static void start_fetch(df_download_t *dl, const df_assignment_t *a)
         return;
     f->dl = dl;
     f->a = *a;
+    f->started_ms = df_now_ms();
     f->hasher = df_hasher_new(DF_DIGEST_SHA256);
     if (!f->hasher) {
         free(f);
@@ -836,6 +846,7 @@ static void maybe_pull(df_download_t *dl)
     }
     results_sent(dl, pr.nresults);
     dl->pull_pending = true;
+    dl->pull_sent_ms = df_now_ms();
     dl->tracker_calls++;
 }
 
@@ -863,6 +874,10 @@ static void pull_cb(const df_pull_res_t *res, void *arg)
         return;
     }
     dl->tracker_failures = 0;
+    DF_LOG_D("task %.16s: pull answered in %llu ms: state %d, %zu assigned, t=%llu ms, %u in flight",
+             dl->res.task_id, (unsigned long long)(df_now_ms() - dl->pull_sent_ms), (int)res->state,
+             res->state == DF_PULL_ASSIGN ? res->nassign : 0, (unsigned long long)(df_now_ms() - dl->start_ms),
+             dl->ninflight);
     switch (res->state) {
     case DF_PULL_ASSIGN:
         for (size_t i = 0; i < res->nassign && dl->state == ST_P2P; i++)
@@ -1362,6 +1377,71 @@ static void do_register(df_download_t *dl)
 
 /* ------------------------------------------------------------ watchdog */
 
+/* Endgame: once every missing piece is in flight, a fetch running far slower
+ * than its share of the download's rate is abandoned and the piece asked for
+ * again, so the last piece of a download does not wait on one slow source
+ * (measured in the netns swarm at N = 40: the last client's last piece took
+ * 12.7 s from a peer whose upload had stalled, the rest of its download
+ * 4.7 Mbit/s).  Abandoned, not raced: two fetches of one piece would write
+ * the same range of the store at once, and a piece is hashed from its own
+ * stream, so the one fetch that remains owns the range.  The bytes already
+ * received are lost; that costs at most one piece per abandoned fetch.
+ * A peer abandoned is not used again by this download (ReportError "io",
+ * so the supernode excludes it too); the seed is only released. */
+#define ENDGAME_MIN_AGE_MS 3000u
+#define ENDGAME_SLOWDOWN 3u        /* abandon when projected > 3x its share of the rate */
+#define ENDGAME_MAX_DROPS 4u
+
+static void endgame_check(df_download_t *dl)
+{
+    uint64_t now = df_now_ms(), elapsed = now - dl->start_ms, done;
+    uint32_t have;
+    fetch_t *f, *next;
+    bool dropped = false;
+
+    if (dl->state != ST_P2P || !dl->task || dl->ninflight == 0 || dl->endgame_drops >= ENDGAME_MAX_DROPS)
+        return;
+    have = df_bitmap_count(df_stored_task_bitmap(dl->task), dl->piece_count);
+    if (have + dl->ninflight < dl->piece_count)
+        return; /* pieces left to ask for: not the endgame */
+    done = DF_MIN((uint64_t)have * dl->piece_size, dl->length);
+    if (done == 0 || elapsed == 0)
+        return;
+    for (f = dl->fetches; f && dl->endgame_drops < ENDGAME_MAX_DROPS; f = next) {
+        uint64_t age = now - f->started_ms;
+        double left_ms, share_ms;
+        uint32_t piece = f->a.piece;
+        next = f->next;
+        if (!f->req || age < ENDGAME_MIN_AGE_MS)
+            continue;
+        /* time this fetch still needs at its own rate, against a whole piece
+         * at its share (1/ninflight) of the download's average rate */
+        left_ms = f->got ? (double)(f->a.length - f->got) * (double)age / (double)f->got : 1e18;
+        share_ms = (double)f->a.length * dl->ninflight * (double)elapsed / (double)done;
+        if (left_ms <= ENDGAME_SLOWDOWN * share_ms)
+            continue;
+        DF_LOG_I("task %.16s: endgame: piece %u from %s has %llu of %llu B after %llu ms; asking again",
+                 dl->res.task_id, piece, f->a.src_id, (unsigned long long)f->got,
+                 (unsigned long long)f->a.length, (unsigned long long)age);
+        df_http_cancel(f->req);
+        f->req = NULL;
+        df_bitmap_clear(dl->inflight, piece);
+        dl->ninflight--;
+        dl->endgame_drops++;
+        if (!f->a.src_is_seed) {
+            add_bad_source(dl, f->a.src_id);
+            if (dl->peer->tracker && dl->peer_id[0])
+                dl->peer->tracker->ops->report_error(dl->peer->tracker, dl->res.task_id, dl->peer_id,
+                                                     f->a.src_id, piece, DF_REPORT_IO, NULL, NULL);
+        }
+        push_result(dl, piece, f->a.src_id, false);
+        fetch_free(f);
+        dropped = true;
+    }
+    if (dropped)
+        maybe_pull(dl);
+}
+
 static void tick_cb(evutil_socket_t fd, short what, void *arg)
 {
     df_download_t *dl = arg;
@@ -1376,7 +1456,9 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
         char why[96];
         snprintf(why, sizeof(why), "P2P made no progress for %llus", (unsigned long long)(stall / 1000));
         start_origin(dl, why);
+        return;
     }
+    endgame_check(dl);
 }
 
 /* ------------------------------------------------------------ public */

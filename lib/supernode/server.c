@@ -552,20 +552,86 @@ static void mark_task_changed(df_supernode_t *sn, df_sn_task_t *task)
     event_active(sn->wake, EV_TIMEOUT, 0);
 }
 
+typedef struct {
+    parked_t *p;
+    uint32_t progress;           /* pieces held or in flight */
+} wake_order_t;
+
+static int cmp_wake(const void *a, const void *b)
+{
+    const wake_order_t *x = a, *y = b;
+    return x->progress < y->progress ? -1 : x->progress > y->progress;
+}
+
+/* Re-runs the parked pulls of task, the requester furthest behind (fewest
+ * pieces held or in flight) first, ties longest parked first: a slot that
+ * just freed goes to the download that needs it most, which evens out the
+ * finishing times (the last client, not only the mean; see fair_share in
+ * swarm.c).  Pulls that would certainly be "wait" are not scheduled. */
+static void wake_task(df_supernode_t *sn, df_sn_task_t *t)
+{
+    wake_order_t *order;
+    size_t n = 0, cap = 0, skipped = 0, settled = 0;
+
+    t->pulls_dirty = false;
+    for (parked_t *p = t->pulls; p; p = p->next)
+        cap++;
+    if (cap == 0)
+        return;
+    order = malloc(cap * sizeof(*order));
+    if (!order) {
+        for (parked_t *p = t->pulls, *next; p; p = next) {
+            next = p->next;
+            settle_parked(p, true);
+        }
+        return;
+    }
+    /* The list is newest first: walking it backwards puts the oldest first,
+     * and the stable insertion below keeps that order among equals. */
+    for (parked_t *p = t->pulls; p; p = p->next) {
+        df_sn_peer_t *peer = df_sn_peer_find(sn->swarm, p->peer_id);
+        df_sn_member_t *m = peer ? df_sn_task_member(t, peer) : NULL;
+        order[n].p = p;
+        order[n].progress = m && m->have ? df_bitmap_count(m->have, t->piece_count) + m->ninflight : 0;
+        n++;
+    }
+    for (size_t i = 0; i < n / 2; i++) {
+        wake_order_t tmp = order[i];
+        order[i] = order[n - 1 - i];
+        order[n - 1 - i] = tmp;
+    }
+    /* insertion sort: stable, and n is the number of parked pulls of one task */
+    for (size_t i = 1; i < n; i++) {
+        wake_order_t v = order[i];
+        size_t j = i;
+        while (j > 0 && cmp_wake(&order[j - 1], &v) > 0) {
+            order[j] = order[j - 1];
+            j--;
+        }
+        order[j] = v;
+    }
+    for (size_t i = 0; i < n; i++) {
+        parked_t *p = order[i].p;
+        df_sn_peer_t *peer = df_sn_peer_find(sn->swarm, p->peer_id);
+        df_sn_member_t *m = peer ? df_sn_task_member(t, peer) : NULL;
+        if (m && !df_sn_pull_may_assign(sn->swarm, t, m)) {
+            skipped++;
+            continue;
+        }
+        settled += settle_parked(p, true);
+    }
+    DF_LOG_D("task %.12s: wake: %zu parked, %zu could not be given work, %zu answered", t->id, n, skipped,
+             settled);
+    free(order);
+}
+
 static void wake_cb(evutil_socket_t fd, short what, void *arg)
 {
     df_supernode_t *sn = arg;
 
-    for (df_sn_task_t *t = df_sn_swarm_tasks(sn->swarm); t; t = t->next) {
-        parked_t *p, *next;
-        if (!t->pulls_dirty)
-            continue;
-        t->pulls_dirty = false;
-        for (p = t->pulls; p; p = next) {
-            next = p->next;
-            settle_parked(p, true);
-        }
-    }
+    for (df_sn_task_t *t = df_sn_swarm_tasks(sn->swarm); t; t = t->next)
+        if (t->pulls_dirty)
+            wake_task(sn, t);
 }
 
 /* Answers every parked pull of task at once (the task is going away). */
@@ -639,8 +705,11 @@ static void h_pull(df_supernode_t *sn, struct evhttp_request *req)
 
     want = r.has_want ? r.want : 0;
     df_sn_apply_results(task, m, r.results, r.nresults, true, r.running);
-    if (r.nresults > 0)
-        mark_task_changed(sn, task); /* pieces to offer, or slots freed */
+    /* Pieces to offer, or slots freed: the parked pulls get them before
+     * this requester, furthest behind first, so that slots do not stick to
+     * whoever just freed them. */
+    if (r.nresults > 0 && task->pulls)
+        wake_task(sn, task);
     /* Nothing to hand out now: hold the request until something changes. */
     if (!answer_pull(sn, req, task, m, want, true) && !park_pull(sn, req, task, r.peer_id, want))
         answer_pull(sn, req, task, m, want, false);
@@ -1191,7 +1260,7 @@ void df_supernode_config_init(df_supernode_config_t *cfg)
     cfg->peer_timeout_ms = 60000;
     cfg->origin_timeout_ms = 30000;
     cfg->peer_upload_slots = 4;
-    cfg->seed_upload_slots = 8;
+    cfg->seed_upload_slots = 16;
     cfg->seed_piece_limit = 1;
     cfg->batch_pieces = 8;
     cfg->piece_size = 0;
@@ -1240,7 +1309,7 @@ int df_supernode_new(struct event_base *base, const df_supernode_config_t *cfg, 
     if (!sn->cfg.peer_upload_slots)
         sn->cfg.peer_upload_slots = 4;
     if (!sn->cfg.seed_upload_slots)
-        sn->cfg.seed_upload_slots = 8;
+        sn->cfg.seed_upload_slots = 16;
     if (!sn->cfg.batch_pieces)
         sn->cfg.batch_pieces = 8;
     adv = cfg->advertise_ip && *cfg->advertise_ip ? cfg->advertise_ip

@@ -228,9 +228,17 @@ typedef struct {
 /* Decides the answer to a pull from m wanting up to `want` pieces (0 = the
  * batch size): assignments into out (capacity >= DF_SN_INFLIGHT_MAX), with
  * loads and in-flight entries recorded.  *state says which answer to give;
- * *nout the number of assignments (state ASSIGN only). */
+ * *nout the number of assignments (state ASSIGN only).  A requester gets
+ * pieces only up to its fair share of the task's upload slots in flight
+ * (the slots divided evenly among the members still downloading). */
 void df_sn_pull(df_sn_swarm_t *sw, df_sn_task_t *task, df_sn_member_t *m, uint32_t want,
                 uint64_t now_ms, df_sn_assign_t *out, size_t *nout, df_sn_pull_state_t *state);
+
+/* false when a pull from m would certainly be answered "wait" while the
+ * task is seeding or complete: m is at its fair share, or no source has a
+ * free slot.  Cheap (O(members)); lets the server skip the scheduler when
+ * it re-runs parked pulls. */
+bool df_sn_pull_may_assign(const df_sn_swarm_t *sw, const df_sn_task_t *task, const df_sn_member_t *m);
 
 /* ReportError from requester m about source src_id: m never gets src again;
  * for digest/missing the source no longer counts as holding that piece, and

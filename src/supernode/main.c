@@ -27,7 +27,7 @@ static void usage(FILE *f)
             "  --peer-timeout DUR       drop peers silent this long (default 60s)\n"
             "  --origin-timeout DUR     origin connect/stall limit (default 30s)\n"
             "  --peer-upload-slots N    concurrent uploads per peer (default 4)\n"
-            "  --seed-upload-slots N    concurrent uploads from the seed (default 8)\n"
+            "  --seed-upload-slots N    concurrent uploads from the seed (default 16)\n"
             "  --seed-piece-limit N     the seed does not send a piece N uploading peers hold\n"
             "                           or fetch (default 1; 0 = no such rule)\n"
             "  --batch-pieces N         max pieces in one pull answer (default 8, at most 64)\n"

@@ -38,7 +38,7 @@ static void test_defaults(void **state)
     assert_int_equal(c.peer_timeout_ms, 60000);
     assert_int_equal(c.origin_timeout_ms, 30000);
     assert_int_equal(c.peer_upload_slots, 4);
-    assert_int_equal(c.seed_upload_slots, 8);
+    assert_int_equal(c.seed_upload_slots, 16);
     assert_int_equal(c.batch_pieces, 8);
     assert_int_equal(c.piece_size, 0);
     assert_int_equal(c.cache_limit_bytes, 0);

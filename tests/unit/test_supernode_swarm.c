@@ -465,6 +465,126 @@ static void test_set_headers(void **state)
     df_sn_swarm_free(f.sw);
 }
 
+/* Each requester gets at most its share of the task's upload slots in
+ * flight: the seed's plus those of every uploading member holding a piece,
+ * divided among the members still downloading. */
+static void test_fair_share(void **state)
+{
+    fx_t f;
+    df_sn_assign_t a[DF_SN_INFLIGHT_MAX];
+    df_sn_pull_state_t st;
+    size_t n;
+    df_sn_member_t *h, *m[3];
+
+    (void)state;
+    fx_new(&f, 4, 2, 8);
+    seed_all(f.t);
+    h = join(&f, "h", 40001, 0);
+    for (uint32_t i = 0; i < NP; i++)
+        df_bitmap_set(h->have, i); /* done: a source, not downloading */
+    for (int k = 0; k < 3; k++)
+        m[k] = join(&f, k == 0 ? "a" : k == 1 ? "b" : "c", (uint16_t)(40002 + k), 0);
+    /* slots 4 + 2 = 6 over 3 downloading members: 2 each, though 8 are asked */
+    for (int k = 0; k < 3; k++) {
+        df_sn_pull(f.sw, f.t, m[k], 8, 1, a, &n, &st);
+        assert_int_equal(st, DF_SN_PULL_ASSIGN);
+        assert_int_equal(n, 2);
+        check(f.t);
+    }
+    assert_false(df_sn_pull_may_assign(f.sw, f.t, m[0]));
+    df_sn_pull(f.sw, f.t, m[0], 8, 2, a, &n, &st);
+    assert_int_equal(st, DF_SN_PULL_WAIT);
+    /* a finishes one piece: below its share again, and its slot is free */
+    {
+        df_sn_inflight_t e = m[0]->inflight[0];
+        df_sn_result_t r = {.piece = e.piece, .src = (char *)DF_SN_SEED_ID, .ok = true};
+        if (e.src != 0)
+            r.src = h->peer->id;
+        df_sn_apply_results(f.t, m[0], &r, 1, false, 0);
+        check(f.t);
+    }
+    assert_true(df_sn_pull_may_assign(f.sw, f.t, m[0]));
+    /* a holds a piece now, so it is a source too: 8 slots over 3 members,
+     * a share of 3.  a gets the one slot that freed (its own do not serve
+     * it); b and c may use a's, up to 3 in flight each. */
+    df_sn_pull(f.sw, f.t, m[0], 8, 3, a, &n, &st);
+    assert_int_equal(st, DF_SN_PULL_ASSIGN);
+    assert_int_equal(n, 1);
+    check(f.t);
+    for (int k = 1; k < 3; k++) {
+        df_sn_pull(f.sw, f.t, m[k], 8, 3, a, &n, &st);
+        assert_true(n <= 1);
+        assert_true(m[k]->ninflight <= 3);
+        check(f.t);
+    }
+    assert_in_range(m[1]->ninflight + m[2]->ninflight, 4, 6); /* a has one piece, 2 slots */
+    df_sn_swarm_free(f.sw);
+}
+
+/* Rule 6 (the seed sends each piece once) holds only while the seed is
+ * still being fed or has a piece no uploading peer has: once the seed holds
+ * the file and every piece is out, the seed serves copies after the peers'
+ * free slots. */
+static void test_seed_copies_when_frontier_closed(void **state)
+{
+    fx_t f;
+    df_sn_assign_t a[DF_SN_INFLIGHT_MAX];
+    df_sn_pull_state_t st;
+    size_t n, from_seed;
+    df_sn_member_t *h, *b;
+    uint8_t sha[32] = {0};
+
+    (void)state;
+    {
+        df_sn_swarm_opts_t o = {.peer_upload_slots = 2, .seed_upload_slots = 8, .batch_pieces = 8,
+                                .seed_piece_limit = 1};
+        assert_int_equal(df_sn_swarm_new(&o, on_free, NULL, &f.sw), 0);
+        assert_int_equal(df_sn_task_create(f.sw, TID, "u", "u", NULL, NULL, NULL, 0, DF_PATTERN_P2P, 0, &f.t), 0);
+        assert_int_equal(df_sn_task_shape(f.t, LEN, PS), 0);
+    }
+    h = join(&f, "h", 40001, 0);
+    b = join(&f, "b", 40002, 0);
+    /* The seed still fetches (piece NP-1 missing): the rule holds, only the
+     * holder's two slots are used. */
+    for (uint32_t i = 0; i + 1 < NP; i++)
+        df_sn_task_seed_piece(f.t, i, sha);
+    for (uint32_t i = 0; i + 1 < NP; i++)
+        df_bitmap_set(h->have, i);
+    df_sn_pull(f.sw, f.t, b, 8, 1, a, &n, &st);
+    assert_int_equal(n, 2);
+    for (size_t i = 0; i < n; i++)
+        assert_ptr_equal(a[i].src, h->peer);
+    df_sn_apply_results(f.t, b, NULL, 0, true, 0); /* b dropped them */
+    check(f.t);
+
+    /* The seed holds everything, the last piece is only at the seed: the
+     * frontier is open, the seed sends that piece and nothing the holder has. */
+    df_sn_task_seed_piece(f.t, NP - 1, sha);
+    df_sn_pull(f.sw, f.t, b, 8, 2, a, &n, &st);
+    from_seed = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!a[i].src) {
+            from_seed++;
+            assert_int_equal(a[i].piece, NP - 1);
+        }
+    assert_int_equal(n, 3);
+    assert_int_equal(from_seed, 1);
+    df_sn_apply_results(f.t, b, NULL, 0, true, 0);
+    check(f.t);
+
+    /* Every piece is out (the holder has the last one too): the seed serves
+     * copies once the holder's slots are taken. */
+    df_bitmap_set(h->have, NP - 1);
+    df_sn_pull(f.sw, f.t, b, 8, 3, a, &n, &st);
+    from_seed = 0;
+    for (size_t i = 0; i < n; i++)
+        from_seed += !a[i].src;
+    assert_int_equal(n, 8);
+    assert_int_equal(from_seed, 6);
+    check(f.t);
+    df_sn_swarm_free(f.sw);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -475,6 +595,8 @@ int main(void)
         cmocka_unit_test(test_reshape_and_bad_results),
         cmocka_unit_test(test_inflight_cap),
         cmocka_unit_test(test_set_headers),
+        cmocka_unit_test(test_fair_share),
+        cmocka_unit_test(test_seed_copies_when_frontier_closed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
