@@ -468,6 +468,38 @@ def https_proxy_conf(env, authority, hijack, registry_ca):
     return path
 
 
+def hub_like_registry(env, public=None):
+    """Built like Docker Hub: a registry with token auth (anonymous pulls of
+    names starting with public, when given) that redirects blob GETs (307)
+    to an nginx serving its storage: (token server, storage, registry)."""
+    ts = TokenServer(env, public=public).start()
+    storage = Storage(env)
+    reg = Registry(env, token=ts, redirect=storage.url)
+    storage.start(reg.data)
+    reg.start()
+    return ts, storage, reg
+
+
+def pull_all_p2p(env, daemons, image, creds, what="blobs"):
+    """One skopeo pull with creds through each dfdaemon at once: every pull
+    succeeds with the image's digests, every daemon served blobs by P2P with
+    no fallback and fetched nothing from the registry itself.  Returns the
+    P2P bytes the daemons served."""
+    pulls = [start_pull(env, d.port, env.path(f"pull{i}"), creds=creds) for i, d in enumerate(daemons)]
+    for i, p in enumerate(pulls):
+        T.check(p.wait(240.0) == 0, f"skopeo pull through dfdaemon {i} failed:\n{p.tail()}")
+        check_pulled(env.path(f"pull{i}"), image)
+    p2p = 0
+    for d in daemons:
+        m = daemon_metrics(d)
+        p2p += metric(m, "dfly_dfdaemon_mirror_p2p_bytes_total") or 0
+        T.check(metric(m, "dfly_dfdaemon_mirror_p2p_total") >= 3, f"{what} not served by P2P:\n{m}")
+        T.check(metric(m, "dfly_dfdaemon_mirror_fallbacks_total") == 0, f"fallbacks:\n{m}")
+        T.check((metric(m, 'dfly_dfdaemon_download_bytes_total{source="origin"}') or 0) == 0,
+                f"a daemon fetched from the registry itself:\n{m}")
+    return p2p
+
+
 def check_pulled(out, image):
     for d in image["layers"] + [image["config"]]:
         path = os.path.join(out, d.split(":", 1)[1])

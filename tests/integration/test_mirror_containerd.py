@@ -27,11 +27,7 @@ def test_mirror_containerd_pull(env):
     served the blobs from P2P."""
     # Built like Docker Hub: token auth with anonymous pulls of test/*, blobs
     # redirected (307) to storage.
-    ts = M.TokenServer(env, public="test/").start()
-    storage = M.Storage(env)
-    reg = M.Registry(env, token=ts, redirect=storage.url)
-    storage.start(reg.data)
-    reg.start()
+    ts, storage, reg = M.hub_like_registry(env, public="test/")
     layout = env.mkdir("oci")
     M.make_oci_image(layout, BIG)
     image = M.push(env, reg, layout)

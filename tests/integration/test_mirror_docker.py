@@ -162,11 +162,7 @@ def test_mirror_dockerd_pull(env):
     dfdaemon by P2P (its counters), the registry answered the big layer's
     GET once (the seed's, with the engine's token) and storage served each
     blob once."""
-    ts = M.TokenServer(env, public="library/").start()
-    storage = M.Storage(env)
-    reg = M.Registry(env, token=ts, redirect=storage.url)
-    storage.start(reg.data)
-    reg.start()
+    ts, storage, reg = M.hub_like_registry(env, public="library/")
     layout = env.mkdir("oci")
     M.make_oci_image(layout, BIG)
     image = M.push(env, reg, layout, ref="library/dflytest:1")

@@ -23,11 +23,7 @@ def test_mirror_redirect_to_storage(env):
     seed's) plus one 307 HEAD per pull (the access checks), storage served
     the big layer's data once and never saw an Authorization header, the
     daemons served >= 3x the layer from P2P and fetched nothing themselves."""
-    ts = M.TokenServer(env).start()
-    storage = M.Storage(env)
-    reg = M.Registry(env, token=ts, redirect=storage.url)
-    storage.start(reg.data)
-    reg.start()
+    ts, storage, reg = M.hub_like_registry(env)
     layout = env.mkdir("oci")
     M.make_oci_image(layout, BIG)
     image = M.push(env, reg, layout)
@@ -44,19 +40,7 @@ def test_mirror_redirect_to_storage(env):
 
     sn = env.supernode()
     ds = [env.dfdaemon(sn.addr, extra=["--registry", reg.url]) for _ in range(3)]
-    creds = f"{reg.USER}:{reg.PASSWORD}"
-    pulls = [M.start_pull(env, d.port, env.path(f"pull{i}"), creds=creds) for i, d in enumerate(ds)]
-    for i, p in enumerate(pulls):
-        T.check(p.wait(240.0) == 0, f"skopeo pull through dfdaemon {i} failed:\n{p.tail()}")
-        M.check_pulled(env.path(f"pull{i}"), image)
-    p2p = 0
-    for d in ds:
-        m = M.daemon_metrics(d)
-        p2p += M.metric(m, "dfly_dfdaemon_mirror_p2p_bytes_total") or 0
-        T.check(M.metric(m, "dfly_dfdaemon_mirror_p2p_total") >= 3, f"blobs not served by P2P:\n{m}")
-        T.check(M.metric(m, "dfly_dfdaemon_mirror_fallbacks_total") == 0, f"fallbacks:\n{m}")
-        T.check((M.metric(m, 'dfly_dfdaemon_download_bytes_total{source="origin"}') or 0) == 0,
-                f"a daemon fetched from the registry or storage itself:\n{m}")
+    p2p = M.pull_all_p2p(env, ds, image, f"{reg.USER}:{reg.PASSWORD}")
     time.sleep(0.5)  # nginx logs a request when it ends
     reads = [r for r in storage.requests()[before:] if r[1] == data_path]
     gets307 = reg.count("GET", "/blobs/" + big, 307)

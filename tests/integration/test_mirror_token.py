@@ -65,18 +65,7 @@ def test_mirror_token_auth(env):
     T.check(reg.count("GET", "/blobs/" + big, 200) == 0, "a refused request got the blob")
 
     creds = f"{reg.USER}:{reg.PASSWORD}"
-    pulls = [M.start_pull(env, d.port, env.path(f"pull{i}"), creds=creds) for i, d in enumerate(ds)]
-    for i, p in enumerate(pulls):
-        T.check(p.wait(240.0) == 0, f"skopeo pull with credentials through dfdaemon {i} failed:\n{p.tail()}")
-        M.check_pulled(env.path(f"pull{i}"), image)
-    p2p = 0
-    for d in ds:
-        m = M.daemon_metrics(d)
-        p2p += M.metric(m, "dfly_dfdaemon_mirror_p2p_bytes_total") or 0
-        T.check(M.metric(m, "dfly_dfdaemon_mirror_p2p_total") >= 3, f"blobs not served by P2P:\n{m}")
-        T.check(M.metric(m, "dfly_dfdaemon_mirror_fallbacks_total") == 0, f"fallbacks:\n{m}")
-        T.check((M.metric(m, 'dfly_dfdaemon_download_bytes_total{source="origin"}') or 0) == 0,
-                f"a daemon fetched from the registry itself:\n{m}")
+    p2p = M.pull_all_p2p(env, ds, image, creds)
     gets = reg.count("GET", "/blobs/" + big, 200)
     users = [u for u, st, _ in ts.issued() if st == 200]
     T.log(f"token auth: 2 skopeo pulls, {len(users)} tokens issued ({users.count(reg.USER)} to {reg.USER}); "
