@@ -486,7 +486,8 @@ print(j.get("bytes_from_peers","-"),j.get("bytes_from_supernode","-"),j.get("byt
         [ "$mode" = dfly ] && tail -50 "$WORK/supernode.log" >"$DETAILS/$tag.supernode.log" 2>/dev/null
         if [[ $mode == dfly* ]] && [ "$DFLY_LOG" != warn ]; then
             { for i in $(seq 1 "$N"); do sed "s/^/c$i /" "$WORK/c$i/dfdaemon.log"; done
-              [ "$mode" = dfly ] && sed 's/^/sn /' "$WORK/supernode.log"; } 2>/dev/null | head -c 20000000 >"$DETAILS/$tag.fulllogs"
+              if [ "$mode" = dfly ]; then sed 's/^/sn /' "$WORK/supernode.log"; fi; } 2>/dev/null |
+                head -c 20000000 >"$DETAILS/$tag.fulllogs"
         fi
     fi
     python3 "$HERE/swarmlib.py" row mode="$mode${TAG:++$TAG}" n="$N" run="$run" file_bytes="$F" \

@@ -91,6 +91,7 @@ struct df_download {
     df_download_result_t res;
     double t0;
     uint64_t start_ms, last_progress_ms, last_progress_cb_ms, last_contiguous;
+    uint32_t store_pieces;       /* pieces of the task in the store at the last tick */
     bool stream;                 /* progress at every growth of the verified prefix */
 
     /* task */
@@ -1451,6 +1452,16 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
     if (dl->timeout_ms && now - dl->start_ms > dl->timeout_ms) {
         finish(dl, DF_ETIMEOUT, "timed out after %.1fs", (double)dl->timeout_ms / 1000.0);
         return;
+    }
+    if (dl->state == ST_P2P && dl->task) {
+        /* Pieces another download of the same task wrote into the store
+         * (e.g. the gossip owner's seed reading the origin while the
+         * owner's own dfget waits for it) are progress for this one too:
+         * without this it would read the origin a second time. */
+        uint32_t n = df_bitmap_count(df_stored_task_bitmap(dl->task), dl->piece_count);
+        if (n > dl->store_pieces)
+            dl->last_progress_ms = now;
+        dl->store_pieces = n;
     }
     if (dl->state == ST_P2P && now - dl->last_progress_ms > stall) {
         char why[96];

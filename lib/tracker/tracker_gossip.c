@@ -42,7 +42,10 @@
  *  - No stampede on the owner: a piece only the owner holds is fetched by
  *    one designated participant (rendezvous of (task, piece) over the
  *    members that announced the task), the others wait FRONTIER_GRACE_MS
- *    for it to appear on a peer before they may take it from the owner.
+ *    for it to appear on a peer before they may take it from the owner,
+ *    and then only when none of their own designated pieces is left; with
+ *    other participants alive each takes SLOTS_OWNER_SHARED pieces at a
+ *    time from the owner, whose uplink they all share.
  *  - Register: shape known -> answered at once; we are the owner -> HEAD
  *    to the origin, then a START with the shape; otherwise a START want is
  *    broadcast (again every WANT_RESEND_MS) and the Register waits for the
@@ -84,12 +87,13 @@
 #define STARVED_MS 2000u
 #define WANT_RESEND_MS 2000u
 #define REGISTER_WAIT_MS 15000u
-#define FRONTIER_GRACE_MS 1000u
+#define FRONTIER_GRACE_MS 4000u
 #define ASSIGN_EXPIRE_MS 30000u
 #define WANTED_RECENT_MS 60000u
 #define SEED_RETRY_MS 3000u
 #define SLOTS_PEER 4u
 #define SLOTS_OWNER 4u
+#define SLOTS_OWNER_SHARED 1u
 #define EVENTS_PER_FLUSH 16u
 #define RECOVER_QUIET_MS 5000u
 #define JOIN_RETRY_MS 5000u
@@ -781,10 +785,10 @@ static void fill_pull(gossip_tracker_t *tr, call_t *c, df_pull_res_t *out)
     df_stored_task_t *st = task_stored(tr, t);
     df_sched_source_t *src = NULL;
     uint32_t *load = NULL, *idx = NULL;
-    uint8_t *want = NULL;
+    uint8_t *want = NULL, *late = NULL;
     df_sched_assign_t *as = NULL;
     df_gossip_member_t m;
-    size_t ns = 0, na, nwant = 0;
+    size_t ns = 0, na, nwant = 0, nmine = 0, nlate = 0, others = 0;
     uint64_t now = df_now_ms();
     bool missing_held = false, missing = false, seed_owner;
     uint32_t first_nodigest = UINT32_MAX;
@@ -839,16 +843,24 @@ static void fill_pull(gossip_tracker_t *tr, call_t *c, df_pull_res_t *out)
     load = calloc(t->nholders + 1, sizeof(*load));
     idx = calloc(t->nholders + 1, sizeof(*idx));
     want = calloc(df_bitmap_bytes(t->piece_count), 1);
+    late = calloc(df_bitmap_bytes(t->piece_count), 1);
     as = calloc(DF_PULL_MAX_ASSIGN, sizeof(*as));
-    if (!src || !load || !idx || !want || !as)
+    if (!src || !load || !idx || !want || !late || !as)
         goto out;
+    /* Other participants alive: the owner's uplink is then shared by all of
+     * them, and each takes one piece from it at a time. */
+    for (size_t i = 0; i < t->nholders; i++) {
+        const holder_t *h = &t->holders[i];
+        if (strcmp(h->name, owner) != 0 && strcmp(h->name, tr->name) != 0 && member_alive(tr, h->name, &m))
+            others++;
+    }
     for (size_t i = 0; i < t->nholders; i++) {
         holder_t *h = &t->holders[i];
         if (!h->have || strcmp(h->name, tr->name) == 0 || !member_alive(tr, h->name, &m) || member_port(&m) == 0)
             continue;
         src[ns].have = h->have;
         src[ns].is_seed = strcmp(h->name, owner) == 0;
-        src[ns].slots = src[ns].is_seed ? SLOTS_OWNER : SLOTS_PEER;
+        src[ns].slots = !src[ns].is_seed ? SLOTS_PEER : others && !seed_owner ? SLOTS_OWNER_SHARED : SLOTS_OWNER;
         load[ns] = h->load;
         idx[ns] = (uint32_t)i;
         ns++;
@@ -871,12 +883,28 @@ static void fill_pull(gossip_tracker_t *tr, call_t *c, df_pull_res_t *out)
         if (df_bitmap_test(t->assigned, p) || !df_bitmap_test(t->digest_known, p) || held == 0)
             continue;
         /* Frontier: a piece only the owner has goes to its designated
-         * participant first (the seed download takes what it needs). */
-        if (held_peers == 0 && !seed_owner && !designated_here(tr, t, p, owner) &&
-            (t->owner_since[p] == 0 || now - t->owner_since[p] < FRONTIER_GRACE_MS))
-            continue;
+         * participant first (the seed download takes what it needs); the
+         * others may take it after FRONTIER_GRACE_MS, and only while none
+         * of the owner-only pieces designated to us is left to take, so
+         * that the owner's uplink carries each piece about once. */
+        if (held_peers == 0 && !seed_owner) {
+            if (designated_here(tr, t, p, owner)) {
+                nmine++;
+            } else {
+                if (t->owner_since[p] == 0 || now - t->owner_since[p] < FRONTIER_GRACE_MS)
+                    continue;
+                df_bitmap_set(late, p);
+                nlate++;
+                continue;
+            }
+        }
         df_bitmap_set(want, p);
         nwant++;
+    }
+    if (nlate && !nmine) {
+        for (size_t b = 0; b < df_bitmap_bytes(t->piece_count); b++)
+            want[b] |= late[b];
+        nwant += nlate;
     }
     if (seed_owner && !missing_held && missing) {
         /* Nothing left that a peer holds: read the origin from here. */
@@ -954,6 +982,7 @@ out:
     free(load);
     free(idx);
     free(want);
+    free(late);
     free(as);
 }
 

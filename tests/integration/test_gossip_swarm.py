@@ -221,5 +221,33 @@ def test_gossip_owner_killed_10(env):
     run_owner_killed(env, 10)
 
 
+@T.timeout(180)
+def test_gossip_owner_dfget_waits_for_seed(env):
+    """The owner's own dfget gets its pieces from its daemon's seed download
+    (the shared store), which reads the origin for longer than the engine's
+    20 s stall limit here: the pieces the seed writes are progress, so the
+    dfget neither falls back nor reads the origin a second time."""
+    size = 24 * T.MiB
+    o = env.origin(slow_rate="1m")  # 24 s for the file
+    info = o.add_file("own.bin", size)
+    url = o.url("own.bin", "slow")
+    daemons = gossip_cluster(env, 2)
+    # the owner is the member ranked first for the task
+    tid = task_id_of(url)
+    owner = max(range(2), key=lambda i: rendezvous_score(tid, f"n{i}"))
+    t0 = time.monotonic()
+    r = env.start_dfget(url, env.path("own.bin"), home=daemons[owner].home).wait()
+    T.log(f"the owner's dfget took {time.monotonic() - t0:.1f}s: {r.describe()}")
+    T.check(r.rc == 0 and r.json and r.json["status"] == "ok", f"owner: {r.describe()}")
+    T.check(T.file_hash(r.out) == info.sha256, f"owner output differs: {r.describe()}")
+    T.check(owner_of(daemons) == [owner], f"daemons that read the origin as owner: {owner_of(daemons)}")
+    T.check(r.seconds > 20, f"the origin read took {r.seconds:.1f}s, not over the 20 s stall limit: "
+            "the test proves nothing")
+    T.check(r.json["back_source"] is False, f"the owner's dfget fell back to the origin: {r.describe()}")
+    served = o.bytes_served(url)
+    T.check(served <= 1.05 * size, f"origin served {served} bytes of a {size}-byte file")
+
+
 if __name__ == "__main__":
-    T.main([test_gossip_swarm_4, test_gossip_swarm_10, test_gossip_late_top_joiner, test_gossip_owner_killed_10])
+    T.main([test_gossip_swarm_4, test_gossip_swarm_10, test_gossip_late_top_joiner, test_gossip_owner_killed_10,
+            test_gossip_owner_dfget_waits_for_seed])
