@@ -34,9 +34,17 @@ def gossip_daemon(env, name, join=None):
     return d
 
 
+# Nodes that join at the same time learn of each other by gossip; one whose
+# alive message it missed (a full UDP buffer on a loaded machine) is learned
+# at the latest by the next push/pull with a member that knows it, every
+# 30 s in memberlist's LAN profile.  So the wait covers one push/pull period
+# and some slack, not a guess about how fast gossip usually is.
+CONVERGE_S = 45
+
+
 def wait_alive(daemons, n):
     for d in daemons:
-        T.wait_for(lambda d=d: metric(d, "dfly_dfdaemon_gossip_members", '{state="alive"}') == n, 20,
+        T.wait_for(lambda d=d: metric(d, "dfly_dfdaemon_gossip_members", '{state="alive"}') == n, CONVERGE_S,
                    what=f"{n} alive members seen by {d.port}", proc=d.proc)
 
 
