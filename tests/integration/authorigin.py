@@ -13,6 +13,7 @@ One line per request on stdout: "arrived <auth>" when it comes in and
 
 import hashlib
 import sys
+import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -21,6 +22,15 @@ with open(FILE, "rb") as f:
     DATA = f.read()
 ETAG = '"' + hashlib.sha256(DATA).hexdigest()[:32] + '"'
 SLOW_REFUSAL_S = 2.0
+_out = threading.Lock()
+
+
+def say(line):
+    """One whole line on stdout: handler threads print concurrently, and
+    print() writes the text and its newline in two calls."""
+    with _out:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -38,11 +48,11 @@ class Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
         auth = self.headers.get("Authorization", "-")
-        print(f"{self.command} {self.path} {status} {auth}", flush=True)
+        say(f"{self.command} {self.path} {status} {auth}")
 
     def do_GET(self):
         auth = self.headers.get("Authorization", "-")
-        print(f"arrived {auth}", flush=True)
+        say(f"arrived {auth}")
         if self.path != "/file":
             return self.answer(404)
         if auth != GOOD:
