@@ -1003,23 +1003,6 @@ static int gt_pull(df_tracker_t *base, const df_pull_req_t *req, df_pull_cb cb, 
     return 0;
 }
 
-static int gt_report(df_tracker_t *base, const df_pull_req_t *req, df_tracker_done_cb cb, void *arg)
-{
-    gossip_tracker_t *tr = (gossip_tracker_t *)base;
-    task_t *t = task_find(tr, req->task_id);
-    call_t *c;
-
-    if (t)
-        apply_results(t, req->results, req->nresults);
-    if (!cb)
-        return 0;
-    c = call_new(tr, CALL_DONE, (void *)cb, arg);
-    if (!c)
-        return -ENOMEM;
-    call_arm(c, 0);
-    return 0;
-}
-
 static int done_later(gossip_tracker_t *tr, df_tracker_done_cb cb, void *arg)
 {
     call_t *c;
@@ -1030,6 +1013,16 @@ static int done_later(gossip_tracker_t *tr, df_tracker_done_cb cb, void *arg)
         return -ENOMEM;
     call_arm(c, 0);
     return 0;
+}
+
+static int gt_report(df_tracker_t *base, const df_pull_req_t *req, df_tracker_done_cb cb, void *arg)
+{
+    gossip_tracker_t *tr = (gossip_tracker_t *)base;
+    task_t *t = task_find(tr, req->task_id);
+
+    if (t)
+        apply_results(t, req->results, req->nresults);
+    return done_later(tr, cb, arg);
 }
 
 static void send_remove(gossip_tracker_t *tr, task_t *t)
