@@ -184,6 +184,9 @@ typedef struct {
     uint64_t cache_limit_bytes; /* store budget; 0 = unlimited */
     uint64_t cache_max_age_ms;  /* finished tasks unused this long are evicted; 0 = never */
     uint32_t fetch_parallel;    /* pieces in flight per download; default 8 */
+    uint32_t hash_threads;      /* threads that verify received pieces (SHA-256 read back
+                                 * from the page cache) off the event loop; 0 = hash on
+                                 * the loop as bytes arrive; default 1 */
     uint64_t stall_timeout_ms;  /* no progress this long -> P2P stalled; default 20 s */
     bool serve;                 /* run the upload server (pattern p2p); default true */
     bool ephemeral;             /* the owner deletes home_dir when the peer is freed (an

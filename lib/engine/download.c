@@ -46,6 +46,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #define RESULTS_CAP 4096u
@@ -65,10 +66,11 @@ struct df_download {
     df_peer_t *peer;
     df_download_t *prev, *next;
     state_t state;
-    bool zombie;                 /* finished; freed when the pending tracker call returns */
+    bool zombie;                 /* finished; freed when no tracker call or hash job is pending */
     bool starting;               /* inside df_peer_download: done_cb must wait (reap) */
     bool done_deferred;          /* finished while starting: reap calls done_cb */
     int tracker_calls;           /* pending tracker calls with us as argument */
+    int hash_jobs;               /* pieces being verified on a hash thread */
 
     /* the request, owned copies */
     char *url, *output, *identifier, *call_system;
@@ -140,8 +142,13 @@ struct fetch {
     df_assignment_t a;
     df_http_req_t *req;
     uint64_t got;
-    df_hasher_t *hasher;
+    df_hasher_t *hasher;         /* hashing on the loop as bytes arrive (no hash queue) */
     int err;
+    /* verification on a hash thread (peer->hashq): the fetch leaves
+     * dl->fetches and is owned by the job until hash_done */
+    int hash_fd;                 /* dup of the store file's descriptor */
+    int hash_err;                /* 0 or -errno of reading the piece back */
+    uint8_t hash_out[32];        /* its SHA-256 */
     struct event *resume;
     bool bad_status;
     uint64_t started_ms;         /* for the per-piece debug trace */
@@ -485,7 +492,7 @@ static void reap_cb(evutil_socket_t fd, short what, void *arg)
         if (dl->done_cb)
             dl->done_cb(&dl->res, dl->arg);
     }
-    if (dl->zombie && dl->tracker_calls == 0)
+    if (dl->zombie && dl->tracker_calls == 0 && dl->hash_jobs == 0)
         download_free(dl);
 }
 
@@ -493,7 +500,7 @@ static void reap_cb(evutil_socket_t fd, short what, void *arg)
 static bool tracker_call_returned(df_download_t *dl)
 {
     dl->tracker_calls--;
-    if (dl->zombie && dl->tracker_calls == 0) {
+    if (dl->zombie && dl->tracker_calls == 0 && dl->hash_jobs == 0) {
         download_free(dl);
         return true;
     }
@@ -628,67 +635,22 @@ static int fetch_data(df_http_req_t *req, const void *data, size_t len, void *ar
         f->err = rc;
         return rc;
     }
-    df_hasher_update(f->hasher, data, len);
+    if (f->hasher)
+        df_hasher_update(f->hasher, data, len);
     f->got += len;
     rate_consume(dl, len);
     return 0;
 }
 
-static void fetch_done(df_http_req_t *req, const df_http_result_t *res, void *arg)
+/* What a finished fetch leads to: the tracker hears of it (a failure also
+ * excludes the source), the verified prefix advances, and the download
+ * pulls more work.  Frees f. */
+static void fetch_outcome(fetch_t *f, bool ok, df_report_kind_t kind)
 {
-    fetch_t *f = arg;
     df_download_t *dl = f->dl;
     df_peer_t *peer = dl->peer;
     uint32_t piece = f->a.piece;
-    bool ok = false;
-    df_report_kind_t kind = DF_REPORT_IO;
 
-    f->req = NULL;
-    df_bitmap_clear(dl->inflight, piece);
-    dl->ninflight--;
-    /* One line per piece: what the swarm benchmark reads to see where a
-     * download waited (bench/swarm/timeline.py). */
-    DF_LOG_D("task %.16s: piece %u from %s: %llu B in %llu ms, t=%llu ms, %u in flight, status %d/%ld",
-             dl->res.task_id, piece, f->a.src_id, (unsigned long long)f->got,
-             (unsigned long long)(df_now_ms() - f->started_ms), (unsigned long long)(df_now_ms() - dl->start_ms),
-             dl->ninflight, res->status, res->http_code);
-    if (res->status == 0 && !f->bad_status && f->got == f->a.length) {
-        df_digest_t d;
-        df_hasher_final(f->hasher, &d);
-        if (df_stored_task_mark_piece(dl->task, piece, d.value) == 0) {
-            ok = true;
-            peer->stats.pieces_verified++;
-            if (f->a.src_is_seed) {
-                dl->res.bytes_from_supernode += f->got;
-                peer->stats.bytes_from_supernode += f->got;
-            } else {
-                dl->res.bytes_from_peers += f->got;
-                peer->stats.bytes_from_peers += f->got;
-            }
-        } else {
-            kind = DF_REPORT_DIGEST;
-            peer->stats.digest_failures++;
-            DF_LOG_W("task %.16s: piece %u from %s failed verification; fetching it elsewhere",
-                     dl->res.task_id, piece, f->a.src_id);
-        }
-    } else if (f->err < 0) {
-        /* our own disk failed: nothing the source did */
-        int err = f->err; /* f is gone after fetch_free */
-        fetch_free(f);
-        if ((err == -ENOSPC || err == -EDQUOT) && df_stored_task_placed(dl->task))
-            finish(dl, err, "writing piece %u: the disk of %s is full (%s)", piece, dl->output,
-                   df_strerror(err));
-        else if (err == -ENOSPC || err == -EDQUOT)
-            finish(dl, err, "writing piece %u: the disk of the piece store is full (%s); free space or lower "
-                   "--cache-limit", piece, df_strerror(err));
-        else
-            finish(dl, err, "writing piece %u: %s", piece, df_strerror(err));
-        return;
-    } else {
-        kind = res->http_code == 404 ? DF_REPORT_MISSING : DF_REPORT_IO;
-        DF_LOG_D("task %.16s: piece %u from %s failed: %s (HTTP %ld)", dl->res.task_id, piece, f->a.src_id,
-                 res->error ? res->error : "short", res->http_code);
-    }
     if (!ok) {
         add_bad_source(dl, f->a.src_id);
         if (peer->tracker && dl->peer_id[0])
@@ -709,6 +671,215 @@ static void fetch_done(df_http_req_t *req, const df_http_result_t *res, void *ar
     check_complete(dl);
     if (dl->state == ST_P2P)
         maybe_pull(dl);
+}
+
+/* A piece fully received hashes to sha256: verified if that is the digest
+ * the seed computed, else reported as bad.  Frees f. */
+static void fetch_check(fetch_t *f, const uint8_t sha256[32])
+{
+    df_download_t *dl = f->dl;
+    df_peer_t *peer = dl->peer;
+    uint32_t piece = f->a.piece;
+
+    df_bitmap_clear(dl->inflight, piece);
+    if (df_stored_task_mark_piece(dl->task, piece, sha256) == 0) {
+        peer->stats.pieces_verified++;
+        if (f->a.src_is_seed) {
+            dl->res.bytes_from_supernode += f->got;
+            peer->stats.bytes_from_supernode += f->got;
+        } else {
+            dl->res.bytes_from_peers += f->got;
+            peer->stats.bytes_from_peers += f->got;
+        }
+        fetch_outcome(f, true, DF_REPORT_IO);
+        return;
+    }
+    peer->stats.digest_failures++;
+    DF_LOG_W("task %.16s: piece %u from %s failed verification; fetching it elsewhere", dl->res.task_id, piece,
+             f->a.src_id);
+    fetch_outcome(f, false, DF_REPORT_DIGEST);
+}
+
+/* SHA-256 of [off, off+len) of fd by pread (the fallback of map_hash).
+ * 0 or -errno (-EIO: the file is shorter than it must be). */
+static int pread_hash(int fd, uint64_t off, uint64_t len, df_hasher_t *h)
+{
+    size_t cap = (size_t)DF_MIN(len, (uint64_t)HASH_CHUNK);
+    uint8_t *buf = malloc(cap ? cap : 1);
+    uint64_t done = 0;
+    int rc = 0;
+
+    if (!buf)
+        return -ENOMEM;
+    while (done < len) {
+        size_t n = (size_t)DF_MIN(len - done, (uint64_t)cap);
+        ssize_t r = pread(fd, buf, n, (off_t)(off + done));
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) {
+            rc = r < 0 ? -errno : -EIO;
+            break;
+        }
+        df_hasher_update(h, buf, (size_t)r);
+        done += (uint64_t)r;
+    }
+    free(buf);
+    return rc;
+}
+
+/* Hash thread: SHA-256 of the piece read back from the store file (the
+ * page cache; it was written moments ago).  The piece is mapped rather than
+ * copied out: the file has its full length from its creation (ftruncate),
+ * so every page of the range exists; a failed map falls back to pread.
+ * Touches only f's own fields and a descriptor of its own, so nothing the
+ * loop may free under it. */
+static void hash_work(void *arg)
+{
+    fetch_t *f = arg;
+    df_hasher_t *h = df_hasher_new(DF_DIGEST_SHA256);
+    uint64_t pg = (uint64_t)sysconf(_SC_PAGESIZE);
+    uint64_t start = f->a.offset & ~(pg - 1), delta = f->a.offset - start;
+    size_t maplen = (size_t)(f->a.length + delta);
+    df_digest_t d;
+    void *m;
+
+    f->hash_err = 0;
+    if (!h) {
+        f->hash_err = -ENOMEM;
+        return;
+    }
+    m = f->a.length ? mmap(NULL, maplen, PROT_READ, MAP_SHARED | MAP_POPULATE, f->hash_fd, (off_t)start)
+                    : MAP_FAILED;
+    if (m != MAP_FAILED) {
+        df_hasher_update(h, (const uint8_t *)m + delta, (size_t)f->a.length);
+        munmap(m, maplen);
+    } else {
+        f->hash_err = pread_hash(f->hash_fd, f->a.offset, f->a.length, h);
+    }
+    if (f->hash_err == 0) {
+        df_hasher_final(h, &d);
+        memcpy(f->hash_out, d.value, sizeof(f->hash_out));
+    }
+    df_hasher_free(h);
+}
+
+/* hash_work ran (on a hash thread or here): check its result.  Frees f.
+ * Reading back our own file failed: the download's fault, not the source's. */
+static void hash_checked(fetch_t *f)
+{
+    df_download_t *dl = f->dl;
+    uint32_t piece = f->a.piece;
+    int err = f->hash_err;
+
+    if (err < 0) {
+        df_bitmap_clear(dl->inflight, piece);
+        fetch_free(f);
+        finish(dl, err, "reading back piece %u: %s", piece, df_strerror(err));
+        return;
+    }
+    fetch_check(f, f->hash_out);
+}
+
+/* Loop thread: the hash of a piece came back (status 0), or the queue was
+ * freed before it ran (-ECANCELED, peer teardown).  A download that ended
+ * meanwhile drops the piece: nothing is marked, served or reported. */
+static void hash_done(void *arg, int status)
+{
+    fetch_t *f = arg;
+    df_download_t *dl = f->dl;
+
+    close(f->hash_fd);
+    f->hash_fd = -1;
+    dl->hash_jobs--;
+    if (status < 0 || dl->state != ST_P2P) {
+        df_bitmap_clear(dl->inflight, f->a.piece);
+        fetch_free(f);
+        if (dl->zombie && dl->tracker_calls == 0 && dl->hash_jobs == 0)
+            event_active(dl->reap, EV_TIMEOUT, 0);
+        return;
+    }
+    hash_checked(f);
+}
+
+/* Hands a fully received piece to a hash thread; it stays in the inflight
+ * bitmap (nobody fetches it again) but no longer counts as a fetch.  0 when
+ * queued (hash_done follows), else the caller hashes on the loop. */
+static int hash_async(fetch_t *f)
+{
+    df_download_t *dl = f->dl;
+    int rc;
+
+    f->hash_fd = dup(df_stored_task_fd(dl->task));
+    if (f->hash_fd < 0)
+        return -errno;
+    rc = df_workq_submit(dl->peer->hashq, hash_work, hash_done, f);
+    if (rc < 0) {
+        close(f->hash_fd);
+        f->hash_fd = -1;
+        return rc;
+    }
+    /* out of dl->fetches: stop_all and start_origin leave it to its job */
+    if (f->prev)
+        f->prev->next = f->next;
+    else if (dl->fetches == f)
+        dl->fetches = f->next;
+    if (f->next)
+        f->next->prev = f->prev;
+    f->prev = f->next = NULL;
+    dl->hash_jobs++;
+    return 0;
+}
+
+static void fetch_done(df_http_req_t *req, const df_http_result_t *res, void *arg)
+{
+    fetch_t *f = arg;
+    df_download_t *dl = f->dl;
+    uint32_t piece = f->a.piece;
+    df_report_kind_t kind;
+
+    f->req = NULL;
+    dl->ninflight--;
+    /* One line per piece: what the swarm benchmark reads to see where a
+     * download waited (bench/swarm/timeline.py). */
+    DF_LOG_D("task %.16s: piece %u from %s: %llu B in %llu ms, t=%llu ms, %u in flight, status %d/%ld",
+             dl->res.task_id, piece, f->a.src_id, (unsigned long long)f->got,
+             (unsigned long long)(df_now_ms() - f->started_ms), (unsigned long long)(df_now_ms() - dl->start_ms),
+             dl->ninflight, res->status, res->http_code);
+    if (res->status == 0 && !f->bad_status && f->got == f->a.length) {
+        df_digest_t d;
+        if (!f->hasher) {
+            if (hash_async(f) == 0)
+                return;
+            /* queue full or no descriptor: the same work, here */
+            f->hash_fd = df_stored_task_fd(dl->task);
+            hash_work(f);
+            f->hash_fd = -1;
+            hash_checked(f);
+            return;
+        }
+        df_hasher_final(f->hasher, &d);
+        fetch_check(f, d.value);
+        return;
+    }
+    df_bitmap_clear(dl->inflight, piece);
+    if (f->err < 0) {
+        /* our own disk failed: nothing the source did */
+        int err = f->err; /* f is gone after fetch_free */
+        fetch_free(f);
+        if ((err == -ENOSPC || err == -EDQUOT) && df_stored_task_placed(dl->task))
+            finish(dl, err, "writing piece %u: the disk of %s is full (%s)", piece, dl->output,
+                   df_strerror(err));
+        else if (err == -ENOSPC || err == -EDQUOT)
+            finish(dl, err, "writing piece %u: the disk of the piece store is full (%s); free space or lower "
+                   "--cache-limit", piece, df_strerror(err));
+        else
+            finish(dl, err, "writing piece %u: %s", piece, df_strerror(err));
+        return;
+    }
+    kind = res->http_code == 404 ? DF_REPORT_MISSING : DF_REPORT_IO;
+    DF_LOG_D("task %.16s: piece %u from %s failed: %s (HTTP %ld)", dl->res.task_id, piece, f->a.src_id,
+             res->error ? res->error : "short", res->http_code);
+    fetch_outcome(f, false, kind);
 }
 
 static void start_fetch(df_download_t *dl, const df_assignment_t *a)
@@ -751,10 +922,13 @@ static void start_fetch(df_download_t *dl, const df_assignment_t *a)
     f->dl = dl;
     f->a = *a;
     f->started_ms = df_now_ms();
-    f->hasher = df_hasher_new(DF_DIGEST_SHA256);
-    if (!f->hasher) {
-        free(f);
-        return;
+    f->hash_fd = -1;
+    if (!dl->peer->hashq) {
+        f->hasher = df_hasher_new(DF_DIGEST_SHA256);
+        if (!f->hasher) {
+            free(f);
+            return;
+        }
     }
     if (strchr(a->src_ip, ':'))
         snprintf(url, sizeof(url), "http://[%s]:%u/peer/file/%s", a->src_ip, a->src_port, dl->res.task_id);

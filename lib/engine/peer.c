@@ -36,6 +36,7 @@ void df_peer_config_init(df_peer_config_t *cfg)
     memset(cfg, 0, sizeof(*cfg));
     cfg->upload_host = "0.0.0.0";
     cfg->fetch_parallel = 8;
+    cfg->hash_threads = 1;
     cfg->stall_timeout_ms = 20000;
     cfg->serve = true;
 }
@@ -326,6 +327,13 @@ int df_peer_new(struct event_base *base, const df_peer_config_t *cfg, df_peer_t 
     rc = df_http_new(base, &peer->http);
     if (rc < 0)
         goto fail;
+    if (cfg->hash_threads > 0) {
+        /* cap: a few pieces per thread queued is enough to keep them busy;
+         * past it a download hashes on the loop (df_workq_submit -EAGAIN) */
+        rc = df_workq_new(base, DF_MIN(cfg->hash_threads, 16u), 64, &peer->hashq);
+        if (rc < 0)
+            goto fail;
+    }
     if (n > 0 && !cfg->gossip_listen) {
         rc = df_tracker_supernode_new(peer->http, (const char *const *)peer->nodes, &peer->tracker);
         if (rc < 0)
@@ -393,6 +401,10 @@ void df_peer_free(df_peer_t *peer)
 {
     if (!peer)
         return;
+    /* First: the hash jobs' completions run now (cancelled or finished)
+     * while their downloads still exist; then the downloads go. */
+    df_workq_free(peer->hashq);
+    peer->hashq = NULL;
     df__download_cancel_all(peer);
     if (peer->tick)
         event_free(peer->tick);

@@ -8,6 +8,7 @@
 #endif
 
 #include "core/core.h"
+#include "core/workq.h"
 #include "net/http_client.h"
 #include "piece/piece_store.h"
 #include "piece/rate_limit.h"
@@ -24,6 +25,7 @@ struct df_peer {
     char *upload_host;
     char **nodes;               /* NULL-terminated */
     df_http_t *http;
+    df_workq_t *hashq;          /* piece verification off the loop; NULL = on the loop */
     df_store_t *store;
     df_tracker_t *tracker;      /* NULL when no supernode is configured */
     struct evhttp *evh;         /* upload server listener; NULL when not serving */

@@ -66,6 +66,7 @@ typedef struct {
     bool nodes_given;
     uint64_t local_limit;
     uint64_t total_limit;
+    uint64_t hash_threads;    /* UINT64_MAX: the library's default */
     uint64_t timeout_ms;
     df_pattern_t pattern;
     bool notbs, showbar, json, fsync_output;
@@ -106,6 +107,8 @@ static void usage(FILE *f)
             "      --header 'K: V'      header for the origin (repeatable)\n"
             "  -s, --locallimit RATE    this download's rate limit (e.g. 20M)\n"
             "      --totallimit RATE    host-wide rate limit of the in-process peer\n"
+            "      --hash-threads N     threads verifying pieces off the event loop\n"
+            "                           (default 1; 0 = on the loop)\n"
             "  -p, --pattern P          p2p (default), cdn or source\n"
             "      --notbs              never fall back to the origin\n"
             "      --fsync              flush the file to disk before it appears at -o\n"
@@ -192,6 +195,7 @@ enum {
     OPT_DIGEST = 256,
     OPT_HEADER,
     OPT_TOTALLIMIT,
+    OPT_HASH_THREADS,
     OPT_NOTBS,
     OPT_FSYNC,
     OPT_CALLSYSTEM,
@@ -212,6 +216,7 @@ static const struct option long_opts[] = {
     {"header", required_argument, NULL, OPT_HEADER},
     {"locallimit", required_argument, NULL, 's'},
     {"totallimit", required_argument, NULL, OPT_TOTALLIMIT},
+    {"hash-threads", required_argument, NULL, OPT_HASH_THREADS},
     {"pattern", required_argument, NULL, 'p'},
     {"notbs", no_argument, NULL, OPT_NOTBS},
     {"fsync", no_argument, NULL, OPT_FSYNC},
@@ -243,6 +248,7 @@ static int parse_args(int argc, char **argv, opts_t *o)
 
     memset(o, 0, sizeof(*o));
     o->level = DF_LOG_WARN;
+    o->hash_threads = UINT64_MAX;
     o->pattern = DF_PATTERN_P2P;
     opterr = 0;
     while ((c = getopt_long(argc, argv, ":u:o:n:m:i:f:s:p:e:bh", long_opts, NULL)) != -1) {
@@ -298,6 +304,11 @@ static int parse_args(int argc, char **argv, opts_t *o)
         case OPT_TOTALLIMIT:
             if (df_parse_size(optarg, &o->total_limit) < 0)
                 return usage_error("bad --totallimit \"%s\" (e.g. 512K, 20M)", optarg);
+            break;
+        case OPT_HASH_THREADS:
+            if (optarg[0] < '0' || optarg[0] > '9' || optarg[1] != '\0' ||
+                (o->hash_threads = (uint64_t)(optarg[0] - '0')) > 8)
+                return usage_error("bad --hash-threads \"%s\" (0 to 8)", optarg);
             break;
         case 'p':
             if (strcmp(optarg, "p2p") == 0)
@@ -686,6 +697,8 @@ static void run_in_process(const opts_t *o, const df_download_req_t *req, bar_t 
     pc.home_dir = peer_dir;
     pc.nodes = (const char **)o->nodes;
     pc.total_limit_bps = o->total_limit;
+    if (o->hash_threads != UINT64_MAX)
+        pc.hash_threads = (uint32_t)o->hash_threads;
     /* cdn: fetch through the supernode and serve nobody; source: no P2P. */
     pc.serve = o->pattern == DF_PATTERN_P2P;
     pc.ephemeral = true; /* peer_dir is removed below */
