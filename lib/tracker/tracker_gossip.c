@@ -1935,6 +1935,8 @@ void df_tracker_gossip_stats(df_tracker_t *base, df_tracker_gossip_stats_t *out)
         out->rx_unencrypted = rx.unencrypted;
         out->rx_encrypted = rx.encrypted;
         out->rx_refused = rx.err_replies;
+        out->rx_malformed = rx.malformed;
+        out->bcast_pruned = rx.pruned;
     }
     out->tasks_owned = 0;
     for (task_t *t = tr->tasks; t; t = t->next)
