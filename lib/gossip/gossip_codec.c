@@ -474,7 +474,7 @@ static int enc_end(enc_t *e)
  * each field's key, type, place in the C struct and cap, in the order the
  * encoder writes them (Go's sorted keys).  Decoding takes the keys in any
  * order and ignores unknown ones, as go-msgpack does. */
-typedef enum { FT_U32, FT_U16, FT_BOOL, FT_STR, FT_RAW, FT_VSN } field_type_t;
+typedef enum { FT_U64, FT_U32, FT_U16, FT_BOOL, FT_STR, FT_RAW, FT_VSN } field_type_t;
 
 typedef struct {
     const char *key;
@@ -491,6 +491,8 @@ typedef struct {
 static int get_field(const msgpack_object *v, const field_t *f, uint8_t *m)
 {
     switch (f->type) {
+    case FT_U64:
+        return get_uint(v, UINT64_MAX, (uint64_t *)(m + f->off));
     case FT_U32:
         return get_u32(v, (uint32_t *)(m + f->off));
     case FT_U16:
@@ -537,6 +539,8 @@ static int decode_fields(const uint8_t *buf, size_t len, uint8_t type, const fie
 static bool field_empty(const field_t *f, const uint8_t *m)
 {
     switch (f->type) {
+    case FT_U64:
+        return *(const uint64_t *)(m + f->off) == 0;
     case FT_U32:
         return *(const uint32_t *)(m + f->off) == 0;
     case FT_U16:
@@ -555,6 +559,9 @@ static bool field_empty(const field_t *f, const uint8_t *m)
 static void put_field(enc_t *e, const field_t *f, const uint8_t *m)
 {
     switch (f->type) {
+    case FT_U64:
+        pk_uint(e, *(const uint64_t *)(m + f->off));
+        break;
     case FT_U32:
         pk_uint(e, *(const uint32_t *)(m + f->off));
         break;
@@ -576,8 +583,10 @@ static void put_field(enc_t *e, const field_t *f, const uint8_t *m)
     }
 }
 
-/* Type byte, then a map of the fields (omit_empty ones only when set). */
-static int encode_fields(df_buf_t *out, uint8_t type, const field_t *f, size_t nf, const void *m)
+/* The header (type byte(s)), then a map of the fields (omit_empty ones only
+ * when set). */
+static int encode_fields(df_buf_t *out, const uint8_t *hdr, size_t hlen, const field_t *f, size_t nf,
+                         const void *m)
 {
     const uint8_t *mb = m;
     size_t n = 0;
@@ -586,7 +595,7 @@ static int encode_fields(df_buf_t *out, uint8_t type, const field_t *f, size_t n
     for (size_t j = 0; j < nf; j++)
         n += !(f[j].omit_empty && field_empty(&f[j], mb));
     enc_begin(&e, out);
-    put_u8(&e, type);
+    put_bytes(&e, hdr, hlen);
     pk_map(&e, n);
     for (size_t j = 0; j < nf; j++) {
         if (f[j].omit_empty && field_empty(&f[j], mb))
@@ -645,7 +654,7 @@ static const field_t err_fields[] = {
 };
 
 #define DECODE(type, fields, m) decode_fields(buf, len, type, fields, DF_ARRAY_LEN(fields), m, sizeof(*(m)))
-#define ENCODE(type, fields, m) encode_fields(out, type, fields, DF_ARRAY_LEN(fields), m)
+#define ENCODE(type, fields, m) encode_fields(out, (const uint8_t[]){type}, 1, fields, DF_ARRAY_LEN(fields), m)
 
 int df_gossip_ping_decode(const uint8_t *buf, size_t len, df_gossip_ping_t *m)
 {
@@ -1197,100 +1206,60 @@ static void serf_begin(enc_t *e, df_buf_t *out, uint8_t type)
     put_u8(e, type);
 }
 
+static const field_t join_fields[] = {
+    FIELD(df_serf_intent_t, "LTime", FT_U64, ltime, 0),
+    FIELD(df_serf_intent_t, "Node", FT_STR, node, DF_GOSSIP_NAME_MAX),
+};
+
+static const field_t leave_fields[] = {
+    FIELD(df_serf_intent_t, "LTime", FT_U64, ltime, 0),
+    FIELD(df_serf_intent_t, "Node", FT_STR, node, DF_GOSSIP_NAME_MAX),
+    FIELD(df_serf_intent_t, "Prune", FT_BOOL, prune, 0),
+};
+
+static const field_t user_event_fields[] = {
+    FIELD(df_serf_user_event_t, "CC", FT_BOOL, cc, 0),
+    FIELD(df_serf_user_event_t, "LTime", FT_U64, ltime, 0),
+    FIELD(df_serf_user_event_t, "Name", FT_STR, name, DF_GOSSIP_NAME_MAX),
+    FIELD(df_serf_user_event_t, "Payload", FT_RAW, payload, DF_SERF_EVENT_SIZE_MAX),
+};
+
+/* A Serf message inside a memberlist user message: 08 <serf type> map. */
+#define SERF_ENCODE(type, fields, m)                                                                   \
+    encode_fields(out, (const uint8_t[]){DF_GOSSIP_USER, type}, 2, fields, DF_ARRAY_LEN(fields), m)
+
 int df_serf_intent_decode(const uint8_t *buf, size_t len, uint8_t type, df_serf_intent_t *m)
 {
-    msgpack_unpacked u;
-    const msgpack_object_map *map;
-    uint32_t i;
-    int rc;
-
-    if (type != DF_SERF_JOIN && type != DF_SERF_LEAVE)
-        return -EINVAL;
-    msgpack_unpacked_init(&u);
-    memset(m, 0, sizeof(*m));
-    rc = body_begin(buf, len, type, &u, &map);
-    for (i = 0; rc == 0 && map && i < map->size; i++) {
-        const msgpack_object *k = &map->ptr[i].key, *v = &map->ptr[i].val;
-
-        if ((rc = check_key(k)) < 0)
-            break;
-        if (key_is(k, "LTime"))
-            rc = get_uint(v, UINT64_MAX, &m->ltime);
-        else if (key_is(k, "Node"))
-            rc = get_str(v, DF_GOSSIP_NAME_MAX, &m->node);
-        else if (key_is(k, "Prune") && type == DF_SERF_LEAVE)
-            rc = get_bool(v, &m->prune);
-    }
-    msgpack_unpacked_destroy(&u);
-    return rc;
+    if (type == DF_SERF_JOIN)
+        return DECODE(type, join_fields, m);
+    if (type == DF_SERF_LEAVE)
+        return DECODE(type, leave_fields, m);
+    return -EINVAL;
 }
 
 int df_serf_intent_encode(df_buf_t *out, uint8_t type, const df_serf_intent_t *m)
 {
-    enc_t e;
-
-    if (type != DF_SERF_JOIN && type != DF_SERF_LEAVE)
-        return -EINVAL;
-    serf_begin(&e, out, type);
-    pk_map(&e, type == DF_SERF_LEAVE ? 3 : 2);
-    pk_key(&e, "LTime");
-    pk_uint(&e, m->ltime);
-    pk_key(&e, "Node");
-    pk_str(&e, m->node);
-    if (type == DF_SERF_LEAVE) {
-        pk_key(&e, "Prune");
-        pk_bool(&e, m->prune);
-    }
-    return enc_end(&e);
+    if (type == DF_SERF_JOIN)
+        return SERF_ENCODE(type, join_fields, m);
+    if (type == DF_SERF_LEAVE)
+        return SERF_ENCODE(type, leave_fields, m);
+    return -EINVAL;
 }
 
 int df_serf_user_event_decode(const uint8_t *buf, size_t len, df_serf_user_event_t *m)
 {
-    msgpack_unpacked u;
-    const msgpack_object_map *map;
-    uint32_t i;
-    int rc;
+    int rc = DECODE(DF_SERF_USER_EVENT, user_event_fields, m);
 
-    msgpack_unpacked_init(&u);
-    memset(m, 0, sizeof(*m));
-    rc = body_begin(buf, len, DF_SERF_USER_EVENT, &u, &map);
-    for (i = 0; rc == 0 && map && i < map->size; i++) {
-        const msgpack_object *k = &map->ptr[i].key, *v = &map->ptr[i].val;
-
-        if ((rc = check_key(k)) < 0)
-            break;
-        if (key_is(k, "LTime"))
-            rc = get_uint(v, UINT64_MAX, &m->ltime);
-        else if (key_is(k, "Name"))
-            rc = get_str(v, DF_GOSSIP_NAME_MAX, &m->name);
-        else if (key_is(k, "Payload"))
-            rc = get_raw(v, DF_SERF_EVENT_SIZE_MAX, &m->payload);
-        else if (key_is(k, "CC"))
-            rc = get_bool(v, &m->cc);
-    }
     if (rc == 0 && m->name.len + m->payload.len > DF_SERF_EVENT_SIZE_MAX)
         rc = DF_ETOOBIG;
-    msgpack_unpacked_destroy(&u);
     return rc;
 }
 
 int df_serf_user_event_encode(df_buf_t *out, const df_serf_user_event_t *m)
 {
-    enc_t e;
-
     if (m->name.len > DF_GOSSIP_NAME_MAX || m->name.len + m->payload.len > DF_SERF_EVENT_SIZE_MAX)
         return DF_ETOOBIG;
-    serf_begin(&e, out, DF_SERF_USER_EVENT);
-    pk_map(&e, 4);
-    pk_key(&e, "CC");
-    pk_bool(&e, m->cc);
-    pk_key(&e, "LTime");
-    pk_uint(&e, m->ltime);
-    pk_key(&e, "Name");
-    pk_str(&e, m->name);
-    pk_key(&e, "Payload");
-    pk_raw(&e, m->payload);
-    return enc_end(&e);
+    return SERF_ENCODE(DF_SERF_USER_EVENT, user_event_fields, m);
 }
 
 int df_serf_query_decode(const uint8_t *buf, size_t len, df_serf_query_t *m)
@@ -1521,38 +1490,18 @@ int df_serf_relay_encode(df_buf_t *out, const df_serf_relay_t *m)
     return enc_end(&e);
 }
 
+static const field_t key_request_fields[] = {
+    FIELD(df_serf_key_request_t, "Key", FT_RAW, key, 32),
+};
+
 int df_serf_key_request_decode(const uint8_t *buf, size_t len, df_serf_key_request_t *m)
 {
-    msgpack_unpacked u;
-    const msgpack_object_map *map;
-    uint32_t i;
-    int rc;
-
-    msgpack_unpacked_init(&u);
-    memset(m, 0, sizeof(*m));
-    rc = body_begin(buf, len, DF_SERF_KEY_REQUEST, &u, &map);
-    for (i = 0; rc == 0 && map && i < map->size; i++) {
-        const msgpack_object *k = &map->ptr[i].key, *v = &map->ptr[i].val;
-
-        if ((rc = check_key(k)) < 0)
-            break;
-        if (key_is(k, "Key"))
-            rc = get_raw(v, 32, &m->key);
-    }
-    msgpack_unpacked_destroy(&u);
-    return rc;
+    return DECODE(DF_SERF_KEY_REQUEST, key_request_fields, m);
 }
 
 int df_serf_key_request_encode(df_buf_t *out, const df_serf_key_request_t *m)
 {
-    enc_t e;
-
-    enc_begin(&e, out);
-    put_u8(&e, DF_SERF_KEY_REQUEST);
-    pk_map(&e, 1);
-    pk_key(&e, "Key");
-    pk_raw(&e, m->key);
-    return enc_end(&e);
+    return ENCODE(DF_SERF_KEY_REQUEST, key_request_fields, m);
 }
 
 int df_serf_key_response_decode(const uint8_t *buf, size_t len, df_serf_key_response_t *m)
