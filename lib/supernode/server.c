@@ -89,6 +89,7 @@ struct df_supernode {
 
     df_metric_t *m_tasks, *m_peers, *m_sched_seed, *m_sched_peer, *m_seed_bytes, *m_origin_bytes;
     df_metric_t *m_sched_seconds, *m_seed_err[DF_SN_SEED_ERR_COUNT];
+    df_metric_t *m_reval_fail[DF_SN_SEED_ERR_COUNT]; /* origin kinds only, others NULL */
     df_metric_t *m_up_ok, *m_up_err;
     df_metric_t *m_preheats[DF_SN_PREHEAT_NSTATES];
 };
@@ -1046,6 +1047,10 @@ static void collect(df_metrics_t *m, void *arg)
     df_metric_set(sn->m_origin_bytes, (double)df_sn_seeder_origin_bytes(sn->seeder));
     for (int i = 0; i < DF_SN_SEED_ERR_COUNT; i++)
         df_metric_set(sn->m_seed_err[i], (double)df_sn_seeder_errors(sn->seeder, (df_sn_seed_err_t)i));
+    for (int i = 0; i < DF_SN_SEED_ERR_COUNT; i++)
+        if (sn->m_reval_fail[i])
+            df_metric_set(sn->m_reval_fail[i],
+                          (double)df_sn_seeder_revalidation_failures(sn->seeder, (df_sn_seed_err_t)i));
     df_upload_server_stats(sn->upload, &up);
     df_metric_set(sn->m_seed_bytes, (double)up.bytes_served);
     df_metric_set(sn->m_up_ok, (double)(up.requests - up.errors));
@@ -1097,6 +1102,18 @@ static int metrics_setup(df_supernode_t *sn)
         rc = df_metrics_counter(sn->metrics, "dfly_supernode_errors_total",
                                 "Errors by kind (origin, request, report)", &kind, 1,
                                 &sn->m_seed_err[i]);
+    }
+    {
+        static const df_sn_seed_err_t kinds[] = {DF_SN_SEED_ERR_ORIGIN_HTTP, DF_SN_SEED_ERR_ORIGIN_CONNECT,
+                                                 DF_SN_SEED_ERR_ORIGIN_TIMEOUT};
+        for (size_t i = 0; rc == 0 && i < DF_ARRAY_LEN(kinds); i++) {
+            df_metric_label_t reason = {"reason", df_sn_seed_err_name(kinds[i])};
+            rc = df_metrics_counter(sn->metrics, "dfly_supernode_revalidation_failures_total",
+                                    i == 0 ? "Revalidations the origin could not answer (5xx, 429, no "
+                                             "connection, timeout); the cached copy was served"
+                                           : NULL,
+                                    &reason, 1, &sn->m_reval_fail[kinds[i]]);
+        }
     }
     if (rc == 0)
         rc = df_metrics_counter(sn->metrics, "dfly_supernode_http_requests_total",
