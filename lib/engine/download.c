@@ -19,14 +19,16 @@
  * of the file as pieces land (pread from the page cache), so finishing does
  * not re-read the file.  The output appears only by df_stored_task_export()
  * after every check passed (for an ephemeral peer the pieces are written into
- * a hidden temporary file next to the output, and export renames it).
+ * a temporary file next to the output, unnamed where the filesystem allows
+ * (core/outfile.h), and export links or renames it).
  *
  * ORIGIN: when P2P cannot go on (tracker gone, task error, no progress for
  * stall_timeout), the download fetches what it still lacks from the origin
  * with one Range request from the first missing piece (the origin's 200
  * answer restarts from 0), verifying every piece whose digest it knows.
  * SOURCE: without a task shape (no tracker), one plain GET into a temporary
- * file next to the output, hashed as it streams, renamed when verified.
+ * file next to the output (the same kind), hashed as it streams, published
+ * when verified.
  *
  * Lifetime: finish() never frees the download it is called for, so every
  * caller may look at dl->state afterwards: it marks the download a zombie
@@ -1499,7 +1501,7 @@ static void register_cb(const df_register_res_t *res, void *arg)
             return;
         }
         /* An in-process dfget's store goes when it ends: write the pieces
-         * where the output will be, so export is a rename, not a copy.
+         * where the output will be, so export is a link, not a copy.
          * Refused for a store that keeps tasks, or a task holding pieces
          * already; a failure leaves the task in the store (export copies). */
         if (peer->cfg.ephemeral && dl->output &&
