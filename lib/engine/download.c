@@ -19,14 +19,16 @@
  * of the file as pieces land (pread from the page cache), so finishing does
  * not re-read the file.  The output appears only by df_stored_task_export()
  * after every check passed (for an ephemeral peer the pieces are written into
- * a hidden temporary file next to the output, and export renames it).
+ * a temporary file next to the output, unnamed where the filesystem allows
+ * (core/outfile.h), and export links or renames it).
  *
  * ORIGIN: when P2P cannot go on (tracker gone, task error, no progress for
  * stall_timeout), the download fetches what it still lacks from the origin
  * with one Range request from the first missing piece (the origin's 200
  * answer restarts from 0), verifying every piece whose digest it knows.
  * SOURCE: without a task shape (no tracker), one plain GET into a temporary
- * file next to the output, hashed as it streams, renamed when verified.
+ * file next to the output (the same kind), hashed as it streams, published
+ * when verified.
  *
  * Lifetime: finish() never frees the download it is called for, so every
  * caller may look at dl->state afterwards: it marks the download a zombie
@@ -34,6 +36,7 @@
  * call it started is pending (tracker calls cannot be cancelled one by one;
  * their callbacks free a zombie when they come back).
  */
+#include "core/outfile.h"
 #include "engine/peer_internal.h"
 
 #include "piece/digest.h"
@@ -126,8 +129,9 @@ struct df_download {
     uint64_t origin_pos;         /* absolute offset of the next origin byte */
     uint64_t origin_end;         /* ORIGIN: end of the run of missing pieces being fetched */
     df_hasher_t *origin_piece_hasher;
-    int src_fd;
-    char *src_tmp;
+    int src_fd;                  /* src_out.fd with an output, else the spool in the home */
+    df_outfile_t src_out;        /* SOURCE with an output: the output-to-be (fd -1 when none) */
+    char *src_tmp;               /* the spool's name (no output) */
 
     df_rate_limit_t rl;
     df_http_req_t *paused_req;   /* the transfer paused for the rate limit (origin) */
@@ -382,6 +386,7 @@ static void download_free(df_download_t *dl)
         free(dl->bad_sources[i]);
     free(dl->bad_sources);
     free(dl->src_tmp);
+    df_outfile_close(&dl->src_out); /* closed by stop_all already: frees nothing left */
     if (dl->reap)
         event_free(dl->reap);
     free(dl);
@@ -409,6 +414,10 @@ static void stop_all(df_download_t *dl)
     df_hasher_free(dl->whole_user);
     df_hasher_free(dl->origin_piece_hasher);
     dl->whole_sha256 = dl->whole_user = dl->origin_piece_hasher = NULL;
+    if (dl->src_out.fd >= 0) {
+        df_outfile_close(&dl->src_out); /* an unpublished one goes */
+        dl->src_fd = -1;
+    }
     if (dl->src_fd >= 0) {
         close(dl->src_fd);
         dl->src_fd = -1;
@@ -1356,13 +1365,13 @@ static void source_done(df_http_req_t *req, const df_http_result_t *res, void *a
         finish(dl, 0, NULL); /* streamed; stop_all removes the spool file */
         return;
     }
-    if ((dl->durable && fsync(dl->src_fd) < 0) || rename(dl->src_tmp, dl->output) < 0) {
-        int err = -errno;
-        finish(dl, err, "writing %s: %s", dl->output, df_strerror(err));
-        return;
+    {
+        int err = df_outfile_publish(&dl->src_out, dl->output, dl->durable);
+        if (err < 0) {
+            finish(dl, err, "writing %s: %s", dl->output, df_strerror(err));
+            return;
+        }
     }
-    free(dl->src_tmp);
-    dl->src_tmp = NULL; /* renamed: stop_all must not unlink it */
     finish(dl, 0, NULL);
 }
 
@@ -1371,7 +1380,6 @@ static void start_source(df_download_t *dl, const char *why)
     df_http_opts_t opts = {0};
     df_http_cbs_t cbs = {.on_headers = origin_headers, .on_data = source_data, .on_done = source_done};
     char tmp[PATH_MAX];
-    const char *slash;
     int rc;
 
     if (dl->notbs && dl->pattern != DF_PATTERN_SOURCE) {
@@ -1385,14 +1393,19 @@ static void start_source(df_download_t *dl, const char *why)
     df_strlcpy(dl->res.reason, why, sizeof(dl->res.reason));
     dl->state = ST_SOURCE;
     if (dl->output) {
-        slash = strrchr(dl->output, '/');
-        rc = snprintf(tmp, sizeof(tmp), "%.*s.dfget-%d-%p.tmp", slash ? (int)(slash - dl->output + 1) : 0,
-                      dl->output, (int)getpid(), (void *)dl);
-    } else {
-        /* A streaming caller without an output: spool in the peer's home;
-         * the caller reads it through the progress fd. */
-        rc = snprintf(tmp, sizeof(tmp), "%s/stream-%d-%p.tmp", dl->peer->home_dir, (int)getpid(), (void *)dl);
+        /* Unnamed in the output's directory where possible: a kill leaves
+         * nothing there (lib/core/outfile.h). */
+        rc = df_outfile_open(&dl->src_out, dl->output);
+        if (rc < 0) {
+            finish(dl, rc, "creating a file next to %s: %s", dl->output, df_strerror(rc));
+            return;
+        }
+        dl->src_fd = dl->src_out.fd;
+        goto opened;
     }
+    /* A streaming caller without an output: spool in the peer's home;
+     * the caller reads it through the progress fd. */
+    rc = snprintf(tmp, sizeof(tmp), "%s/stream-%d-%p.tmp", dl->peer->home_dir, (int)getpid(), (void *)dl);
     if (rc >= (int)sizeof(tmp)) {
         finish(dl, -ENAMETOOLONG, "output path too long");
         return;
@@ -1410,6 +1423,7 @@ static void start_source(df_download_t *dl, const char *why)
         finish(dl, rc, "creating %s: %s", tmp, df_strerror(rc));
         return;
     }
+opened:
     dl->origin_pos = 0;
     opts.url = dl->url;
     opts.headers = (const char *const *)dl->headers;
@@ -1487,7 +1501,7 @@ static void register_cb(const df_register_res_t *res, void *arg)
             return;
         }
         /* An in-process dfget's store goes when it ends: write the pieces
-         * where the output will be, so export is a rename, not a copy.
+         * where the output will be, so export is a link, not a copy.
          * Refused for a store that keeps tasks, or a task holding pieces
          * already; a failure leaves the task in the store (export copies). */
         if (peer->cfg.ephemeral && dl->output &&
@@ -1664,6 +1678,7 @@ int df_peer_download(df_peer_t *peer, const df_download_req_t *req, df_download_
         return -ENOMEM;
     dl->peer = peer;
     dl->src_fd = -1;
+    dl->src_out.fd = -1;
     dl->state = ST_REGISTER;
     dl->url = strdup(req->url);
     dl->output = req->output ? strdup(req->output) : NULL;

@@ -34,7 +34,9 @@
  * store is deleted when it ends) never write meta.json, so nothing is ever
  * fdatasync()ed for them, and a task of theirs may keep its bytes in a
  * temporary file next to the download's output instead of `data`
- * (df_stored_task_place_at): export is then a rename(2), not a copy.
+ * (df_stored_task_place_at, lib/core/outfile.h: unnamed where the
+ * filesystem allows, so a killed dfget leaves nothing there): export is
+ * then a link or rename(2), not a copy.
  *
  * Lazy metadata: df_store_flush() writes a task's meta.json only once its
  * data has not been written for FLUSH_QUIET_MS, by when the kernel's own
@@ -45,6 +47,7 @@
  * Single-threaded: everything runs on the event loop thread.
  */
 #include "core/core.h"
+#include "core/outfile.h"
 #include "piece/piece.h"
 #include "piece/piece_store.h"
 
@@ -90,8 +93,9 @@ struct df_stored_task {
     uint64_t last_use_ms;      /* CLOCK_REALTIME, persisted */
     uint64_t use_seq;          /* tie-break within one millisecond */
     int fd;                    /* `data`, O_RDWR; -1 if not open */
-    bool placed;               /* bytes in a temporary file next to an output (data_path) */
-    bool exported;             /* placed, and renamed to the output: not ours any more */
+    bool placed;               /* bytes in a temporary file next to an output (out) */
+    bool exported;             /* placed, and published as the output: not ours any more */
+    df_outfile_t out;          /* placed: out.fd is fd (closed as fd) */
     uint64_t last_write_ms;    /* monotonic; when data was last written */
     char *dir_path;
     char *data_path;
@@ -229,9 +233,12 @@ static void task_free(df_stored_task_t *t)
         return;
     if (t->fd >= 0)
         close(t->fd);
-    /* A placed temporary file that never became the output is ours to remove. */
-    if (t->placed && !t->exported && t->data_path && unlink(t->data_path) < 0 && errno != ENOENT)
-        DF_LOG_W("store: cannot remove %s: %s", t->data_path, strerror(errno));
+    /* A placed temporary file that never became the output is ours to
+     * remove (an unnamed one went with its descriptor). */
+    if (t->placed) {
+        t->out.fd = -1;
+        df_outfile_close(&t->out);
+    }
     free(t->url);
     free(t->bitmap);
     free(t->known);
@@ -1169,80 +1176,30 @@ out:
     return rc;
 }
 
-/* Creates a hidden temporary file in output's own directory (rename(2)
- * cannot cross filesystems), with the name shortened so it fits NAME_MAX.
- * On success *dir and *tmp are allocated and *fd is open (mode 0600). */
-static char *dir_of(const char *path)
-{
-    const char *slash = strrchr(path, '/');
-
-    if (!slash)
-        return strdup(".");
-    if (slash == path)
-        return strdup("/");
-    return strndup(path, (size_t)(slash - path));
-}
-
-static int tmp_next_to(const char *output, char **dir, char **tmp, int *fd)
-{
-    const char *slash, *base;
-
-    *dir = *tmp = NULL;
-    *fd = -1;
-    if (!output || !*output)
-        return -EINVAL;
-    slash = strrchr(output, '/');
-    base = slash ? slash + 1 : output;
-    if (!*base || strcmp(base, ".") == 0 || strcmp(base, "..") == 0)
-        return -EINVAL;
-    *dir = dir_of(output);
-    if (!*dir)
-        return -ENOMEM;
-    *tmp = path_fmt("%s/.%.200s.dfly-XXXXXX", *dir, base);
-    if (!*tmp) {
-        free(*dir);
-        *dir = NULL;
-        return -ENAMETOOLONG;
-    }
-    *fd = mkostemp(*tmp, O_CLOEXEC);
-    if (*fd < 0) {
-        int rc = -errno;
-        free(*dir);
-        free(*tmp);
-        *dir = *tmp = NULL;
-        return rc;
-    }
-    return 0;
-}
-
 int df_stored_task_place_at(df_stored_task_t *t, const char *output)
 {
-    char *dir = NULL, *tmp = NULL;
-    int fd = -1, rc;
+    df_outfile_t of;
+    int rc;
 
     if (!t->store || !t->store->ephemeral || t->placed || t->nverified > 0)
         return -EINVAL;
-    rc = tmp_next_to(output, &dir, &tmp, &fd);
+    rc = df_outfile_open(&of, output);
     if (rc < 0)
         return rc;
-    if (ftruncate(fd, (off_t)t->length) < 0) {
+    if (ftruncate(of.fd, (off_t)t->length) < 0) {
         rc = -errno;
-        close(fd);
-        unlink(tmp);
-        free(tmp);
-        free(dir);
+        df_outfile_close(&of);
         return rc;
     }
-    /* `data` held nothing verified: it goes, the temporary file replaces it. */
+    /* `data` held nothing verified: it goes, the temporary file replaces
+     * it (data_path is not used again for a placed task). */
     if (unlink(t->data_path) < 0 && errno != ENOENT)
         DF_LOG_W("store: cannot remove %s: %s", t->data_path, strerror(errno));
     if (t->fd >= 0)
         close(t->fd);
-    t->fd = fd;
-    free(t->data_path);
-    t->data_path = tmp;
+    t->fd = of.fd;
+    t->out = of;
     t->placed = true;
-    free(dir);
     return 0;
 }
 
@@ -1251,48 +1208,17 @@ bool df_stored_task_placed(const df_stored_task_t *t)
     return t->placed;
 }
 
-/* Makes the rename into dir durable (fsync of the directory); the file is in
- * place either way. */
-static void sync_dir(const char *dir)
-{
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-
-    if (dfd < 0)
-        return;
-    if (fsync(dfd) < 0)
-        DF_LOG_W("store: fsync of %s failed: %s", dir, strerror(errno));
-    close(dfd);
-}
-
-/* A placed task: its temporary file becomes the output by rename(2), and
- * the task leaves the store -- the file is the user's now, and what a user
- * does to it must never be served. */
+/* A placed task: its temporary file becomes the output (df_outfile_publish:
+ * a link or rename(2) in output's directory, another directory is refused),
+ * and the task leaves the store -- the file is the user's now, and what a
+ * user does to it must never be served. */
 static int export_placed(df_stored_task_t *t, const char *output, bool durable)
 {
-    char *dir = dir_of(output), *tmp_dir = dir_of(t->data_path);
-    int rc = 0;
+    int rc = df_outfile_publish(&t->out, output, durable);
 
-    /* The temporary file must be in output's directory for rename(2) to be
-     * the atomic step; a different output is refused. */
-    if (!dir || !tmp_dir) {
-        rc = -ENOMEM;
-        goto out;
-    }
-    if (strcmp(tmp_dir, dir) != 0) {
-        rc = -EXDEV;
-        goto out;
-    }
-    if (fchmod(t->fd, 0644) < 0 || (durable && fsync(t->fd) < 0)) {
-        rc = -errno;
-        goto out;
-    }
-    if (rename(t->data_path, output) < 0) {
-        rc = -errno;
-        goto out;
-    }
+    if (rc < 0)
+        return rc;
     t->exported = true;
-    if (durable)
-        sync_dir(dir);
     if (t->store) {
         char *dir_path = t->dir_path;
         t->dir_path = NULL;
@@ -1301,17 +1227,14 @@ static int export_placed(df_stored_task_t *t, const char *output, bool durable)
             remove_task_dir(dir_path);
         free(dir_path);
     }
-out:
-    free(tmp_dir);
-    free(dir);
-    return rc;
+    return 0;
 }
 
 /* Only a complete task can be exported: -EINVAL otherwise. */
 int df_stored_task_export(df_stored_task_t *t, const char *output, bool durable)
 {
-    char *dir = NULL, *tmp = NULL;
-    int fd = -1, rc;
+    df_outfile_t of = {.fd = -1};
+    int rc;
 
     if (!output || !*output || !task_complete(t) || t->exported)
         return -EINVAL;
@@ -1319,39 +1242,15 @@ int df_stored_task_export(df_stored_task_t *t, const char *output, bool durable)
         rc = export_placed(t, output, durable);
         goto out;
     }
-    rc = tmp_next_to(output, &dir, &tmp, &fd);
+    rc = df_outfile_open(&of, output);
     if (rc < 0)
         goto out;
-    rc = df__copy_file(t->fd, fd, t->length, DF__COPY_CLONE);
-    if (rc < 0)
-        goto out;
-    /* mkostemp creates 0600; the output is an ordinary downloaded file. */
-    if (fchmod(fd, 0644) < 0 || (durable && fsync(fd) < 0)) {
-        rc = -errno;
-        goto out;
-    }
-    rc = close(fd) < 0 ? -errno : 0;
-    fd = -1;
-    if (rc < 0)
-        goto out;
-    if (rename(tmp, output) < 0) {
-        rc = -errno;
-        goto out;
-    }
-    free(tmp);
-    tmp = NULL;
-    if (durable)
-        sync_dir(dir);
-    rc = 0;
+    rc = df__copy_file(t->fd, of.fd, t->length, DF__COPY_CLONE);
+    if (rc == 0)
+        rc = df_outfile_publish(&of, output, durable);
 out:
-    if (fd >= 0)
-        close(fd);
-    if (tmp) {
-        unlink(tmp);
-        free(tmp);
-    }
+    df_outfile_close(&of);
     if (rc < 0)
         DF_LOG_W("store: task %s: export to %s failed: %s", t->id, output, df_strerror(rc));
-    free(dir);
     return rc;
 }

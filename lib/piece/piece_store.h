@@ -128,11 +128,13 @@ uint64_t df_store_bytes(const df_store_t *store);
 size_t df_store_task_count(const df_store_t *store);
 
 /* Ephemeral stores only, for a task with no verified piece: its bytes move
- * to a new hidden temporary file in output's directory
- * (".<name>.dfly-XXXXXX", sparse, full length), so df_stored_task_export()
- * to that same output is a rename(2) instead of a copy.  Until then the
- * task is served and written as any other; the temporary file is removed
- * when the task is freed without having been exported.  -EINVAL when the
+ * to a new temporary file in output's directory (sparse, full length;
+ * unnamed where the filesystem allows, else ".<name>.dfly-XXXXXX": see
+ * core/outfile.h), so df_stored_task_export() to that same output is a link
+ * or rename(2) instead of a copy.  Until then the task is served and
+ * written as any other; the temporary file is removed when the task is
+ * freed without having been exported (an unnamed one also when the
+ * process is killed).  -EINVAL when the
  * store is not ephemeral, the task was placed already or holds a verified
  * piece; -errno when the file cannot be made (the task is left as it was). */
 int df_stored_task_place_at(df_stored_task_t *t, const char *output);
@@ -141,14 +143,15 @@ bool df_stored_task_placed(const df_stored_task_t *t);
 
 /* Places the verified, complete task's bytes at `output` atomically: a copy
  * (FICLONE reflink where the filesystem can, else copy_file_range) into a
- * temporary file in output's directory, then rename(2).  A copy, not a
+ * temporary file in output's directory, then a link or rename(2)
+ * (df_outfile_publish).  A copy of the store's bytes, not a
  * hard link, so a user editing the output can never change what this host
  * serves.  Nothing is ever left at `output` on failure; the temporary file
- * is removed.  The rename is atomic for every reader whatever `durable`
- * says; `durable` adds fsync of the file before the rename and of the
+ * is removed.  Publishing is atomic for every reader whatever `durable`
+ * says; `durable` adds fsync of the file before the link or rename and of the
  * directory after it, so the file also survives a power loss (it costs the
  * disk's write-back time: about a second per 200 MiB on slow disks).
- * A placed task (df_stored_task_place_at, same output) is renamed instead,
+ * A placed task (df_stored_task_place_at, same output) is published instead,
  * and leaves the store: the file is the user's now, never served again
  * (-EXDEV for another output's directory).  Exporting twice is -EINVAL. */
 int df_stored_task_export(df_stored_task_t *t, const char *output, bool durable);

@@ -35,7 +35,10 @@
  *
  * Every failure ends in fail(): the task is marked failed with a message
  * meant for the operator and the client, the error kind is counted, and
- * waiting Registers are released through ready_cb.
+ * waiting Registers are released through ready_cb.  Except at a
+ * revalidation the origin could not answer (5xx, 429, connection error,
+ * timeout): the complete cached copy stays complete and is served
+ * (revalidation_failed, stale-if-error).
  */
 #include "supernode/seed.h"
 
@@ -68,6 +71,7 @@ struct df_sn_seeder {
     char *partial_dir;
     uint64_t origin_bytes;
     uint64_t errors[DF_SN_SEED_ERR_COUNT];
+    uint64_t stale[DF_SN_SEED_ERR_COUNT]; /* revalidations failed, cache served (by kind) */
 };
 
 typedef struct {
@@ -169,6 +173,11 @@ uint64_t df_sn_seeder_origin_bytes(const df_sn_seeder_t *s)
 uint64_t df_sn_seeder_errors(const df_sn_seeder_t *s, df_sn_seed_err_t e)
 {
     return (unsigned)e < DF_SN_SEED_ERR_COUNT ? s->errors[e] : 0;
+}
+
+uint64_t df_sn_seeder_revalidation_failures(const df_sn_seeder_t *s, df_sn_seed_err_t e)
+{
+    return (unsigned)e < DF_SN_SEED_ERR_COUNT ? s->stale[e] : 0;
 }
 
 df_stored_task_t *df_sn_seed_stored(const df_sn_task_t *task)
@@ -287,6 +296,37 @@ static void fail(seed_t *sd, df_sn_seed_err_t kind, long origin_status, const ch
     notify(sd);
 }
 
+/* A revalidation the origin could not answer (5xx or 429, no connection,
+ * timeout): the cached copy is complete and every piece of it verified, so
+ * it stays complete and is served (stale-if-error, as nginx's
+ * proxy_cache_use_stale): downloads in progress go on, waiting Registers
+ * are answered with it.  The origin is asked again by the first Register
+ * after DF_SN_RETRY_MS, not at every Register (each would wait for a dead
+ * origin's timeout).  What the origin said about the file or the
+ * credentials (404, 401, 403...) is never answered this way. */
+static void revalidation_failed(seed_t *sd, df_sn_seed_err_t kind, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void revalidation_failed(seed_t *sd, df_sn_seed_err_t kind, const char *fmt, ...)
+{
+    df_sn_task_t *t = sd->task;
+    uint64_t now = df_now_ms(), back = DF_SN_FRESH_MS - DF_SN_RETRY_MS;
+    char msg[512];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    DF_LOG_W("seed %.12s: revalidation failed: %s; serving the cached copy (%s) and asking again in %u s (%s)",
+             t->id, msg, t->file_digest, DF_SN_RETRY_MS / 1000, t->url);
+    sd->s->errors[kind]++;
+    sd->s->stale[kind]++;
+    if (t->state != DF_SN_TASK_COMPLETE)
+        df_sn_task_complete(t, t->file_digest, 0); /* a retry of a failed task: see df_sn_seed_start */
+    t->validated_ms = now > back ? now - back : 0;
+    sd->phase = PHASE_IDLE;
+    notify(sd);
+}
+
 static uint64_t choose_piece_size(const df_sn_seeder_t *s, uint64_t length)
 {
     uint64_t ps = s->opts.piece_size ? s->opts.piece_size : df_piece_size_for(length);
@@ -382,7 +422,10 @@ static void watchdog_cb(evutil_socket_t fd, short what, void *arg)
     sd->req = NULL;
     sd->repeat = false;
     event_del(sd->watchdog);
-    if (sd->phase == PHASE_CONNECTING)
+    if (sd->phase == PHASE_CONNECTING && sd->mode == MODE_REVALIDATE)
+        revalidation_failed(sd, DF_SN_SEED_ERR_ORIGIN_TIMEOUT, "origin timed out: no response within %llu ms",
+                            (unsigned long long)limit);
+    else if (sd->phase == PHASE_CONNECTING)
         fail(sd, DF_SN_SEED_ERR_ORIGIN_TIMEOUT, 0, "origin timed out: no response within %llu ms",
              (unsigned long long)limit);
     else
@@ -556,6 +599,8 @@ static int on_headers(df_http_req_t *req, long code, void *arg)
     sd->last_progress_ms = df_now_ms();
     if (sd->mode == MODE_REVALIDATE && code == 304) {
         DF_LOG_D("seed %.12s: origin says not modified; reusing the cache", t->id);
+        if (t->state != DF_SN_TASK_COMPLETE)
+            df_sn_task_complete(t, t->file_digest, 0); /* a retry of a failed task */
         t->validated_ms = df_now_ms();
         sd->phase = PHASE_IDLE;
         notify(sd);
@@ -611,7 +656,7 @@ static int on_headers(df_http_req_t *req, long code, void *arg)
             sd->repeat = true;
             return DF_ECANCELED;
         }
-        if (sd->mode == MODE_REVALIDATE) {
+        if (sd->mode == MODE_REVALIDATE && t->state == DF_SN_TASK_COMPLETE) {
             /* These credentials were refused, the file was not: the cached
              * copy stays complete (peers keep fetching it) but not fresh,
              * so the next Register revalidates with its own headers. */
@@ -625,6 +670,10 @@ static int on_headers(df_http_req_t *req, long code, void *arg)
         fail(sd, DF_SN_SEED_ERR_ORIGIN_HTTP, code, "origin returned %ld %s", code,
              code == 401 ? "Unauthorized" : "Forbidden");
         t->failed_ms = 0; /* the next registrant retries with its credentials */
+        return DF_ECANCELED;
+    }
+    if (sd->mode == MODE_REVALIDATE && (code >= 500 || code == 429)) {
+        revalidation_failed(sd, DF_SN_SEED_ERR_ORIGIN_HTTP, "origin returned %ld", code);
         return DF_ECANCELED;
     }
     if (code >= 400 || code < 200 || code == 304 || code == 206 || code >= 300)
@@ -765,6 +814,10 @@ static void on_done(df_http_req_t *req, const df_http_result_t *res, void *arg)
                  "origin closed the connection after %llu of %llu bytes: %s",
                  (unsigned long long)sd->off, (unsigned long long)sd->expect,
                  res->error ? res->error : df_strerror(res->status));
+        else if (sd->phase == PHASE_CONNECTING && sd->mode == MODE_REVALIDATE)
+            revalidation_failed(sd, timeout ? DF_SN_SEED_ERR_ORIGIN_TIMEOUT : DF_SN_SEED_ERR_ORIGIN_CONNECT,
+                                "origin %s: %s", timeout ? "timed out" : "unreachable",
+                                res->error ? res->error : df_strerror(res->status));
         else if (sd->phase == PHASE_CONNECTING)
             fail(sd, timeout ? DF_SN_SEED_ERR_ORIGIN_TIMEOUT : DF_SN_SEED_ERR_ORIGIN_CONNECT, 0,
                  "origin %s: %s", timeout ? "timed out" : "unreachable",
@@ -968,6 +1021,14 @@ int df_sn_seed_start(df_sn_seeder_t *s, df_sn_task_t *task, uint64_t now_ms)
         if (task->failed_ms && now_ms - task->failed_ms < DF_SN_RETRY_MS)
             return 0;
         df_sn_task_set_seeding(task);
+        if (sd->stored && task->shaped && task->file_digest[0] && task->seed_pieces == task->piece_count &&
+            df_stored_task_complete(sd->stored)) {
+            /* Still a complete, verified copy (the origin answered a
+             * revalidation with 404 or the like): ask whether it is the
+             * file again rather than reading it all again. */
+            sd->mode = MODE_REVALIDATE;
+            goto start;
+        }
         if (!sd->stored && task->shaped)
             df_sn_task_unshape(task);
         if (!sd->stored && df_store_task_get(s->opts.store, task->id, &sd->stored) == 0 &&

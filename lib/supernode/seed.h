@@ -76,7 +76,10 @@ void df_sn_seeder_free(df_sn_seeder_t *s);
 /* Makes sure the task's content is (being) fetched, on each Register: first
  * time -> cache lookup, then resume / revalidate / fresh fetch; completed
  * and older than DF_SN_FRESH_MS -> revalidate; failed and older than
- * DF_SN_RETRY_MS -> retry (resuming what was verified).  Otherwise nothing.
+ * DF_SN_RETRY_MS -> retry (revalidating a copy that is still complete,
+ * resuming what was verified otherwise).  Otherwise nothing.  A
+ * revalidation the origin cannot answer (5xx, 429, connection error,
+ * timeout) leaves a complete task complete, fresh for DF_SN_RETRY_MS.
  * Never calls ready_cb synchronously.  0 or -errno (the task is then
  * failed, with a message). */
 int df_sn_seed_start(df_sn_seeder_t *s, df_sn_task_t *task, uint64_t now_ms);
@@ -114,5 +117,9 @@ void df_sn_seed_stop(df_sn_seeder_t *s, df_sn_task_t *task);
 /* Counters for metrics. */
 uint64_t df_sn_seeder_origin_bytes(const df_sn_seeder_t *s);
 uint64_t df_sn_seeder_errors(const df_sn_seeder_t *s, df_sn_seed_err_t e);
+/* Revalidations the origin could not answer (ORIGIN_HTTP: 5xx or 429,
+ * ORIGIN_CONNECT, ORIGIN_TIMEOUT) after which the cached copy was served;
+ * each is also counted in df_sn_seeder_errors. */
+uint64_t df_sn_seeder_revalidation_failures(const df_sn_seeder_t *s, df_sn_seed_err_t e);
 
 #endif

@@ -37,6 +37,7 @@
 #include "supernode/swarm.h"
 
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
@@ -86,9 +87,12 @@ struct df_supernode {
     bool closing;
     struct event *wake;          /* re-runs parked pulls of tasks marked dirty */
     uint32_t nparked;
+    uint64_t parked_gone;        /* parked pulls whose client went away */
 
+    df_metric_t *m_parked, *m_parked_gone;
     df_metric_t *m_tasks, *m_peers, *m_sched_seed, *m_sched_peer, *m_seed_bytes, *m_origin_bytes;
     df_metric_t *m_sched_seconds, *m_seed_err[DF_SN_SEED_ERR_COUNT];
+    df_metric_t *m_reval_fail[DF_SN_SEED_ERR_COUNT]; /* origin kinds only, others NULL */
     df_metric_t *m_up_ok, *m_up_err;
     df_metric_t *m_preheats[DF_SN_PREHEAT_NSTATES];
 };
@@ -445,6 +449,7 @@ typedef struct parked {
     struct evhttp_request *req;
     struct evhttp_connection *evcon;
     struct event *timer;
+    struct event *watch;         /* the client's socket readable: gone, or more requests */
     char peer_id[DF_SN_PEER_ID_MAX];
     uint32_t want;
     struct parked *next, *prev;
@@ -463,6 +468,8 @@ static void parked_unlink_free(parked_t *p)
         evhttp_connection_set_closecb(p->evcon, NULL, NULL);
     if (p->timer)
         event_free(p->timer);
+    if (p->watch)
+        event_free(p->watch);
     p->sn->nparked--;
     free(p);
 }
@@ -535,12 +542,55 @@ static void parked_timer_cb(evutil_socket_t fd, short what, void *arg)
     settle_parked(arg, false);
 }
 
+/* The connection of a parked pull is going away (parked_watch_cb saw its
+ * client leave, or libevent closes it): the pull is forgotten without an
+ * answer.  If libevent detached the request from the dying connection (an
+ * EOF or timeout it noticed itself), the request is left to us (its
+ * connection is then NULL) and freed here; otherwise it is still queued on
+ * the connection and libevent frees it right after this callback. */
 static void parked_close_cb(struct evhttp_connection *evcon, void *arg)
 {
     parked_t *p = arg;
-    /* libevent frees the request with the connection: never answer it. */
+    struct evhttp_request *req = p->req;
+
+    (void)evcon;
     p->evcon = NULL;
+    p->sn->parked_gone++;
+    DF_LOG_D("pull of %s: the client went away while parked", p->peer_id);
     parked_unlink_free(p);
+    if (!evhttp_request_get_connection(req))
+        evhttp_request_free(req);
+}
+
+/* libevent does not read a connection whose request awaits its answer, so
+ * it would notice a client that left only when the answer is written, up to
+ * PARK_MS later, while the pull still counted for its task and took one of
+ * the PARKED_MAX places.  This watch reads the socket itself: end of file
+ * (or an error) means the client is gone and the connection is freed now
+ * (parked_close_cb forgets the pull); bytes mean the client sent its next
+ * request already, which evhttp reads after the answer, so watching stops. */
+static void parked_watch_cb(evutil_socket_t fd, short what, void *arg)
+{
+    parked_t *p = arg;
+    char c;
+    ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+
+    (void)what;
+    if (n > 0)
+        return; /* pipelined: not gone */
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+        event_add(p->watch, NULL);
+        return;
+    }
+    if (p->evcon) {
+        /* Forget the pull first (which also takes our close callback off),
+         * then free the connection and, with it, the request. */
+        struct evhttp_connection *evcon = p->evcon;
+        p->sn->parked_gone++;
+        DF_LOG_D("pull of %s: the client went away while parked", p->peer_id);
+        parked_unlink_free(p);
+        evhttp_connection_free(evcon);
+    }
 }
 
 /* Something changed in task: re-run its parked pulls soon (coalesced). */
@@ -667,8 +717,13 @@ static bool park_pull(df_supernode_t *sn, struct evhttp_request *req, df_sn_task
     p->req = req;
     p->want = want;
     p->evcon = evhttp_request_get_connection(req);
-    if (p->evcon)
+    if (p->evcon) {
+        struct bufferevent *bev = evhttp_connection_get_bufferevent(p->evcon);
+        evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
         evhttp_connection_set_closecb(p->evcon, parked_close_cb, p);
+        if (fd >= 0 && (p->watch = event_new(sn->base, fd, EV_READ, parked_watch_cb, p)))
+            event_add(p->watch, NULL); /* without it, a departure is noticed at the answer */
+    }
     p->next = task->pulls;
     if (task->pulls)
         ((parked_t *)task->pulls)->prev = p;
@@ -1039,6 +1094,8 @@ static void collect(df_metrics_t *m, void *arg)
 
     (void)m;
     df_metric_set(sn->m_tasks, df_sn_swarm_ntasks(sn->swarm));
+    df_metric_set(sn->m_parked, sn->nparked);
+    df_metric_set(sn->m_parked_gone, (double)sn->parked_gone);
     df_metric_set(sn->m_peers, df_sn_swarm_npeers(sn->swarm));
     df_sn_swarm_counters(sn->swarm, &from_seed, &from_peers);
     df_metric_set(sn->m_sched_seed, (double)from_seed);
@@ -1046,6 +1103,10 @@ static void collect(df_metrics_t *m, void *arg)
     df_metric_set(sn->m_origin_bytes, (double)df_sn_seeder_origin_bytes(sn->seeder));
     for (int i = 0; i < DF_SN_SEED_ERR_COUNT; i++)
         df_metric_set(sn->m_seed_err[i], (double)df_sn_seeder_errors(sn->seeder, (df_sn_seed_err_t)i));
+    for (int i = 0; i < DF_SN_SEED_ERR_COUNT; i++)
+        if (sn->m_reval_fail[i])
+            df_metric_set(sn->m_reval_fail[i],
+                          (double)df_sn_seeder_revalidation_failures(sn->seeder, (df_sn_seed_err_t)i));
     df_upload_server_stats(sn->upload, &up);
     df_metric_set(sn->m_seed_bytes, (double)up.bytes_served);
     df_metric_set(sn->m_up_ok, (double)(up.requests - up.errors));
@@ -1076,6 +1137,13 @@ static int metrics_setup(df_supernode_t *sn)
         rc = df_metrics_gauge(sn->metrics, "dfly_supernode_peers", "Peers the supernode tracks", NULL,
                               0, &sn->m_peers);
     if (rc == 0)
+        rc = df_metrics_gauge(sn->metrics, "dfly_supernode_pulls_parked",
+                              "PullPieces held waiting for work (the long-poll)", NULL, 0, &sn->m_parked);
+    if (rc == 0)
+        rc = df_metrics_counter(sn->metrics, "dfly_supernode_pulls_parked_gone_total",
+                                "Parked PullPieces whose client went away before the answer", NULL, 0,
+                                &sn->m_parked_gone);
+    if (rc == 0)
         rc = df_metrics_counter(sn->metrics, "dfly_supernode_pieces_scheduled_total",
                                 "Piece assignments handed out, by source", &src_seed, 1,
                                 &sn->m_sched_seed);
@@ -1097,6 +1165,18 @@ static int metrics_setup(df_supernode_t *sn)
         rc = df_metrics_counter(sn->metrics, "dfly_supernode_errors_total",
                                 "Errors by kind (origin, request, report)", &kind, 1,
                                 &sn->m_seed_err[i]);
+    }
+    {
+        static const df_sn_seed_err_t kinds[] = {DF_SN_SEED_ERR_ORIGIN_HTTP, DF_SN_SEED_ERR_ORIGIN_CONNECT,
+                                                 DF_SN_SEED_ERR_ORIGIN_TIMEOUT};
+        for (size_t i = 0; rc == 0 && i < DF_ARRAY_LEN(kinds); i++) {
+            df_metric_label_t reason = {"reason", df_sn_seed_err_name(kinds[i])};
+            rc = df_metrics_counter(sn->metrics, "dfly_supernode_revalidation_failures_total",
+                                    i == 0 ? "Revalidations the origin could not answer (5xx, 429, no "
+                                             "connection, timeout); the cached copy was served"
+                                           : NULL,
+                                    &reason, 1, &sn->m_reval_fail[kinds[i]]);
+        }
     }
     if (rc == 0)
         rc = df_metrics_counter(sn->metrics, "dfly_supernode_http_requests_total",

@@ -9,7 +9,20 @@ ETag; 304 when If-None-Match names it.  Any other Authorization (or none):
 401, at once -- or after 2 s when the value contains "slow", so a test can
 register something else while that request is still out.
 One line per request on stdout: "arrived <auth>" when it comes in and
-"<method> <path> <status> <auth>" when answered."""
+"<method> <path> <status> <auth>" when answered (the status is "closed"
+for a connection closed without an answer, "cut" for a body cut short;
+see the faults below).
+
+Faults, for the tests of what the seed does when the origin breaks: GET
+/_mode/<mode> (any Authorization) makes every later /file request
+  ok      as above (the default)
+  503     answer 503 Service Unavailable
+  404     answer 404 Not Found
+  close   close the connection without answering
+  cut     send the headers and half of the body, then close
+  hang    close the connection without answering after HANG_S (longer
+          than a test's origin timeout), status "hung"
+A Range "bytes=N-" with an If-Range naming the ETag is answered 206."""
 
 import hashlib
 import sys
@@ -22,7 +35,10 @@ with open(FILE, "rb") as f:
     DATA = f.read()
 ETAG = '"' + hashlib.sha256(DATA).hexdigest()[:32] + '"'
 SLOW_REFUSAL_S = 2.0
+HANG_S = 8.0
+MODES = ("ok", "503", "404", "close", "cut", "hang")
 _out = threading.Lock()
+mode = "ok"
 
 
 def say(line):
@@ -53,14 +69,47 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         auth = self.headers.get("Authorization", "-")
         say(f"arrived {auth}")
+        global mode
+        if self.path.startswith("/_mode/") and self.path[7:] in MODES:
+            mode = self.path[7:]
+            return self.answer(200, mode.encode() + b"\n")
         if self.path != "/file":
             return self.answer(404)
+        if mode == "close":
+            self.close_connection = True
+            say(f"{self.command} {self.path} closed {auth}")
+            return
+        if mode == "hang":
+            say(f"{self.command} {self.path} hung {auth}")
+            time.sleep(HANG_S)
+            self.close_connection = True
+            return
+        if mode in ("503", "404"):
+            return self.answer(int(mode), b"fault\n")
         if auth != GOOD:
             if "slow" in auth:
                 time.sleep(SLOW_REFUSAL_S)
             return self.answer(401, b"unauthorized\n", [("WWW-Authenticate", 'Bearer realm="test"')])
         if self.headers.get("If-None-Match") == ETAG:
             return self.answer(304, headers=[("ETag", ETAG)])
+        rng, if_range = self.headers.get("Range", ""), self.headers.get("If-Range")
+        if rng:
+            say(f"range {rng}")
+        if rng.startswith("bytes=") and rng.endswith("-") and rng[6:-1].isdigit() and if_range == ETAG \
+                and int(rng[6:-1]) < len(DATA):
+            first = int(rng[6:-1])
+            return self.answer(206, DATA[first:], [("ETag", ETAG), ("Content-Range",
+                               f"bytes {first}-{len(DATA) - 1}/{len(DATA)}")])
+        if mode == "cut" and self.command == "GET":
+            self.send_response(200)
+            self.send_header("ETag", ETAG)
+            self.send_header("Content-Length", str(len(DATA)))
+            self.end_headers()
+            self.wfile.write(DATA[:len(DATA) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            say(f"{self.command} {self.path} cut {auth}")
+            return
         self.answer(200, DATA, [("ETag", ETAG), ("Content-Type", "application/octet-stream")])
 
     do_HEAD = do_GET

@@ -391,6 +391,25 @@ def make_random_file(path, size, chunk=4 * MiB):
                     h512.hexdigest())
 
 
+def fds_in(pid, d):
+    """Targets of pid's open descriptors that are in directory d: how a test
+    sees a file being written there that has no name yet (an O_TMPFILE file
+    reads as "d/#<inode> (deleted)")."""
+    out = []
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return out
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(d + "/"):
+            out.append(target)
+    return out
+
+
 def file_hash(path, algo="sha256"):
     h = hashlib.new(algo)
     with open(path, "rb") as f:

@@ -158,10 +158,10 @@ def test_header_reaches_origin(env):
 
 @T.timeout(120)
 def test_output_appears_only_verified(env):
-    """An in-process dfget writes pieces into a hidden temporary file next to
-    the output: the output path never exists before the file is verified, the
-    temporary file becomes it by rename, and a stopped download leaves
-    nothing behind."""
+    """An in-process dfget writes pieces into a temporary file next to the
+    output (unnamed, O_TMPFILE: only its descriptor shows it): the output path
+    never exists before the file is verified, the temporary file becomes it by
+    a link, and a stopped download leaves nothing behind."""
     o = env.origin()
     info = o.add_file("p.bin", 12 * T.MiB)  # /slow/: 4 MiB/s, about 3 s
     sn = env.supernode()
@@ -169,7 +169,7 @@ def test_output_appears_only_verified(env):
     out = os.path.join(d, "p.bin")
 
     def temps():
-        return [n for n in os.listdir(d) if n.startswith(".p.bin.dfly-")]
+        return [t for t in T.fds_in(run.proc.pid, d) if t.endswith(" (deleted)")]
 
     run = env.start_dfget(o.url("p.bin", "slow"), out, node=sn.addr, timeout=90)
     T.wait_for(lambda: temps(), 30, what="the temporary file next to the output", proc=run.proc)
@@ -179,13 +179,14 @@ def test_output_appears_only_verified(env):
     r.expect_fail("cancel|interrupt")
     T.check(os.listdir(d) == [], f"a stopped download left {os.listdir(d)}")
 
-    # Whenever the output path exists while dfget runs (after the rename,
-    # before the exit), it is the whole file.
-    sizes, saw_temp = [], False
+    # Whenever the output path exists while dfget runs (after the link,
+    # before the exit), it is the whole file; no other name ever shows.
+    sizes, saw_temp, names = [], False, set()
     run = env.start_dfget(o.url("p.bin", "slow"), out, node=sn.addr, timeout=90)
     deadline = time.monotonic() + 90
     while run.proc.alive() and time.monotonic() < deadline:
         saw_temp = saw_temp or bool(temps())
+        names.update(os.listdir(d))
         try:
             sizes.append(os.stat(out).st_size)
         except FileNotFoundError:
@@ -195,6 +196,7 @@ def test_output_appears_only_verified(env):
     r.expect_ok(info)
     T.check(saw_temp, "no temporary file was seen next to the output")
     T.check(all(n == info.size for n in sizes), f"the output was visible with sizes {set(sizes)}")
+    T.check(names <= {"p.bin"}, f"names seen next to the output while downloading: {names}")
     T.check(os.listdir(d) == ["p.bin"], f"left next to the output: {os.listdir(d)}")
 
 

@@ -222,6 +222,33 @@ def test_disk_full_while_fetching_pieces(env):
     T.check("No space left" in p.stdout() + p.stderr(),
             f"the disk's error is not reported: {p.stdout()[-500:]} {p.stderr()[-1500:]}")
 
+@T.timeout(150)
+def test_dfget_killed_leaves_nothing(env):
+    """A dfget killed with SIGKILL in the middle of a download (slowed by
+    --locallimit), by P2P and from the origin (--pattern source), leaves no
+    file next to its output, hidden or not: the file it writes has no name
+    until it is complete and verified.  A second run then downloads."""
+    o = env.origin()
+    info = o.add_file("k.bin", 8 * T.MiB + 3)
+    sn = env.supernode()
+    for case, extra in (("p2p", []), ("source", ["--pattern", "source"])):
+        d = env.mkdir(f"out-{case}")
+        out = os.path.join(d, "k.bin")
+        run = env.start_dfget(o.url("k.bin"), out, node=sn.addr, timeout=BOUND,
+                              extra=["--locallimit", "1M"] + extra)
+        T.wait_for(lambda: T.fds_in(run.proc.pid, d), 20.0, what=f"{case}: dfget writing next to its output",
+                   proc=run.proc)
+        time.sleep(1.0)
+        T.check(run.proc.alive(), f"{case}: dfget ended before it could be killed")
+        T.log(f"{case}: dfget writes {T.fds_in(run.proc.pid, d)}")
+        run.kill(signal.SIGKILL)
+        r = run.wait()
+        T.check(r.rc == -signal.SIGKILL, f"{case}: dfget was not killed: {r.describe()}")
+        T.check(os.listdir(d) == [], f"{case}: left next to the output after SIGKILL: {os.listdir(d)}")
+        env.dfget(o.url("k.bin"), out, node=sn.addr, timeout=BOUND, extra=extra).expect_ok(info)
+        T.check(os.listdir(d) == ["k.bin"], f"{case}: next to the output after a download: {os.listdir(d)}")
+
+
 class AuthOrigin:
     """authorigin.py serving one file to one Authorization value."""
 
@@ -284,4 +311,5 @@ if __name__ == "__main__":
             test_origin_401, test_origin_auth_required, test_origin_drops_connection,
             test_timeout_on_stalled_origin, test_origin_without_length,
             test_supernode_killed_mid_swarm, test_peer_killed_mid_swarm, test_corrupting_peer,
-            test_disk_full_while_fetching_pieces, test_origin_refusal_per_registrant])
+            test_disk_full_while_fetching_pieces, test_origin_refusal_per_registrant,
+            test_dfget_killed_leaves_nothing])

@@ -639,7 +639,10 @@ static void test_export(void **state)
 }
 
 /* An ephemeral store: no meta.json, and a task placed next to its output
- * becomes the output by rename; an unexported placed file is removed. */
+ * becomes the output by link or rename; an unexported placed file is
+ * removed.  The placed file is unnamed where the filesystem has O_TMPFILE
+ * (then nothing is listed next to the output), a hidden file otherwise
+ * (test_outfile.c tests both). */
 static void test_place_at(void **state)
 {
     fixture_t *f = *state;
@@ -672,7 +675,7 @@ static void test_place_at(void **state)
     assert_true(df_stored_task_placed(t));
     assert_false(path_exists(out));
     assert_false(task_path_exists(f->store_dir, ID_A, "data"));
-    assert_int_equal(count_entries(outdir), 1); /* the hidden temporary file */
+    assert_true(count_entries(outdir) <= 1); /* the temporary file, if named */
     assert_int_equal(df_stored_task_place_at(t, out), -EINVAL); /* once */
 
     /* Incomplete: refused, and still nothing at the output. */
@@ -698,7 +701,7 @@ static void test_place_at(void **state)
     free(text);
     assert_int_equal(stat(out, &st), 0);
     assert_int_equal(st.st_mode & 0777, 0644);
-    assert_int_equal(count_entries(outdir), 1); /* renamed, not copied */
+    assert_int_equal(count_entries(outdir), 1); /* linked or renamed, not copied */
     /* The file is the user's now: the task left the store. */
     assert_int_equal(df_store_task_get(s, ID_A, &again), -ENOENT);
     assert_false(task_path_exists(f->store_dir, ID_A, NULL));
@@ -711,7 +714,7 @@ static void test_place_at(void **state)
     u = create(s, ID_B, 2 * PS);
     assert_int_equal(df_stored_task_place_at(u, out), 0);
     fill_piece(u, 0, 9);
-    assert_int_equal(count_entries(outdir), 2);
+    assert_true(count_entries(outdir) <= 2);
     df_stored_task_unref(u);
     df_store_close(s);
     assert_int_equal(count_entries(outdir), 1);
