@@ -49,7 +49,7 @@ def test_gossip_private_origin_encrypted(env):
     origin with the headers a member handed it.  The origin sends the file
     once.  Then the owner's own dfget takes the file from its store, and
     requests with a wrong token or none get the origin's 401 and no
-    file."""
+    file.  Then another file, fetched by all four at once: once again."""
     info = T.make_random_file(env.path("src.bin"), 6 * T.MiB + 5)
     o = AuthOrigin(env, info, GOOD)
     key = base64.b64encode(os.urandom(32)).decode()
@@ -90,6 +90,20 @@ def test_gossip_private_origin_encrypted(env):
         r = env.dfget(o.url, env.path(f"bad{k}.bin"), home=daemons[i].home, timeout=BOUND, extra=extra)
         r.expect_fail("401")
     T.check(gets(o) == [GOOD], f"the origin sent the file again: {o.log()[0]}")
+
+    # Every node at once, the owner too: its seed has its own request's
+    # headers, and its dfget counts the seed's bytes as the owner's.
+    info2 = T.make_random_file(env.path("src2.bin"), 5 * T.MiB + 3)
+    o2 = AuthOrigin(env, info2, GOOD)
+    own2 = owner_index(o2.url, 4)
+    runs = [env.start_dfget(o2.url, env.path(f"all{i}.bin"), home=d.home, timeout=BOUND,
+                            extra=["--header", f"Authorization: {GOOD}"]) for i, d in enumerate(daemons)]
+    for i, run in enumerate(runs):
+        r = run.wait().expect_ok(info2)
+        T.check(r.json["back_source"] is False, f"n{i} fell back to the origin: {r.describe()}")
+        if i == own2:
+            T.check(r.json["bytes_from_supernode"] == info2.size, f"the owner's dfget: {r.json}")
+    T.check(gets(o2) == [GOOD], f"all at once: the origin should have sent the file once: {o2.log()[0]}")
     for d in daemons:
         T.check(d.proc.alive(), f"dfdaemon {d.port} died:\n{d.proc.tail()}")
 
