@@ -9,6 +9,7 @@ itself and says why."""
 
 import base64
 import os
+import time
 
 import dflytest as T
 from test_faults import AuthOrigin
@@ -91,6 +92,17 @@ def test_gossip_private_origin_encrypted(env):
         r.expect_fail("401")
     T.check(gets(o) == [GOOD], f"the origin sent the file again: {o.log()[0]}")
 
+    # The route refuses what a member did not seal, and other methods.
+    plain = {"v": 1, "to": f"n{own}", "from": "x", "url": o.url, "task_id": task_id_of(o.url),
+             "ts": int(time.time() * 1000), "headers": ["Authorization: Bearer stolen"]}
+    up = daemons[own].upload_port
+    for body in (plain, os.urandom(200)):
+        st, _, text = T.http_request(up, "POST", "/peer/seed", body)
+        T.check(st == 403 and b"stolen" not in text, f"POST /peer/seed of an unsealed body: {st} {text!r}")
+    st, _, _ = T.http_request(up, "GET", "/peer/seed")
+    T.check(st == 405, f"GET /peer/seed: {st}")
+    T.check("stolen" not in daemons[own].proc.stderr(), "the owner logged a refused header value")
+
     # Every node at once, the owner too: its seed has its own request's
     # headers, and its dfget counts the seed's bytes as the owner's.
     info2 = T.make_random_file(env.path("src2.bin"), 5 * T.MiB + 3)
@@ -130,6 +142,10 @@ def test_gossip_private_origin_no_key(env):
         T.check("--gossip-forward-headers" in r.json["reason"], f"n{i}: the reason does not say why: {r.json}")
         T.check("no encryption key" in daemons[i].proc.stderr(), f"n{i}'s daemon does not log why")
     T.check(gets(o) == [GOOD] * len(others), f"origin log: {o.log()[0]}")
+    plain = {"v": 1, "to": f"n{own}", "from": "x", "url": o.url, "task_id": task_id_of(o.url),
+             "ts": int(time.time() * 1000), "headers": ["Authorization: Bearer x"]}
+    st, _, text = T.http_request(daemons[own].upload_port, "POST", "/peer/seed", plain)
+    T.check(st == 403, f"a node without key or opt-in took headers in clear: {st} {text!r}")
 
     # Opt-in: the same with --gossip-forward-headers, a fresh cluster and file.
     info2 = T.make_random_file(env.path("src2.bin"), 3 * T.MiB + 7)
