@@ -171,6 +171,7 @@ typedef struct task {
     char fwd_to[DF_GEV_SENDER_MAX + 1];/* owner our headers were last handed to */
     df_http_req_t *fwd_req;            /* that POST, while it is out */
     bool fwd_refusal_logged;           /* "not forwarding" said once */
+    uint64_t pulled_ms;                /* last pull of one of our (non-seed) downloads */
     struct task *next;
 } task_t;
 
@@ -1286,6 +1287,8 @@ static int gt_pull(df_tracker_t *base, const df_pull_req_t *req, df_pull_cb cb, 
     c->want = req->want;
     if (t)
         apply_results(t, req->results, req->nresults);
+    if (t && !c->seed)
+        t->pulled_ms = df_now_ms();
     call_arm(c, 0);
     return 0;
 }
@@ -2103,6 +2106,13 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
         for (task_t *t = tr->tasks; t; t = t->next) {
             flush_task(tr, t, &budget);
             maybe_start_seed(tr, t);
+            /* The owner may lack our headers (a takeover by a member
+             * with no request of its own, or we registered after the
+             * shape came): a running download of ours hands them over,
+             * once per owner (forward_headers). */
+            if (t->shaped && !strv_empty(t->headers) && (tr->has_key || tr->o.forward_headers) &&
+                t->pulled_ms && now - t->pulled_ms < STARVED_MS && !is_owner(tr, t))
+                forward_headers(tr, t);
         }
     }
     for (task_t *t = tr->tasks; t; t = t->next)

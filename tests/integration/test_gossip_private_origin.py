@@ -161,5 +161,38 @@ def test_gossip_private_origin_no_key(env):
         T.check(d.proc.alive(), f"dfdaemon {d.port} died:\n{d.proc.tail()}")
 
 
+@T.timeout(120)
+def test_gossip_private_origin_takeover(env):
+    """The owner dies mid-read and the member ranked next, which has no
+    request of its own, takes the task over: the participants hand it
+    their headers too, so its seed reads the private origin with the
+    token, and the participants finish correctly."""
+    size = 8 * T.MiB
+    info = T.make_random_file(env.path("src.bin"), size + 3)
+    o = AuthOrigin(env, info, GOOD, rate=2 * T.MiB)  # 4 s for the file
+    key = base64.b64encode(os.urandom(16)).decode()
+    daemons = cluster(env, 4, ["--encrypt", key])
+    tid = task_id_of(o.url)
+    rank = sorted(range(4), key=lambda i: rendezvous_score(tid, f"n{i}"), reverse=True)
+    first, second, parts = rank[0], rank[1], rank[2:]
+    T.log(f"owner n{first}, next n{second}, participants {parts}")
+    runs = {i: env.start_dfget(o.url, env.path(f"out{i}.bin"), home=daemons[i].home, timeout=BOUND,
+                               extra=["--header", f"Authorization: {GOOD}"]) for i in parts}
+    T.wait_for(lambda: (metric(daemons[first], "dfly_dfdaemon_download_bytes_total", '{source="origin"}') or 0)
+               >= 2 * T.MiB, 30, what="the owner reading the origin", proc=daemons[first].proc)
+    daemons[first].proc.signal(9)
+    for i, run in runs.items():
+        r = run.wait().expect_ok(info)
+        T.log(f"n{i}: {r.json}")
+    od = metric(daemons[second], "dfly_dfdaemon_download_bytes_total", '{source="origin"}') or 0
+    T.check(od > 0, f"the member ranked next read nothing from the origin: {od}")
+    T.check("handed us 1 origin header line(s)" in daemons[second].proc.stderr(),
+            "the new owner was not handed the headers")
+    T.check(set(gets(o)) == {GOOD} and len(gets(o)) <= 3, f"origin GETs: {o.log()[0]}")
+    for i in [second] + parts:
+        T.check(daemons[i].proc.alive(), f"dfdaemon {daemons[i].port} died:\n{daemons[i].proc.tail()}")
+
+
 if __name__ == "__main__":
-    T.main([test_gossip_private_origin_encrypted, test_gossip_private_origin_no_key])
+    T.main([test_gossip_private_origin_encrypted, test_gossip_private_origin_no_key,
+            test_gossip_private_origin_takeover])
