@@ -119,6 +119,7 @@
 #define SETTLE_MS 2000u
 #define ASK_WINDOW_MS 10000u
 #define ASK_EVERY_MS 500u
+#define FWD_RETRY_MS 10000u
 
 typedef struct {
     char name[DF_GEV_SENDER_MAX + 1];
@@ -170,6 +171,8 @@ typedef struct task {
     bool headers_new;                  /* headers arrived after the running seed started */
     char fwd_to[DF_GEV_SENDER_MAX + 1];/* owner our headers were last handed to */
     df_http_req_t *fwd_req;            /* that POST, while it is out */
+    bool fwd_ok;                       /* fwd_to took them */
+    uint64_t fwd_failed_ms;            /* fwd_to did not: retried after FWD_RETRY_MS */
     bool fwd_refusal_logged;           /* "not forwarding" said once */
     uint64_t pulled_ms;                /* last pull of one of our (non-seed) downloads */
     struct task *next;
@@ -805,8 +808,10 @@ static void fwd_done(df_http_req_t *req, const df_http_result_t *res, void *arg)
     t->fwd_req = NULL;
     if (res->status == 0 && res->http_code >= 200 && res->http_code < 300) {
         DF_LOG_I("gossip: task %.16s: origin headers handed to the owner %s", t->id, t->fwd_to);
+        t->fwd_ok = true;
         return;
     }
+    t->fwd_failed_ms = df_now_ms();
     if (res->status < 0)
         snprintf(why, sizeof(why), "cannot hand the origin headers to the owner %s (%s); reading the origin directly",
                  t->fwd_to, res->error ? res->error : df_strerror(res->status));
@@ -814,14 +819,13 @@ static void fwd_done(df_http_req_t *req, const df_http_result_t *res, void *arg)
         snprintf(why, sizeof(why), "the owner %s refused the origin headers (HTTP %ld); reading the origin directly",
                  t->fwd_to, res->http_code);
     DF_LOG_W("gossip: task %.16s: %s", t->id, why);
-    t->fwd_to[0] = '\0';
     forward_failed(tr, t, why);
 }
 
 /* A non-owner whose Register carries headers hands them (t->headers: the
  * latest whose access check passed) to the owner point to point, sealed
  * with the cluster key (seed_forward.h).  Once per owner and set of
- * headers.  -EPERM when we may not: no key and no opt-in (logged once per
+ * headers (again after FWD_RETRY_MS when that owner did not take them).  -EPERM when we may not: no key and no opt-in (logged once per
  * task); the Register then reads the origin itself.  0 otherwise (also
  * when the owner's address is not known yet: the want resend retries). */
 static int forward_headers(gossip_tracker_t *tr, task_t *t)
@@ -847,7 +851,8 @@ static int forward_headers(gossip_tracker_t *tr, task_t *t)
         return -EPERM;
     }
     task_owner(tr, t, owner, sizeof(owner));
-    if (strv_empty(t->headers) || strcmp(owner, tr->name) == 0 || t->fwd_req || strcmp(t->fwd_to, owner) == 0)
+    if (strv_empty(t->headers) || strcmp(owner, tr->name) == 0 || t->fwd_req ||
+        (strcmp(t->fwd_to, owner) == 0 && (t->fwd_ok || df_now_ms() - t->fwd_failed_ms < FWD_RETRY_MS)))
         return 0;
     if (!member_alive(tr, owner, &m) || (port = member_port(&m)) == 0 ||
         !inet_ntop(m.addr_len == 16 ? AF_INET6 : AF_INET, m.addr, ip, sizeof(ip)))
@@ -876,6 +881,7 @@ static int forward_headers(gossip_tracker_t *tr, task_t *t)
         return 0;
     }
     df_strlcpy(t->fwd_to, owner, sizeof(t->fwd_to));
+    t->fwd_ok = false;
     return 0;
 }
 
