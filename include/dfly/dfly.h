@@ -319,7 +319,9 @@ typedef struct {
     uint64_t length;
     double seconds;
     uint64_t bytes_from_peers;
-    uint64_t bytes_from_supernode;
+    uint64_t bytes_from_supernode; /* from the task's seed: the supernode's, or in gossip mode
+                                    * the task's owner (on the owner itself: what its seed
+                                    * download put in the store while this one waited) */
     uint64_t bytes_from_origin;
     bool back_source;            /* fell back to the origin */
     char reason[256];            /* why it fell back, or why it failed; "" if neither */
