@@ -924,6 +924,16 @@ static void check_done(df_http_req_t *req, const df_http_result_t *res, void *ar
         call_arm(c, 0);
         return;
     }
+    if (c->check_code == 405 || c->check_code == 501) {
+        /* No HEAD there: access cannot be checked, so no P2P; the engine
+         * asks the origin itself with our headers. */
+        c->reg->status = DF_ETRACKER;
+        snprintf(c->reg->message, sizeof(c->reg->message),
+                 "origin does not answer HEAD (HTTP %ld): access cannot be checked; reading the origin directly",
+                 c->check_code);
+        call_arm(c, 0);
+        return;
+    }
     if (c->check_code < 200 || c->check_code >= 300) {
         c->reg->status = DF_EORIGIN;
         c->reg->origin_status = (int)c->check_code;

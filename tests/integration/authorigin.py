@@ -4,7 +4,8 @@ whose headers the supernode's seed sends (nginx cannot delay a refusal).
 
     authorigin.py PORT FILE GOOD_AUTHORIZATION [RATE]
 
-GET /file with `Authorization: GOOD_AUTHORIZATION`: FILE, with a strong
+GET /file (or /nohead, the same file whose HEAD is answered 405) with
+`Authorization: GOOD_AUTHORIZATION`: FILE, with a strong
 ETag; 304 when If-None-Match names it.  Any other Authorization (or none):
 401, at once -- or after 2 s when the value contains "slow", so a test can
 register something else while that request is still out.  RATE (bytes
@@ -63,7 +64,9 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         auth = self.headers.get("Authorization", "-")
         say(f"arrived {auth}")
-        if self.path != "/file":
+        if self.path == "/nohead" and self.command == "HEAD":
+            return self.answer(405, headers=[("Allow", "GET")])
+        if self.path not in ("/file", "/nohead"):
             return self.answer(404)
         if auth != GOOD:
             if "slow" in auth:

@@ -116,6 +116,13 @@ def test_gossip_private_origin_encrypted(env):
         if i == own2:
             T.check(r.json["bytes_from_supernode"] == info2.size, f"the owner's dfget: {r.json}")
     T.check(gets(o2) == [GOOD], f"all at once: the origin should have sent the file once: {o2.log()[0]}")
+
+    # An origin without HEAD: access cannot be checked, so the node reads
+    # the origin itself (and says why) rather than failing.
+    r = env.dfget(o2.url.replace("/file", "/nohead"), env.path("nohead.bin"), home=daemons[others[0]].home,
+                  timeout=BOUND, extra=["--header", f"Authorization: {GOOD}"])
+    r.expect_ok(info2)
+    T.check(r.json["back_source"] is True and "HEAD" in r.json["reason"], f"no HEAD at the origin: {r.json}")
     for d in daemons:
         T.check(d.proc.alive(), f"dfdaemon {d.port} died:\n{d.proc.tail()}")
 
