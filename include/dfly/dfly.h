@@ -268,6 +268,8 @@ typedef struct {
      * joins): encrypted with a key we lack, plain while we encrypt,
      * encrypted while we have no key; and our messages a remote refused. */
     uint64_t rx_wrong_key, rx_unencrypted, rx_encrypted, rx_refused;
+    uint64_t rx_malformed;  /* gossip packets/streams dropped because they did not decode */
+    uint64_t bcast_pruned;  /* broadcasts pruned from a full queue before their last retransmit */
     uint64_t sync_sent;          /* repair queries sent by starving downloads */
     uint64_t sync_answered;      /* repair queries this node answered */
 } df_peer_gossip_stats_t;

@@ -315,6 +315,8 @@ int df_peer_gossip_stats(const df_peer_t *peer, df_peer_gossip_stats_t *out)
     out->rx_unencrypted = s.rx_unencrypted;
     out->rx_encrypted = s.rx_encrypted;
     out->rx_refused = s.rx_refused;
+    out->rx_malformed = s.rx_malformed;
+    out->bcast_pruned = s.bcast_pruned;
     out->sync_sent = s.sync_sent;
     out->sync_answered = s.sync_answered;
     return 0;

@@ -81,7 +81,7 @@ static int add_gossip(const df_peer_t *peer, df_metrics_t *m)
          (double)g.dns_failures},
         {"dfly_dfdaemon_gossip_dns_joins_total", "Addresses found by DNS that were not members yet, joined",
          DF_METRIC_COUNTER, NULL, NULL, (double)g.dns_joins},
-        {"dfly_dfdaemon_gossip_rejected_total", "Gossip messages dropped for encryption, and ours refused",
+        {"dfly_dfdaemon_gossip_rejected_total", "Gossip messages dropped (encryption mismatch, malformed), and ours refused",
          DF_METRIC_COUNTER, "reason", "wrong_key", (double)g.rx_wrong_key},
         {"dfly_dfdaemon_gossip_rejected_total", NULL, DF_METRIC_COUNTER, "reason", "not_encrypted",
          (double)g.rx_unencrypted},
@@ -89,6 +89,11 @@ static int add_gossip(const df_peer_t *peer, df_metrics_t *m)
          (double)g.rx_encrypted},
         {"dfly_dfdaemon_gossip_rejected_total", NULL, DF_METRIC_COUNTER, "reason", "refused_by_peer",
          (double)g.rx_refused},
+        {"dfly_dfdaemon_gossip_rejected_total", NULL, DF_METRIC_COUNTER, "reason", "malformed",
+         (double)g.rx_malformed},
+        {"dfly_dfdaemon_gossip_broadcasts_pruned_total",
+         "Broadcasts pruned from a full gossip queue before their last retransmit", DF_METRIC_COUNTER, NULL, NULL,
+         (double)g.bcast_pruned},
     };
     for (size_t i = 0; i < DF_ARRAY_LEN(series); i++) {
         rc = add(m, &series[i]);

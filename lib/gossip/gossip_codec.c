@@ -31,6 +31,7 @@
 #include "gossip/lzw.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <string.h>
 
 #include <msgpack.h>
@@ -469,7 +470,48 @@ static int enc_end(enc_t *e)
 
 /* ========================================================= memberlist msgs */
 
-int df_gossip_ping_decode(const uint8_t *buf, size_t len, df_gossip_ping_t *m)
+/* The memberlist messages are flat Go structs: one table per message says
+ * each field's key, type, place in the C struct and cap, in the order the
+ * encoder writes them (Go's sorted keys).  Decoding takes the keys in any
+ * order and ignores unknown ones, as go-msgpack does. */
+typedef enum { FT_U64, FT_U32, FT_U16, FT_BOOL, FT_STR, FT_RAW, FT_VSN } field_type_t;
+
+typedef struct {
+    const char *key;
+    field_type_t type;
+    size_t off;        /* of the value in the message struct */
+    size_t cap;        /* FT_STR, FT_RAW: longest value accepted */
+    size_t has_off;    /* FT_VSN: offset of its `has` bool */
+    bool omit_empty;   /* encoder leaves the key out when empty/zero (Go omitempty) */
+} field_t;
+
+#define FIELD(st, k, t, member, c) {k, t, offsetof(st, member), c, 0, false}
+#define FIELD_OMIT(st, k, t, member, c) {k, t, offsetof(st, member), c, 0, true}
+
+static int get_field(const msgpack_object *v, const field_t *f, uint8_t *m)
+{
+    switch (f->type) {
+    case FT_U64:
+        return get_uint(v, UINT64_MAX, (uint64_t *)(m + f->off));
+    case FT_U32:
+        return get_u32(v, (uint32_t *)(m + f->off));
+    case FT_U16:
+        return get_u16(v, (uint16_t *)(m + f->off));
+    case FT_BOOL:
+        return get_bool(v, (bool *)(m + f->off));
+    case FT_STR:
+        return get_str(v, f->cap, (df_gossip_bytes_t *)(m + f->off));
+    case FT_RAW:
+        return get_raw(v, f->cap, (df_gossip_bytes_t *)(m + f->off));
+    case FT_VSN:
+        return get_vsn(v, (bool *)(m + f->has_off), m + f->off);
+    }
+    return DF_EPROTO;
+}
+
+/* Decodes a body of this type into m (msize bytes, zeroed first). */
+static int decode_fields(const uint8_t *buf, size_t len, uint8_t type, const field_t *f, size_t nf, void *m,
+                         size_t msize)
 {
     msgpack_unpacked u;
     const msgpack_object_map *map;
@@ -477,328 +519,215 @@ int df_gossip_ping_decode(const uint8_t *buf, size_t len, df_gossip_ping_t *m)
     int rc;
 
     msgpack_unpacked_init(&u);
-    memset(m, 0, sizeof(*m));
-    rc = body_begin(buf, len, DF_GOSSIP_PING, &u, &map);
-    for (i = 0; rc == 0 && map && i < map->size; i++) {
-        const msgpack_object *k = &map->ptr[i].key, *v = &map->ptr[i].val;
-
-        if ((rc = check_key(k)) < 0)
-            break;
-        if (key_is(k, "SeqNo"))
-            rc = get_u32(v, &m->seq_no);
-        else if (key_is(k, "Node"))
-            rc = get_str(v, DF_GOSSIP_NAME_MAX, &m->node);
-        else if (key_is(k, "SourceAddr"))
-            rc = get_raw(v, DF_GOSSIP_ADDR_MAX, &m->source_addr);
-        else if (key_is(k, "SourceNode"))
-            rc = get_str(v, DF_GOSSIP_NAME_MAX, &m->source_node);
-        else if (key_is(k, "SourcePort"))
-            rc = get_u16(v, &m->source_port);
-    }
-    msgpack_unpacked_destroy(&u);
-    return rc;
-}
-
-int df_gossip_ping_encode(df_buf_t *out, const df_gossip_ping_t *m)
-{
-    enc_t e;
-    bool sa = m->source_addr.len > 0, sn = m->source_node.len > 0, sp = m->source_port != 0;
-
-    enc_begin(&e, out);
-    put_u8(&e, DF_GOSSIP_PING);
-    pk_map(&e, 2 + sa + sn + sp);
-    pk_key(&e, "Node");
-    pk_str(&e, m->node);
-    pk_key(&e, "SeqNo");
-    pk_uint(&e, m->seq_no);
-    if (sa) {
-        pk_key(&e, "SourceAddr");
-        pk_raw(&e, m->source_addr);
-    }
-    if (sn) {
-        pk_key(&e, "SourceNode");
-        pk_str(&e, m->source_node);
-    }
-    if (sp) {
-        pk_key(&e, "SourcePort");
-        pk_uint(&e, m->source_port);
-    }
-    return enc_end(&e);
-}
-
-int df_gossip_indirect_ping_decode(const uint8_t *buf, size_t len, df_gossip_indirect_ping_t *m)
-{
-    msgpack_unpacked u;
-    const msgpack_object_map *map;
-    uint32_t i;
-    int rc;
-
-    msgpack_unpacked_init(&u);
-    memset(m, 0, sizeof(*m));
-    rc = body_begin(buf, len, DF_GOSSIP_INDIRECT_PING, &u, &map);
-    for (i = 0; rc == 0 && map && i < map->size; i++) {
-        const msgpack_object *k = &map->ptr[i].key, *v = &map->ptr[i].val;
-
-        if ((rc = check_key(k)) < 0)
-            break;
-        if (key_is(k, "SeqNo"))
-            rc = get_u32(v, &m->seq_no);
-        else if (key_is(k, "Target"))
-            rc = get_raw(v, DF_GOSSIP_ADDR_MAX, &m->target);
-        else if (key_is(k, "Port"))
-            rc = get_u16(v, &m->port);
-        else if (key_is(k, "Node"))
-            rc = get_str(v, DF_GOSSIP_NAME_MAX, &m->node);
-        else if (key_is(k, "Nack"))
-            rc = get_bool(v, &m->nack);
-        else if (key_is(k, "SourceAddr"))
-            rc = get_raw(v, DF_GOSSIP_ADDR_MAX, &m->source_addr);
-        else if (key_is(k, "SourceNode"))
-            rc = get_str(v, DF_GOSSIP_NAME_MAX, &m->source_node);
-        else if (key_is(k, "SourcePort"))
-            rc = get_u16(v, &m->source_port);
-    }
-    msgpack_unpacked_destroy(&u);
-    return rc;
-}
-
-int df_gossip_indirect_ping_encode(df_buf_t *out, const df_gossip_indirect_ping_t *m)
-{
-    enc_t e;
-    bool sa = m->source_addr.len > 0, sn = m->source_node.len > 0, sp = m->source_port != 0;
-
-    enc_begin(&e, out);
-    put_u8(&e, DF_GOSSIP_INDIRECT_PING);
-    pk_map(&e, 5 + sa + sn + sp);
-    pk_key(&e, "Nack");
-    pk_bool(&e, m->nack);
-    pk_key(&e, "Node");
-    pk_str(&e, m->node);
-    pk_key(&e, "Port");
-    pk_uint(&e, m->port);
-    pk_key(&e, "SeqNo");
-    pk_uint(&e, m->seq_no);
-    if (sa) {
-        pk_key(&e, "SourceAddr");
-        pk_raw(&e, m->source_addr);
-    }
-    if (sn) {
-        pk_key(&e, "SourceNode");
-        pk_str(&e, m->source_node);
-    }
-    if (sp) {
-        pk_key(&e, "SourcePort");
-        pk_uint(&e, m->source_port);
-    }
-    pk_key(&e, "Target");
-    pk_raw(&e, m->target);
-    return enc_end(&e);
-}
-
-int df_gossip_ack_decode(const uint8_t *buf, size_t len, df_gossip_ack_t *m)
-{
-    msgpack_unpacked u;
-    const msgpack_object_map *map;
-    uint32_t i;
-    int rc;
-
-    msgpack_unpacked_init(&u);
-    memset(m, 0, sizeof(*m));
-    rc = body_begin(buf, len, DF_GOSSIP_ACK, &u, &map);
-    for (i = 0; rc == 0 && map && i < map->size; i++) {
-        const msgpack_object *k = &map->ptr[i].key, *v = &map->ptr[i].val;
-
-        if ((rc = check_key(k)) < 0)
-            break;
-        if (key_is(k, "SeqNo"))
-            rc = get_u32(v, &m->seq_no);
-        else if (key_is(k, "Payload"))
-            rc = get_raw(v, DF_GOSSIP_PAYLOAD_MAX, &m->payload);
-    }
-    msgpack_unpacked_destroy(&u);
-    return rc;
-}
-
-int df_gossip_ack_encode(df_buf_t *out, const df_gossip_ack_t *m)
-{
-    enc_t e;
-
-    enc_begin(&e, out);
-    put_u8(&e, DF_GOSSIP_ACK);
-    pk_map(&e, 2);
-    pk_key(&e, "Payload");
-    pk_raw(&e, m->payload);
-    pk_key(&e, "SeqNo");
-    pk_uint(&e, m->seq_no);
-    return enc_end(&e);
-}
-
-int df_gossip_nack_decode(const uint8_t *buf, size_t len, df_gossip_nack_t *m)
-{
-    msgpack_unpacked u;
-    const msgpack_object_map *map;
-    uint32_t i;
-    int rc;
-
-    msgpack_unpacked_init(&u);
-    memset(m, 0, sizeof(*m));
-    rc = body_begin(buf, len, DF_GOSSIP_NACK, &u, &map);
-    for (i = 0; rc == 0 && map && i < map->size; i++) {
-        const msgpack_object *k = &map->ptr[i].key, *v = &map->ptr[i].val;
-
-        if ((rc = check_key(k)) < 0)
-            break;
-        if (key_is(k, "SeqNo"))
-            rc = get_u32(v, &m->seq_no);
-    }
-    msgpack_unpacked_destroy(&u);
-    return rc;
-}
-
-int df_gossip_nack_encode(df_buf_t *out, const df_gossip_nack_t *m)
-{
-    enc_t e;
-
-    enc_begin(&e, out);
-    put_u8(&e, DF_GOSSIP_NACK);
-    pk_map(&e, 1);
-    pk_key(&e, "SeqNo");
-    pk_uint(&e, m->seq_no);
-    return enc_end(&e);
-}
-
-int df_gossip_suspect_decode(const uint8_t *buf, size_t len, uint8_t type, df_gossip_suspect_t *m)
-{
-    msgpack_unpacked u;
-    const msgpack_object_map *map;
-    uint32_t i;
-    int rc;
-
-    if (type != DF_GOSSIP_SUSPECT && type != DF_GOSSIP_DEAD)
-        return -EINVAL;
-    msgpack_unpacked_init(&u);
-    memset(m, 0, sizeof(*m));
+    memset(m, 0, msize);
     rc = body_begin(buf, len, type, &u, &map);
     for (i = 0; rc == 0 && map && i < map->size; i++) {
         const msgpack_object *k = &map->ptr[i].key, *v = &map->ptr[i].val;
 
         if ((rc = check_key(k)) < 0)
             break;
-        if (key_is(k, "Incarnation"))
-            rc = get_u32(v, &m->incarnation);
-        else if (key_is(k, "Node"))
-            rc = get_str(v, DF_GOSSIP_NAME_MAX, &m->node);
-        else if (key_is(k, "From"))
-            rc = get_str(v, DF_GOSSIP_NAME_MAX, &m->from);
+        for (size_t j = 0; j < nf; j++)
+            if (key_is(k, f[j].key)) {
+                rc = get_field(v, &f[j], m);
+                break;
+            }
     }
     msgpack_unpacked_destroy(&u);
     return rc;
+}
+
+static bool field_empty(const field_t *f, const uint8_t *m)
+{
+    switch (f->type) {
+    case FT_U64:
+        return *(const uint64_t *)(m + f->off) == 0;
+    case FT_U32:
+        return *(const uint32_t *)(m + f->off) == 0;
+    case FT_U16:
+        return *(const uint16_t *)(m + f->off) == 0;
+    case FT_BOOL:
+        return !*(const bool *)(m + f->off);
+    case FT_STR:
+    case FT_RAW:
+        return ((const df_gossip_bytes_t *)(m + f->off))->len == 0;
+    case FT_VSN:
+        return !*(const bool *)(m + f->has_off);
+    }
+    return false;
+}
+
+static void put_field(enc_t *e, const field_t *f, const uint8_t *m)
+{
+    switch (f->type) {
+    case FT_U64:
+        pk_uint(e, *(const uint64_t *)(m + f->off));
+        break;
+    case FT_U32:
+        pk_uint(e, *(const uint32_t *)(m + f->off));
+        break;
+    case FT_U16:
+        pk_uint(e, *(const uint16_t *)(m + f->off));
+        break;
+    case FT_BOOL:
+        pk_bool(e, *(const bool *)(m + f->off));
+        break;
+    case FT_STR:
+        pk_str(e, *(const df_gossip_bytes_t *)(m + f->off));
+        break;
+    case FT_RAW:
+        pk_raw(e, *(const df_gossip_bytes_t *)(m + f->off));
+        break;
+    case FT_VSN:
+        pk_vsn(e, *(const bool *)(m + f->has_off), m + f->off);
+        break;
+    }
+}
+
+/* The header (type byte(s)), then a map of the fields (omit_empty ones only
+ * when set). */
+static int encode_fields(df_buf_t *out, const uint8_t *hdr, size_t hlen, const field_t *f, size_t nf,
+                         const void *m)
+{
+    const uint8_t *mb = m;
+    size_t n = 0;
+    enc_t e;
+
+    for (size_t j = 0; j < nf; j++)
+        n += !(f[j].omit_empty && field_empty(&f[j], mb));
+    enc_begin(&e, out);
+    put_bytes(&e, hdr, hlen);
+    pk_map(&e, n);
+    for (size_t j = 0; j < nf; j++) {
+        if (f[j].omit_empty && field_empty(&f[j], mb))
+            continue;
+        pk_key(&e, f[j].key);
+        put_field(&e, &f[j], mb);
+    }
+    return enc_end(&e);
+}
+
+static const field_t ping_fields[] = {
+    FIELD(df_gossip_ping_t, "Node", FT_STR, node, DF_GOSSIP_NAME_MAX),
+    FIELD(df_gossip_ping_t, "SeqNo", FT_U32, seq_no, 0),
+    FIELD_OMIT(df_gossip_ping_t, "SourceAddr", FT_RAW, source_addr, DF_GOSSIP_ADDR_MAX),
+    FIELD_OMIT(df_gossip_ping_t, "SourceNode", FT_STR, source_node, DF_GOSSIP_NAME_MAX),
+    FIELD_OMIT(df_gossip_ping_t, "SourcePort", FT_U16, source_port, 0),
+};
+
+static const field_t indirect_ping_fields[] = {
+    FIELD(df_gossip_indirect_ping_t, "Nack", FT_BOOL, nack, 0),
+    FIELD(df_gossip_indirect_ping_t, "Node", FT_STR, node, DF_GOSSIP_NAME_MAX),
+    FIELD(df_gossip_indirect_ping_t, "Port", FT_U16, port, 0),
+    FIELD(df_gossip_indirect_ping_t, "SeqNo", FT_U32, seq_no, 0),
+    FIELD_OMIT(df_gossip_indirect_ping_t, "SourceAddr", FT_RAW, source_addr, DF_GOSSIP_ADDR_MAX),
+    FIELD_OMIT(df_gossip_indirect_ping_t, "SourceNode", FT_STR, source_node, DF_GOSSIP_NAME_MAX),
+    FIELD_OMIT(df_gossip_indirect_ping_t, "SourcePort", FT_U16, source_port, 0),
+    FIELD(df_gossip_indirect_ping_t, "Target", FT_RAW, target, DF_GOSSIP_ADDR_MAX),
+};
+
+static const field_t ack_fields[] = {
+    FIELD(df_gossip_ack_t, "Payload", FT_RAW, payload, DF_GOSSIP_PAYLOAD_MAX),
+    FIELD(df_gossip_ack_t, "SeqNo", FT_U32, seq_no, 0),
+};
+
+static const field_t nack_fields[] = {
+    FIELD(df_gossip_nack_t, "SeqNo", FT_U32, seq_no, 0),
+};
+
+static const field_t suspect_fields[] = {
+    FIELD(df_gossip_suspect_t, "From", FT_STR, from, DF_GOSSIP_NAME_MAX),
+    FIELD(df_gossip_suspect_t, "Incarnation", FT_U32, incarnation, 0),
+    FIELD(df_gossip_suspect_t, "Node", FT_STR, node, DF_GOSSIP_NAME_MAX),
+};
+
+static const field_t alive_fields[] = {
+    FIELD(df_gossip_alive_t, "Addr", FT_RAW, addr, DF_GOSSIP_ADDR_MAX),
+    FIELD(df_gossip_alive_t, "Incarnation", FT_U32, incarnation, 0),
+    FIELD(df_gossip_alive_t, "Meta", FT_RAW, meta, DF_GOSSIP_META_MAX),
+    FIELD(df_gossip_alive_t, "Node", FT_STR, node, DF_GOSSIP_NAME_MAX),
+    FIELD(df_gossip_alive_t, "Port", FT_U16, port, 0),
+    {"Vsn", FT_VSN, offsetof(df_gossip_alive_t, vsn), 0, offsetof(df_gossip_alive_t, has_vsn), false},
+};
+
+static const field_t err_fields[] = {
+    {"Error", FT_STR, 0, DF_GOSSIP_PAYLOAD_MAX, 0, false}, /* the message is one df_gossip_bytes_t */
+};
+
+#define DECODE(type, fields, m) decode_fields(buf, len, type, fields, DF_ARRAY_LEN(fields), m, sizeof(*(m)))
+#define ENCODE(type, fields, m) encode_fields(out, (const uint8_t[]){type}, 1, fields, DF_ARRAY_LEN(fields), m)
+
+int df_gossip_ping_decode(const uint8_t *buf, size_t len, df_gossip_ping_t *m)
+{
+    return DECODE(DF_GOSSIP_PING, ping_fields, m);
+}
+
+int df_gossip_ping_encode(df_buf_t *out, const df_gossip_ping_t *m)
+{
+    return ENCODE(DF_GOSSIP_PING, ping_fields, m);
+}
+
+int df_gossip_indirect_ping_decode(const uint8_t *buf, size_t len, df_gossip_indirect_ping_t *m)
+{
+    return DECODE(DF_GOSSIP_INDIRECT_PING, indirect_ping_fields, m);
+}
+
+int df_gossip_indirect_ping_encode(df_buf_t *out, const df_gossip_indirect_ping_t *m)
+{
+    return ENCODE(DF_GOSSIP_INDIRECT_PING, indirect_ping_fields, m);
+}
+
+int df_gossip_ack_decode(const uint8_t *buf, size_t len, df_gossip_ack_t *m)
+{
+    return DECODE(DF_GOSSIP_ACK, ack_fields, m);
+}
+
+int df_gossip_ack_encode(df_buf_t *out, const df_gossip_ack_t *m)
+{
+    return ENCODE(DF_GOSSIP_ACK, ack_fields, m);
+}
+
+int df_gossip_nack_decode(const uint8_t *buf, size_t len, df_gossip_nack_t *m)
+{
+    return DECODE(DF_GOSSIP_NACK, nack_fields, m);
+}
+
+int df_gossip_nack_encode(df_buf_t *out, const df_gossip_nack_t *m)
+{
+    return ENCODE(DF_GOSSIP_NACK, nack_fields, m);
+}
+
+int df_gossip_suspect_decode(const uint8_t *buf, size_t len, uint8_t type, df_gossip_suspect_t *m)
+{
+    if (type != DF_GOSSIP_SUSPECT && type != DF_GOSSIP_DEAD)
+        return -EINVAL;
+    return DECODE(type, suspect_fields, m);
 }
 
 int df_gossip_suspect_encode(df_buf_t *out, uint8_t type, const df_gossip_suspect_t *m)
 {
-    enc_t e;
-
     if (type != DF_GOSSIP_SUSPECT && type != DF_GOSSIP_DEAD)
         return -EINVAL;
-    enc_begin(&e, out);
-    put_u8(&e, type);
-    pk_map(&e, 3);
-    pk_key(&e, "From");
-    pk_str(&e, m->from);
-    pk_key(&e, "Incarnation");
-    pk_uint(&e, m->incarnation);
-    pk_key(&e, "Node");
-    pk_str(&e, m->node);
-    return enc_end(&e);
+    return ENCODE(type, suspect_fields, m);
 }
 
 int df_gossip_alive_decode(const uint8_t *buf, size_t len, df_gossip_alive_t *m)
 {
-    msgpack_unpacked u;
-    const msgpack_object_map *map;
-    uint32_t i;
-    int rc;
-
-    msgpack_unpacked_init(&u);
-    memset(m, 0, sizeof(*m));
-    rc = body_begin(buf, len, DF_GOSSIP_ALIVE, &u, &map);
-    for (i = 0; rc == 0 && map && i < map->size; i++) {
-        const msgpack_object *k = &map->ptr[i].key, *v = &map->ptr[i].val;
-
-        if ((rc = check_key(k)) < 0)
-            break;
-        if (key_is(k, "Incarnation"))
-            rc = get_u32(v, &m->incarnation);
-        else if (key_is(k, "Node"))
-            rc = get_str(v, DF_GOSSIP_NAME_MAX, &m->node);
-        else if (key_is(k, "Addr"))
-            rc = get_raw(v, DF_GOSSIP_ADDR_MAX, &m->addr);
-        else if (key_is(k, "Port"))
-            rc = get_u16(v, &m->port);
-        else if (key_is(k, "Meta"))
-            rc = get_raw(v, DF_GOSSIP_META_MAX, &m->meta);
-        else if (key_is(k, "Vsn"))
-            rc = get_vsn(v, &m->has_vsn, m->vsn);
-    }
-    msgpack_unpacked_destroy(&u);
-    return rc;
+    return DECODE(DF_GOSSIP_ALIVE, alive_fields, m);
 }
 
 int df_gossip_alive_encode(df_buf_t *out, const df_gossip_alive_t *m)
 {
-    enc_t e;
-
-    enc_begin(&e, out);
-    put_u8(&e, DF_GOSSIP_ALIVE);
-    pk_map(&e, 6);
-    pk_key(&e, "Addr");
-    pk_raw(&e, m->addr);
-    pk_key(&e, "Incarnation");
-    pk_uint(&e, m->incarnation);
-    pk_key(&e, "Meta");
-    pk_raw(&e, m->meta);
-    pk_key(&e, "Node");
-    pk_str(&e, m->node);
-    pk_key(&e, "Port");
-    pk_uint(&e, m->port);
-    pk_key(&e, "Vsn");
-    pk_vsn(&e, m->has_vsn, m->vsn);
-    return enc_end(&e);
+    return ENCODE(DF_GOSSIP_ALIVE, alive_fields, m);
 }
 
 int df_gossip_err_decode(const uint8_t *buf, size_t len, df_gossip_bytes_t *error)
 {
-    msgpack_unpacked u;
-    const msgpack_object_map *map;
-    uint32_t i;
-    int rc;
-
-    msgpack_unpacked_init(&u);
-    memset(error, 0, sizeof(*error));
-    rc = body_begin(buf, len, DF_GOSSIP_ERR, &u, &map);
-    for (i = 0; rc == 0 && map && i < map->size; i++) {
-        const msgpack_object *k = &map->ptr[i].key, *v = &map->ptr[i].val;
-
-        if ((rc = check_key(k)) < 0)
-            break;
-        if (key_is(k, "Error"))
-            rc = get_str(v, DF_GOSSIP_PAYLOAD_MAX, error);
-    }
-    msgpack_unpacked_destroy(&u);
-    return rc;
+    return DECODE(DF_GOSSIP_ERR, err_fields, error);
 }
 
 int df_gossip_err_encode(df_buf_t *out, df_gossip_bytes_t error)
 {
-    enc_t e;
-
-    enc_begin(&e, out);
-    put_u8(&e, DF_GOSSIP_ERR);
-    pk_map(&e, 1);
-    pk_key(&e, "Error");
-    pk_str(&e, error);
-    return enc_end(&e);
+    return ENCODE(DF_GOSSIP_ERR, err_fields, &error);
 }
 
 /* ================================================================ push/pull */
@@ -1277,100 +1206,60 @@ static void serf_begin(enc_t *e, df_buf_t *out, uint8_t type)
     put_u8(e, type);
 }
 
+static const field_t join_fields[] = {
+    FIELD(df_serf_intent_t, "LTime", FT_U64, ltime, 0),
+    FIELD(df_serf_intent_t, "Node", FT_STR, node, DF_GOSSIP_NAME_MAX),
+};
+
+static const field_t leave_fields[] = {
+    FIELD(df_serf_intent_t, "LTime", FT_U64, ltime, 0),
+    FIELD(df_serf_intent_t, "Node", FT_STR, node, DF_GOSSIP_NAME_MAX),
+    FIELD(df_serf_intent_t, "Prune", FT_BOOL, prune, 0),
+};
+
+static const field_t user_event_fields[] = {
+    FIELD(df_serf_user_event_t, "CC", FT_BOOL, cc, 0),
+    FIELD(df_serf_user_event_t, "LTime", FT_U64, ltime, 0),
+    FIELD(df_serf_user_event_t, "Name", FT_STR, name, DF_GOSSIP_NAME_MAX),
+    FIELD(df_serf_user_event_t, "Payload", FT_RAW, payload, DF_SERF_EVENT_SIZE_MAX),
+};
+
+/* A Serf message inside a memberlist user message: 08 <serf type> map. */
+#define SERF_ENCODE(type, fields, m)                                                                   \
+    encode_fields(out, (const uint8_t[]){DF_GOSSIP_USER, type}, 2, fields, DF_ARRAY_LEN(fields), m)
+
 int df_serf_intent_decode(const uint8_t *buf, size_t len, uint8_t type, df_serf_intent_t *m)
 {
-    msgpack_unpacked u;
-    const msgpack_object_map *map;
-    uint32_t i;
-    int rc;
-
-    if (type != DF_SERF_JOIN && type != DF_SERF_LEAVE)
-        return -EINVAL;
-    msgpack_unpacked_init(&u);
-    memset(m, 0, sizeof(*m));
-    rc = body_begin(buf, len, type, &u, &map);
-    for (i = 0; rc == 0 && map && i < map->size; i++) {
-        const msgpack_object *k = &map->ptr[i].key, *v = &map->ptr[i].val;
-
-        if ((rc = check_key(k)) < 0)
-            break;
-        if (key_is(k, "LTime"))
-            rc = get_uint(v, UINT64_MAX, &m->ltime);
-        else if (key_is(k, "Node"))
-            rc = get_str(v, DF_GOSSIP_NAME_MAX, &m->node);
-        else if (key_is(k, "Prune") && type == DF_SERF_LEAVE)
-            rc = get_bool(v, &m->prune);
-    }
-    msgpack_unpacked_destroy(&u);
-    return rc;
+    if (type == DF_SERF_JOIN)
+        return DECODE(type, join_fields, m);
+    if (type == DF_SERF_LEAVE)
+        return DECODE(type, leave_fields, m);
+    return -EINVAL;
 }
 
 int df_serf_intent_encode(df_buf_t *out, uint8_t type, const df_serf_intent_t *m)
 {
-    enc_t e;
-
-    if (type != DF_SERF_JOIN && type != DF_SERF_LEAVE)
-        return -EINVAL;
-    serf_begin(&e, out, type);
-    pk_map(&e, type == DF_SERF_LEAVE ? 3 : 2);
-    pk_key(&e, "LTime");
-    pk_uint(&e, m->ltime);
-    pk_key(&e, "Node");
-    pk_str(&e, m->node);
-    if (type == DF_SERF_LEAVE) {
-        pk_key(&e, "Prune");
-        pk_bool(&e, m->prune);
-    }
-    return enc_end(&e);
+    if (type == DF_SERF_JOIN)
+        return SERF_ENCODE(type, join_fields, m);
+    if (type == DF_SERF_LEAVE)
+        return SERF_ENCODE(type, leave_fields, m);
+    return -EINVAL;
 }
 
 int df_serf_user_event_decode(const uint8_t *buf, size_t len, df_serf_user_event_t *m)
 {
-    msgpack_unpacked u;
-    const msgpack_object_map *map;
-    uint32_t i;
-    int rc;
+    int rc = DECODE(DF_SERF_USER_EVENT, user_event_fields, m);
 
-    msgpack_unpacked_init(&u);
-    memset(m, 0, sizeof(*m));
-    rc = body_begin(buf, len, DF_SERF_USER_EVENT, &u, &map);
-    for (i = 0; rc == 0 && map && i < map->size; i++) {
-        const msgpack_object *k = &map->ptr[i].key, *v = &map->ptr[i].val;
-
-        if ((rc = check_key(k)) < 0)
-            break;
-        if (key_is(k, "LTime"))
-            rc = get_uint(v, UINT64_MAX, &m->ltime);
-        else if (key_is(k, "Name"))
-            rc = get_str(v, DF_GOSSIP_NAME_MAX, &m->name);
-        else if (key_is(k, "Payload"))
-            rc = get_raw(v, DF_SERF_EVENT_SIZE_MAX, &m->payload);
-        else if (key_is(k, "CC"))
-            rc = get_bool(v, &m->cc);
-    }
     if (rc == 0 && m->name.len + m->payload.len > DF_SERF_EVENT_SIZE_MAX)
         rc = DF_ETOOBIG;
-    msgpack_unpacked_destroy(&u);
     return rc;
 }
 
 int df_serf_user_event_encode(df_buf_t *out, const df_serf_user_event_t *m)
 {
-    enc_t e;
-
     if (m->name.len > DF_GOSSIP_NAME_MAX || m->name.len + m->payload.len > DF_SERF_EVENT_SIZE_MAX)
         return DF_ETOOBIG;
-    serf_begin(&e, out, DF_SERF_USER_EVENT);
-    pk_map(&e, 4);
-    pk_key(&e, "CC");
-    pk_bool(&e, m->cc);
-    pk_key(&e, "LTime");
-    pk_uint(&e, m->ltime);
-    pk_key(&e, "Name");
-    pk_str(&e, m->name);
-    pk_key(&e, "Payload");
-    pk_raw(&e, m->payload);
-    return enc_end(&e);
+    return SERF_ENCODE(DF_SERF_USER_EVENT, user_event_fields, m);
 }
 
 int df_serf_query_decode(const uint8_t *buf, size_t len, df_serf_query_t *m)
@@ -1601,38 +1490,18 @@ int df_serf_relay_encode(df_buf_t *out, const df_serf_relay_t *m)
     return enc_end(&e);
 }
 
+static const field_t key_request_fields[] = {
+    FIELD(df_serf_key_request_t, "Key", FT_RAW, key, 32),
+};
+
 int df_serf_key_request_decode(const uint8_t *buf, size_t len, df_serf_key_request_t *m)
 {
-    msgpack_unpacked u;
-    const msgpack_object_map *map;
-    uint32_t i;
-    int rc;
-
-    msgpack_unpacked_init(&u);
-    memset(m, 0, sizeof(*m));
-    rc = body_begin(buf, len, DF_SERF_KEY_REQUEST, &u, &map);
-    for (i = 0; rc == 0 && map && i < map->size; i++) {
-        const msgpack_object *k = &map->ptr[i].key, *v = &map->ptr[i].val;
-
-        if ((rc = check_key(k)) < 0)
-            break;
-        if (key_is(k, "Key"))
-            rc = get_raw(v, 32, &m->key);
-    }
-    msgpack_unpacked_destroy(&u);
-    return rc;
+    return DECODE(DF_SERF_KEY_REQUEST, key_request_fields, m);
 }
 
 int df_serf_key_request_encode(df_buf_t *out, const df_serf_key_request_t *m)
 {
-    enc_t e;
-
-    enc_begin(&e, out);
-    put_u8(&e, DF_SERF_KEY_REQUEST);
-    pk_map(&e, 1);
-    pk_key(&e, "Key");
-    pk_raw(&e, m->key);
-    return enc_end(&e);
+    return ENCODE(DF_SERF_KEY_REQUEST, key_request_fields, m);
 }
 
 int df_serf_key_response_decode(const uint8_t *buf, size_t len, df_serf_key_response_t *m)

@@ -602,6 +602,7 @@ static void enqueue(df_gossip_node_t *n, int qi, uint64_t name_hash_v, const voi
             if (q->v[i].transmits > q->v[worst].transmits)
                 worst = i;
         bqueue_remove(n, q, worst);
+        n->rx_errors.pruned++;
     }
     if (q->n == q->cap) {
         size_t nc = q->cap ? q->cap * 2 : 32;
@@ -2051,6 +2052,8 @@ typedef struct {
     uint64_t now;
 } rx_t;
 
+/* One message of a packet (the walk goes on after an error): DF_EPROTO when
+ * it does not decode, which the caller counts as malformed. */
 static int handle_msg(const uint8_t *msg, size_t len, void *arg)
 {
     rx_t *rx = arg;
@@ -2064,7 +2067,7 @@ static int handle_msg(const uint8_t *msg, size_t len, void *arg)
     case DF_GOSSIP_PING: {
         df_gossip_ping_t p;
         if (df_gossip_ping_decode(msg, len, &p) < 0)
-            return 0;
+            return DF_EPROTO;
         if (p.node.len && !bytes_is(p.node, n->name, n->name_len))
             return 0; /* "Got ping for unexpected node" */
         if (addr_ok(p.source_addr.len) && p.source_port)
@@ -2079,7 +2082,7 @@ static int handle_msg(const uint8_t *msg, size_t len, void *arg)
         size_t i;
         const member_t *me = &n->m[n->self];
         if (df_gossip_indirect_ping_decode(msg, len, &ip) < 0 || !addr_ok(ip.target.len) || !ip.port)
-            return 0;
+            return DF_EPROTO;
         for (i = 0; i < DF_GOSSIP_RELAYS_MAX && !r; i++)
             if (!n->relays[i].used)
                 r = &n->relays[i];
@@ -2111,13 +2114,16 @@ static int handle_msg(const uint8_t *msg, size_t len, void *arg)
     }
     case DF_GOSSIP_ACK: {
         df_gossip_ack_t a;
-        if (df_gossip_ack_decode(msg, len, &a) == 0)
-            handle_ack_seq(n, a.seq_no, rx->now);
+        if (df_gossip_ack_decode(msg, len, &a) < 0)
+            return DF_EPROTO;
+        handle_ack_seq(n, a.seq_no, rx->now);
         return 0;
     }
     case DF_GOSSIP_NACK: {
         df_gossip_nack_t a;
-        if (df_gossip_nack_decode(msg, len, &a) == 0 && n->probe.active && a.seq_no == n->probe.seq)
+        if (df_gossip_nack_decode(msg, len, &a) < 0)
+            return DF_EPROTO;
+        if (n->probe.active && a.seq_no == n->probe.seq)
             n->probe.nacks++;
         return 0;
     }
@@ -2125,7 +2131,7 @@ static int handle_msg(const uint8_t *msg, size_t len, void *arg)
     case DF_GOSSIP_DEAD: {
         df_gossip_suspect_t s;
         if (df_gossip_suspect_decode(msg, len, msg[0], &s) < 0 || s.node.len == 0)
-            return 0;
+            return DF_EPROTO;
         if (msg[0] == DF_GOSSIP_SUSPECT)
             suspect_node(n, &s, rx->now);
         else
@@ -2134,14 +2140,16 @@ static int handle_msg(const uint8_t *msg, size_t len, void *arg)
     }
     case DF_GOSSIP_ALIVE: {
         df_gossip_alive_t a;
-        if (df_gossip_alive_decode(msg, len, &a) == 0)
-            alive_node(n, &a, false, rx->now);
+        if (df_gossip_alive_decode(msg, len, &a) < 0)
+            return DF_EPROTO;
+        alive_node(n, &a, false, rx->now);
         return 0;
     }
     case DF_GOSSIP_USER: {
         df_gossip_bytes_t s;
-        if (df_gossip_user_unwrap(msg, len, &s) == 0)
-            serf_notify_msg(n, s.p, s.len, rx->now);
+        if (df_gossip_user_unwrap(msg, len, &s) < 0)
+            return DF_EPROTO;
+        serf_notify_msg(n, s.p, s.len, rx->now);
         return 0;
     }
     default:
@@ -2157,8 +2165,12 @@ int df_gossip_recv_packet(df_gossip_node_t *n, const uint8_t *from_addr, size_t 
     size_t plen;
     int rc = 0;
 
-    if (!n || !buf || len == 0 || len > DF_GOSSIP_PACKET_MAX || !addr_ok(from_addr_len))
+    if (!n || !addr_ok(from_addr_len))
         return 0;
+    if (!buf || len == 0 || len > DF_GOSSIP_PACKET_MAX) {
+        n->rx_errors.malformed++;
+        return 0;
+    }
     if (n->encrypt) {
         /* GossipVerifyIncoming: a packet no key opens is dropped. */
         plain = malloc(len);
@@ -2172,8 +2184,10 @@ int df_gossip_recv_packet(df_gossip_node_t *n, const uint8_t *from_addr, size_t 
         len = plen;
     }
     rc = df_gossip_packet_walk(buf, len, handle_msg, &rx);
-    if (rc < 0 && rc != -ENOMEM)
+    if (rc < 0 && rc != -ENOMEM) {
+        n->rx_errors.malformed++;
         rc = 0; /* malformed input is the sender's problem: dropped */
+    }
 out:
     free(plain);
     return rc;
@@ -2324,6 +2338,9 @@ int df_gossip_recv_stream(df_gossip_node_t *n, uint64_t stream_id, bool inbound,
             s->kind = STREAM_FREE;
     }
 out:
+    /* encryption mismatches (why set) are counted by stream_unwrap */
+    if (rc < 0 && rc != -ENOMEM && !why)
+        n->rx_errors.malformed++;
     df_buf_free(&dec);
     df_buf_free(&unz);
     df_buf_free(&reply);

@@ -237,13 +237,17 @@ int df_gossip_health_score(const df_gossip_node_t *n);
 uint32_t df_gossip_incarnation(const df_gossip_node_t *n);
 
 /* What was refused for encryption, and what remotes refused of ours: the
- * owner's clue to a key mismatch (a node with the wrong key never joins).
+ * owner's clue to a key mismatch (a node with the wrong key never joins);
+ * also what was dropped as malformed, and broadcasts pruned unsent.
  * Counters only grow. */
 typedef struct {
     uint64_t wrong_key;   /* encrypted, and none of our keys opens it (UDP or TCP) */
     uint64_t unencrypted; /* a plain stream while we encrypt */
     uint64_t encrypted;   /* an encrypted stream while we have no key */
     uint64_t err_replies; /* errResp replies to our streams (the remote refused them) */
+    uint64_t malformed;   /* packets and inbound streams that did not decode (dropped) */
+    uint64_t pruned;      /* our broadcasts pruned from a full queue before their last
+                           * retransmit (DF_GOSSIP_QUEUE_MAX): gossip that may not arrive */
     char last_err[128];   /* the text of the last errResp, NUL-terminated */
 } df_gossip_rx_errors_t;
 void df_gossip_rx_errors(const df_gossip_node_t *n, df_gossip_rx_errors_t *out);

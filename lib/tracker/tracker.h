@@ -183,6 +183,7 @@ typedef struct {
     uint64_t dns_rounds, dns_failures; /* DNS discovery rounds, of which found nothing */
     uint64_t dns_joins;          /* addresses found by DNS and joined (not yet members) */
     uint64_t rx_wrong_key, rx_unencrypted, rx_encrypted, rx_refused; /* df_gossip_rx_errors_t */
+    uint64_t rx_malformed, bcast_pruned; /* df_gossip_rx_errors_t: malformed, pruned */
 } df_tracker_gossip_stats_t;
 void df_tracker_gossip_stats(df_tracker_t *t, df_tracker_gossip_stats_t *out);
 

@@ -214,6 +214,18 @@ typedef struct call {
     struct call *prev, *next;
 } call_t;
 
+/* A --join entry: an IP literal is joined directly; a name is resolved
+ * with c-ares (a dns watch re-resolving every JOIN_RETRY_MS), never with
+ * the blocking getaddrinfo on the loop. */
+typedef struct {
+    struct gossip_tracker *tr;
+    char *spec;                  /* "host:port" as given */
+    uint8_t addr[16];            /* the literal's address, addr_len 4 or 16 */
+    size_t addr_len;             /* 0: a name (watch) */
+    uint16_t port;
+    df_dns_watch_t *watch;
+} join_t;
+
 typedef struct gossip_tracker {
     df_tracker_t base;
     df_tracker_gossip_opts_t o;
@@ -222,7 +234,7 @@ typedef struct gossip_tracker {
     char advertise_ip[64];
     char *dns_name;
     df_dns_watch_t *dns;         /* watches dns_name, or NULL */
-    char **joins;
+    join_t *joins;
     size_t njoins;
     df_gossip_io_t *io;
     struct event *tick;
@@ -2015,37 +2027,56 @@ static void owner_hash_step(gossip_tracker_t *tr, task_t *t)
     df_stored_task_set_digest(st, &d);
 }
 
-static int resolve_join(gossip_tracker_t *tr, const char *host, uint16_t port, size_t max)
+/* A --join name's round: join (up to 4 of its addresses) only while this
+ * node is alone, as for a literal.  A failure is logged only then, too. */
+static void join_dns_cb(const df_dns_addr_t *addrs, size_t n, const char *error, void *arg)
 {
-    struct addrinfo hints = {.ai_socktype = SOCK_DGRAM}, *ai = NULL, *p;
-    char ps[8];
-    size_t n = 0;
+    join_t *j = arg;
+    gossip_tracker_t *tr = j->tr;
 
-    snprintf(ps, sizeof(ps), "%u", port);
-    if (getaddrinfo(host, ps, &hints, &ai) != 0)
-        return -EHOSTUNREACH;
-    for (p = ai; p && n < max; p = p->ai_next) {
-        if (p->ai_family == AF_INET)
-            df_gossip_io_join(tr->io, (const uint8_t *)&((struct sockaddr_in *)p->ai_addr)->sin_addr, 4, port);
-        else if (p->ai_family == AF_INET6)
-            df_gossip_io_join(tr->io, (const uint8_t *)&((struct sockaddr_in6 *)p->ai_addr)->sin6_addr, 16, port);
-        else
-            continue;
-        n++;
+    if (tr->leaving || df_gossip_count(df_gossip_io_node(tr->io), DF_GOSSIP_STATUS_ALIVE) > 1)
+        return;
+    if (error) {
+        DF_LOG_W("gossip: cannot resolve --join %s: %s", j->spec, error);
+        return;
     }
-    freeaddrinfo(ai);
-    return (int)n;
+    for (size_t i = 0; i < n && i < 4; i++)
+        df_gossip_io_join(tr->io, addrs[i].addr, addrs[i].addr_len, addrs[i].port);
 }
 
+/* Joins every literal now; a name gets its watch at the first call (its
+ * first round runs at once, then every JOIN_RETRY_MS). */
 static void do_joins(gossip_tracker_t *tr)
 {
-    char host[256];
-    uint16_t port;
+    for (size_t i = 0; i < tr->njoins; i++) {
+        join_t *j = &tr->joins[i];
+        if (j->addr_len) {
+            df_gossip_io_join(tr->io, j->addr, j->addr_len, j->port);
+        } else if (!j->watch) {
+            df_dns_watch_opts_t d = {.base = tr->o.base, .target = j->spec, .interval_ms = JOIN_RETRY_MS,
+                                     .max_addrs = 4, .cb = join_dns_cb, .arg = j};
+            int rc = df_dns_watch_new(&d, &j->watch);
+            if (rc < 0)
+                DF_LOG_W("gossip: cannot resolve --join %s: %s", j->spec, df_strerror(rc));
+        }
+    }
+}
 
-    for (size_t i = 0; i < tr->njoins; i++)
-        if (df_parse_hostport(tr->joins[i], host, sizeof(host), &port) == 0 &&
-            resolve_join(tr, host, port, 4) < 0)
-            DF_LOG_W("gossip: cannot resolve %s", tr->joins[i]);
+/* Parses a --join entry into j (spec copied).  0, -EINVAL or -ENOMEM. */
+static int join_init(gossip_tracker_t *tr, join_t *j, const char *spec)
+{
+    char host[256];
+
+    memset(j, 0, sizeof(*j));
+    j->tr = tr;
+    if (df_parse_hostport(spec, host, sizeof(host), &j->port) < 0 || j->port == 0)
+        return -EINVAL;
+    if (inet_pton(AF_INET, host, j->addr) == 1)
+        j->addr_len = 4;
+    else if (inet_pton(AF_INET6, host, j->addr) == 1)
+        j->addr_len = 16;
+    j->spec = strdup(spec);
+    return j->spec ? 0 : -ENOMEM;
 }
 
 /* A --gossip-dns round: join every address found that is not already an
@@ -2159,8 +2190,10 @@ static void gt_free(df_tracker_t *base)
     df_dns_watch_free(tr->dns);
     df_gossip_io_free(tr->io);
     df_gossip_keyring_clear(&tr->kr);
-    for (size_t i = 0; i < tr->njoins; i++)
-        free(tr->joins[i]);
+    for (size_t i = 0; i < tr->njoins; i++) {
+        df_dns_watch_free(tr->joins[i].watch);
+        free(tr->joins[i].spec);
+    }
     free(tr->joins);
     free(tr->dns_name);
     free(tr);
@@ -2200,11 +2233,16 @@ int df_tracker_gossip_new(const df_tracker_gossip_opts_t *o, df_tracker_t **out)
     snprintf(tr->seed_id, sizeof(tr->seed_id), "%s%s", tr->name, SEED_SUFFIX);
     df_strlcpy(tr->advertise_ip, o->advertise_ip, sizeof(tr->advertise_ip));
     for (size_t i = 0; o->join && o->join[i]; i++) {
-        char **n = realloc(tr->joins, (tr->njoins + 1) * sizeof(*n));
+        join_t *n = realloc(tr->joins, (tr->njoins + 1) * sizeof(*n));
         if (!n)
             goto fail;
         tr->joins = n;
-        if (!(tr->joins[tr->njoins] = strdup(o->join[i])))
+        rc = join_init(tr, &tr->joins[tr->njoins], o->join[i]);
+        if (rc == -EINVAL) {
+            DF_LOG_E("gossip: --join %s: not host:port", o->join[i]);
+            goto fail;
+        }
+        if (rc < 0)
             goto fail;
         tr->njoins++;
     }
@@ -2310,6 +2348,8 @@ void df_tracker_gossip_stats(df_tracker_t *base, df_tracker_gossip_stats_t *out)
         out->rx_unencrypted = rx.unencrypted;
         out->rx_encrypted = rx.encrypted;
         out->rx_refused = rx.err_replies;
+        out->rx_malformed = rx.malformed;
+        out->bcast_pruned = rx.pruned;
     }
     out->tasks_owned = 0;
     for (task_t *t = tr->tasks; t; t = t->next)

@@ -505,24 +505,34 @@ http {{
 """
 
     def start(self, timeout=15.0):
+        """Starts nginx.  The port came from free_port() and may have been taken
+        since by another process of the test (an ephemeral upload port): then
+        nginx exits with EADDRINUSE and is started again on a fresh port (at
+        most 3 tries).  So take URLs (url()) after start()."""
         nginx = find_nginx()
         conf = os.path.join(self.prefix, "nginx.conf")
-        with open(conf, "w") as f:
-            f.write(self._conf())
         for d in (self.env.tmp, self.prefix):
             os.chmod(d, 0o755)
         argv = [nginx, "-p", self.prefix + "/", "-c", conf, "-e", self.error_log]
-        self.proc = self.env.procs.start("nginx", argv)
 
         def ready():
             try:
                 return http_request(self.port, "GET", "/missing/ping", timeout=1.0)[0] == 404
             except OSError:
                 return False
-        try:
-            wait_for(ready, timeout, what=f"nginx on port {self.port}", proc=self.proc)
-        except TestFailure as e:
-            raise TestFailure(f"{e}\nnginx error log:\n{_read(self.error_log)[-2000:]}")
+        for attempt in range(3):
+            with open(conf, "w") as f:
+                f.write(self._conf())
+            self.proc = self.env.procs.start("nginx", argv)
+            try:
+                wait_for(ready, timeout, what=f"nginx on port {self.port}", proc=self.proc)
+                return self
+            except TestFailure as e:
+                log = _read(self.error_log)
+                if attempt < 2 and not self.proc.alive() and "Address already in use" in log:
+                    self.port = free_port()
+                    continue
+                raise TestFailure(f"{e}\nnginx error log:\n{log[-2000:]}")
         return self
 
     def requests(self):

@@ -24,11 +24,11 @@ def metric(d, name, labels=""):
     return float(m.group(1)) if m else None
 
 
-def gossip_daemon(env, name, join=None, extra=()):
+def gossip_daemon(env, name, join=None, join_host="127.0.0.1", extra=()):
     port = T.free_port()
     argv = ["--mode", "gossip", "--gossip-listen", f"127.0.0.1:{port}", "--gossip-name", name] + list(extra)
     if join:
-        argv += ["--join", f"127.0.0.1:{join}"]
+        argv += ["--join", f"{join_host}:{join}"]
     d = env.dfdaemon(NO_SUPERNODE, extra=argv)
     d.gossip_port = port
     return d
@@ -51,7 +51,9 @@ def wait_alive(daemons, n):
 def gossip_cluster(env, n):
     daemons = [gossip_daemon(env, "n0")]
     for i in range(1, n):
-        daemons.append(gossip_daemon(env, f"n{i}", daemons[0].gossip_port))
+        # every other node joins by name (resolved by c-ares, /etc/hosts)
+        daemons.append(gossip_daemon(env, f"n{i}", daemons[0].gossip_port,
+                                     "localhost" if i % 2 else "127.0.0.1"))
     wait_alive(daemons, n)
     return daemons
 

@@ -641,9 +641,59 @@ static void test_encrypted_restart(void **state)
     df_gossip_keyring_clear(&kr);
 }
 
+/* Hostile input is dropped and counted, never fatal: a packet that is not
+ * msgpack, a compound with an absurd count, an empty and an oversized
+ * datagram, and an inbound stream of garbage each add one to "malformed";
+ * the node is still usable afterwards. */
+static void test_malformed_counted(void **state)
+{
+    sim_t *s = calloc(1, sizeof(*s));
+    static const uint8_t junk[] = {0x02, 0xc1, 0xc1, 0xc1};          /* ping, then a never-used byte */
+    static const uint8_t compound[] = {0x07, 0xff, 0x00, 0x10};     /* compound: 255 parts, 1 length */
+    static const uint8_t stream[] = {0x06, 0x93, 0xc1};             /* push/pull header that is not a map */
+    uint8_t *big = calloc(1, DF_GOSSIP_PACKET_MAX + 1);
+    uint8_t a[4];
+    df_gossip_rx_errors_t rx;
+
+    (void)state;
+    assert_non_null(s);
+    assert_non_null(big);
+    s->n = 1;
+    s->querier = -1;
+    make_node(s, 0);
+    node_addr(1, a);
+    assert_int_equal(df_gossip_recv_packet(s->node[0], a, 4, 7946, junk, sizeof(junk), s->now), 0);
+    df_gossip_rx_errors(s->node[0], &rx);
+    assert_int_equal(rx.malformed, 1);
+    assert_int_equal(df_gossip_recv_packet(s->node[0], a, 4, 7946, compound, sizeof(compound), s->now), 0);
+    df_gossip_rx_errors(s->node[0], &rx);
+    assert_int_equal(rx.malformed, 2);
+    assert_int_equal(df_gossip_recv_packet(s->node[0], a, 4, 7946, big, DF_GOSSIP_PACKET_MAX + 1, s->now), 0);
+    df_gossip_rx_errors(s->node[0], &rx);
+    assert_int_equal(rx.malformed, 3);
+    assert_int_equal(df_gossip_recv_packet(s->node[0], a, 4, 7946, big, 0, s->now), 0);
+    df_gossip_rx_errors(s->node[0], &rx);
+    assert_int_equal(rx.malformed, 4);
+    assert_true(df_gossip_recv_stream(s->node[0], 1, true, a, 4, 7946, stream, sizeof(stream), s->now) < 0);
+    df_gossip_rx_errors(s->node[0], &rx);
+    assert_int_equal(rx.malformed, 5);
+    assert_int_equal(rx.wrong_key, 0);
+    assert_int_equal(df_gossip_count(s->node[0], DF_GOSSIP_STATUS_ALIVE), 1);
+    df_gossip_node_free(s->node[0]);
+    while (s->hn) {
+        delivery_t d = heap_pop(s);
+        free(d.data);
+    }
+    free(big);
+    free(s->heap);
+    free(s->streams);
+    free(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_malformed_counted),
         cmocka_unit_test(test_cluster),
         cmocka_unit_test(test_encrypted_restart),
     };
