@@ -206,6 +206,12 @@ typedef struct {
     const char *gossip_dns_server; /* "IP[:PORT]": the DNS server to ask; NULL = resolv.conf */
     uint64_t gossip_dns_interval_ms; /* 0 = 30 s */
     const char *gossip_name;    /* member name; default "<hostname>-<upload port>" */
+    /* A download's origin headers (credentials) reach the task's owner
+     * point to point (POST /peer/seed), sealed with gossip_encrypt's key.
+     * Without a key they go only when this is true, in clear, and the
+     * owner takes them only when it is true there too; otherwise a node
+     * whose request has headers reads the origin itself.  default false */
+    bool gossip_forward_headers;
 } df_peer_config_t;
 
 void df_peer_config_init(df_peer_config_t *cfg);
@@ -315,7 +321,9 @@ typedef struct {
     uint64_t length;
     double seconds;
     uint64_t bytes_from_peers;
-    uint64_t bytes_from_supernode;
+    uint64_t bytes_from_supernode; /* from the task's seed: the supernode's, or in gossip mode
+                                    * the task's owner (on the owner itself: what its seed
+                                    * download put in the store while this one waited) */
     uint64_t bytes_from_origin;
     bool back_source;            /* fell back to the origin */
     char reason[256];            /* why it fell back, or why it failed; "" if neither */

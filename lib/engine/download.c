@@ -97,6 +97,7 @@ struct df_download {
     double t0;
     uint64_t start_ms, last_progress_ms, last_progress_cb_ms, last_contiguous;
     uint32_t store_pieces;       /* pieces of the task in the store at the last tick */
+    uint64_t held_bytes;         /* piece bytes the store held when the task was set up */
     bool stream;                 /* progress at every growth of the verified prefix */
 
     /* task */
@@ -571,6 +572,19 @@ static void verify_and_export(df_download_t *dl)
     }
     df_stored_task_set_digest(dl->task, &got);
 export:
+    if (dl->peer->gossip) {
+        /* Gossip mode: the pieces this download neither held at the start
+         * nor fetched itself were written by another download of the task
+         * on this host -- on the owner, by its seed reading the origin
+         * (the owner's own dfget waits for it).  They are the seed's bytes:
+         * bytes_from_supernode ("from the owner") for this result.  Not
+         * added to the peer's counters: the seed counted them already, as
+         * origin bytes. */
+        uint64_t own = dl->held_bytes + dl->res.bytes_from_peers + dl->res.bytes_from_supernode +
+                       dl->res.bytes_from_origin;
+        if (own < dl->length)
+            dl->res.bytes_from_supernode += dl->length - own;
+    }
     if (!dl->output) {
         /* A streaming caller reads the bytes through the progress fd: make
          * sure it got one, also when the whole task was already in the
@@ -1514,8 +1528,12 @@ static void register_cb(const df_register_res_t *res, void *arg)
          * in the first pull, so the tracker can offer them to others. */
         bm = df_stored_task_bitmap(dl->task);
         for (uint32_t i = 0; i < dl->piece_count; i++)
-            if (df_bitmap_test(bm, i))
+            if (df_bitmap_test(bm, i)) {
                 push_result(dl, i, "", true);
+                uint64_t off, len;
+                df_piece_span(dl->length, dl->piece_size, i, &off, &len);
+                dl->held_bytes += len;
+            }
         if (advance_whole_hash(dl) < 0) {
             finish(dl, -EIO, "reading the piece store failed");
             return;

@@ -16,8 +16,11 @@
 #include "engine/peer_internal.h"
 
 #include "engine/upload_server.h"
+#include "tracker/seed_forward.h"
 
+#include <event2/buffer.h>
 #include <event2/http.h>
+#include <openssl/crypto.h>
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -102,10 +105,58 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
     }
 }
 
+/* POST /peer/seed (gossip mode): a member hands us origin headers for
+ * the seed of a task we own (tracker/seed_forward.h).  The body is wiped
+ * once read: it may hold credentials in clear. */
+static bool seed_route(df_peer_t *peer, struct evhttp_request *req)
+{
+    const char *uri = evhttp_request_get_uri(req);
+    struct evbuffer *in, *out;
+    char msg[200] = "";
+    unsigned char *body;
+    size_t len;
+    int code;
+
+    if (!uri || strcmp(uri, DF_SEEDFWD_PATH) != 0)
+        return false;
+    if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "POST");
+        evhttp_send_error(req, 405, "method not allowed");
+        return true;
+    }
+    if (!peer->gossip || !peer->tracker) {
+        evhttp_send_error(req, HTTP_NOTFOUND, "not in gossip mode");
+        return true;
+    }
+    in = evhttp_request_get_input_buffer(req);
+    len = evbuffer_get_length(in);
+    body = evbuffer_pullup(in, -1);
+    if (len && !body) {
+        evhttp_send_error(req, 503, "out of memory");
+        return true;
+    }
+    code = df_tracker_gossip_seed_request(peer->tracker, body, len, msg, sizeof(msg));
+    if (body)
+        OPENSSL_cleanse(body, len);
+    evbuffer_drain(in, len);
+    if (code == 204) {
+        evhttp_send_reply(req, 204, "No Content", NULL);
+        return true;
+    }
+    out = evbuffer_new();
+    if (out)
+        evbuffer_add_printf(out, "%s\n", msg);
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "text/plain");
+    evhttp_send_reply(req, code, code == 403 ? "Forbidden" : code == 409 ? "Conflict" : "Refused", out);
+    if (out)
+        evbuffer_free(out);
+    return true;
+}
+
 static void http_cb(struct evhttp_request *req, void *arg)
 {
     df_peer_t *peer = arg;
-    if (!df_upload_server_handle(peer->up, req))
+    if (!seed_route(peer, req) && !df_upload_server_handle(peer->up, req))
         evhttp_send_error(req, HTTP_NOTFOUND, "not found");
 }
 
@@ -120,9 +171,9 @@ static int start_upload_server(df_peer_t *peer)
     if (!peer->evh)
         return -ENOMEM;
     evhttp_set_max_headers_size(peer->evh, 16 * 1024);
-    evhttp_set_max_body_size(peer->evh, 4 * 1024);
+    evhttp_set_max_body_size(peer->evh, DF_SEEDFWD_BODY_MAX); /* POST /peer/seed */
     evhttp_set_timeout(peer->evh, 60);
-    evhttp_set_allowed_methods(peer->evh, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD);
+    evhttp_set_allowed_methods(peer->evh, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST);
     evhttp_set_gencb(peer->evh, http_cb, peer);
     bs = evhttp_bind_socket_with_handle(peer->evh, peer->cfg.upload_host, peer->cfg.upload_port);
     if (!bs)
@@ -177,7 +228,7 @@ static void seed_done_cb(const df_download_result_t *res, void *arg)
 /* The gossip tracker's start_seed: an engine download that only fills the
  * store (stream mode, no output).  Its Register reaches the tracker from
  * inside this call, which is how the tracker knows it is the seed. */
-static int start_seed(void *arg, const char *url, const char *task_id)
+static int start_seed(void *arg, const char *url, const char *task_id, const char *const *headers)
 {
     df_peer_t *peer = arg;
     df_download_req_t req = {0};
@@ -189,6 +240,7 @@ static int start_seed(void *arg, const char *url, const char *task_id)
     sc->peer = peer;
     df_strlcpy(sc->task_id, task_id, sizeof(sc->task_id));
     req.url = url;
+    req.headers = (const char **)headers; /* copied by df_peer_download */
     req.stream = true;
     req.call_system = "gossip-seed";
     sc->next = peer->seeds;
@@ -231,6 +283,7 @@ static int start_gossip(df_peer_t *peer, const df_peer_config_t *cfg)
     o.dns_name = cfg->gossip_dns;
     o.dns_server = cfg->gossip_dns_server;
     o.dns_interval_ms = cfg->gossip_dns_interval_ms;
+    o.forward_headers = cfg->gossip_forward_headers;
     o.start_seed = start_seed;
     o.seed_arg = peer;
     peer->gossip = true;

@@ -147,10 +147,15 @@ typedef struct {
                                   * dns_interval_ms and joined (net/dns_watch.h), or NULL */
     const char *dns_server;      /* "IP[:PORT]" DNS server, or NULL = resolv.conf */
     uint64_t dns_interval_ms;    /* 0 = 30 s */
+    /* Hand a request's origin headers to a task's owner (POST /peer/seed)
+     * in clear when there is no key (encrypt NULL): an explicit opt-in. */
+    bool forward_headers;
     /* Starts an engine download of url for task_id that writes only to the
-     * store (this node owns the task).  It must call df_tracker_gossip_seed_done
-     * when that download ends.  0 or -errno. */
-    int (*start_seed)(void *arg, const char *url, const char *task_id);
+     * store (this node owns the task), sending headers ("K: V" lines,
+     * NULL-terminated, or NULL; borrowed for the call) to the origin.  It
+     * must call df_tracker_gossip_seed_done when that download ends.  0 or
+     * -errno. */
+    int (*start_seed)(void *arg, const char *url, const char *task_id, const char *const *headers);
     void *seed_arg;
 } df_tracker_gossip_opts_t;
 
@@ -158,6 +163,12 @@ typedef struct {
 int df_tracker_gossip_new(const df_tracker_gossip_opts_t *o, df_tracker_t **out);
 /* The seed download of task_id ended (status 0 or its error). */
 void df_tracker_gossip_seed_done(df_tracker_t *t, const char *task_id, int status);
+/* A `POST /peer/seed` body (tracker/seed_forward.h) received on the upload
+ * port: a member hands us the origin headers of its request for a task we
+ * own, for our seed.  Returns the HTTP status to answer (204 taken; 400,
+ * 403 not sealed with our key / not accepted in clear, 409, 413, 421, 503),
+ * with a reason in msg (cap bytes) that holds no header value. */
+int df_tracker_gossip_seed_request(df_tracker_t *t, const void *body, size_t len, char *msg, size_t cap);
 
 typedef struct {
     uint64_t members_alive, members_leaving, members_left, members_failed;

@@ -46,11 +46,20 @@
  *    and then only when none of their own designated pieces is left; with
  *    other participants alive each takes SLOTS_OWNER_SHARED pieces at a
  *    time from the owner, whose uplink they all share.
- *  - Register: shape known -> answered at once; we are the owner -> HEAD
- *    to the origin, then a START with the shape; otherwise a START want is
- *    broadcast (again every WANT_RESEND_MS) and the Register waits for the
- *    owner's shape up to REGISTER_WAIT_MS (then fails: the engine reads
- *    the origin itself).
+ *  - Register: first an access check (start_check): a HEAD to the origin
+ *    with the request's own headers, whose refusal is the answer (as the
+ *    supernode revalidates per registrant: nobody gets bytes the origin
+ *    would refuse them).  Then: shape known -> answered at once; we are the
+ *    owner -> HEAD to the origin, then a START with the shape; otherwise a
+ *    START want is broadcast (again every WANT_RESEND_MS) and the Register
+ *    waits for the owner's shape up to REGISTER_WAIT_MS (then fails: the
+ *    engine reads the origin itself).  The seed's Register skips the check.
+ *  - Private origins: the seed sends the task's headers (task_t.headers:
+ *    a local request's whose check passed, or a member's).  A non-owner
+ *    with headers hands them to the owner before its want, point to point
+ *    (POST /peer/seed, seed_forward.h), sealed with the cluster key; with
+ *    no key only under the forward_headers opt-in, else its Register fails
+ *    at once and the engine reads the origin with its own headers.
  *
  * Every callback runs from the loop, never inside the call (a zero timer per
  * pending call).  Caps: TASKS_MAX tasks, HOLDERS_MAX holders per task,
@@ -69,8 +78,10 @@
 #include "sched/sched.h"
 #include "supernode/api_codec.h"
 #include "tracker/gossip_events.h"
+#include "tracker/seed_forward.h"
 
 #include <event2/event.h>
+#include <openssl/crypto.h>
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -78,6 +89,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define TAG_PORT "dfly-port"
 #define SEED_SUFFIX "!seed"
@@ -107,6 +119,7 @@
 #define SETTLE_MS 2000u
 #define ASK_WINDOW_MS 10000u
 #define ASK_EVERY_MS 500u
+#define FWD_RETRY_MS 10000u
 
 typedef struct {
     char name[DF_GEV_SENDER_MAX + 1];
@@ -149,6 +162,19 @@ typedef struct task {
     uint64_t sync_have_ms, sync_digest_ms, ask_ms; /* our last SYNC queries */
     uint64_t ask_since_ms;             /* first asked who owns it before seeding */
     bool local;                        /* one of our downloads registered it */
+    /* Origin request headers for our seed (private origins): those of the
+     * latest local Register whose access check passed, or handed to us by
+     * a member (POST /peer/seed).  Memory only: never in events, tags,
+     * logs or metrics; wiped when replaced or released. */
+    char **headers;
+    bool seed_had_headers;             /* the running seed was started with headers */
+    bool headers_new;                  /* headers arrived after the running seed started */
+    char fwd_to[DF_GEV_SENDER_MAX + 1];/* owner our headers were last handed to */
+    df_http_req_t *fwd_req;            /* that POST, while it is out */
+    bool fwd_ok;                       /* fwd_to took them */
+    uint64_t fwd_failed_ms;            /* fwd_to did not: retried after FWD_RETRY_MS */
+    bool fwd_refusal_logged;           /* "not forwarding" said once */
+    uint64_t pulled_ms;                /* last pull of one of our (non-seed) downloads */
     struct task *next;
 } task_t;
 
@@ -174,6 +200,10 @@ typedef struct call {
     df_piece_result_t *results;  /* PULL: copied request */
     size_t nresults;
     uint32_t want;
+    char **headers;              /* REGISTER: the request's origin headers (owned) */
+    df_http_req_t *check;        /* REGISTER: our own HEAD to the origin (access check) */
+    bool checked;                /* REGISTER: the origin accepted our headers */
+    long check_code;
     union {
         df_register_cb reg;
         df_pull_cb pull;
@@ -218,6 +248,8 @@ typedef struct gossip_tracker {
     uint64_t last_flush_ms, last_join_ms, last_recover_ms;
     uint64_t member_change_ms;          /* last member join/leave/failure we saw */
     bool recover_sent, leaving;
+    df_gossip_keyring_t kr;             /* the cluster key (seals POST /peer/seed) */
+    bool has_key;
     df_tracker_gossip_stats_t stats;
 } gossip_tracker_t;
 
@@ -502,6 +534,7 @@ static void task_release(gossip_tracker_t *tr, task_t *t)
 {
     (void)tr;
     df_http_cancel(t->head);
+    df_http_cancel(t->fwd_req);
     df_hasher_free(t->fhash);
     if (t->stored)
         df_stored_task_unref(t->stored);
@@ -517,6 +550,7 @@ static void task_release(gossip_tracker_t *tr, task_t *t)
     free(t->owner_since);
     free(t->announced);
     free(t->digest_sent);
+    df_seedfwd_free_strv(t->headers);
     free(t);
 }
 
@@ -561,6 +595,8 @@ static void call_free(call_t *c)
     if (c->next)
         c->next->prev = c->prev;
     event_free(c->ev);
+    df_http_cancel(c->check);
+    df_seedfwd_free_strv(c->headers);
     free(c->reg);
     free(c->results);
     free(c);
@@ -677,11 +713,14 @@ static void start_head(gossip_tracker_t *tr, task_t *t, const char *const *heade
     t->head_pending = true;
 }
 
-/* Answers every Register parked on t (status 0: with the shape). */
+/* Answers every Register parked on t (status 0: with the shape).  Only
+ * those whose own access check passed (and the seed's): the others learn
+ * the origin's answer for their headers from that check. */
 static void answer_parked(gossip_tracker_t *tr, task_t *t, int status, int origin_status, const char *msg)
 {
     for (call_t *c = tr->calls; c; c = c->next) {
-        if (c->kind != CALL_REGISTER || c->task != t || !c->reg || c->reg->task_id[0] || c->reg->status)
+        if (c->kind != CALL_REGISTER || c->task != t || !c->reg || c->reg->task_id[0] || c->reg->status ||
+            !(c->checked || c->seed))
             continue;
         if (status == 0) {
             fill_register_ok(tr, c);
@@ -692,6 +731,277 @@ static void answer_parked(gossip_tracker_t *tr, task_t *t, int status, int origi
         }
         call_arm(c, 0);
     }
+}
+
+/* ------------------------------------------------------------ origin headers */
+
+static bool strv_empty(char *const *v)
+{
+    return !v || !v[0];
+}
+
+static bool strv_equal(char *const *a, char *const *b)
+{
+    size_t i = 0;
+    for (; a && b && a[i] && b[i]; i++)
+        if (strcmp(a[i], b[i]) != 0)
+            return false;
+    return (!a || !a[i]) && (!b || !b[i]);
+}
+
+/* A copy of a NULL-terminated vector (an empty one for NULL); NULL on ENOMEM. */
+static char **strv_dup(const char *const *v)
+{
+    size_t n = 0;
+    char **out;
+
+    while (v && v[n])
+        n++;
+    out = calloc(n + 1, sizeof(*out));
+    for (size_t i = 0; out && i < n; i++)
+        if (!(out[i] = strdup(v[i]))) {
+            df_seedfwd_free_strv(out);
+            return NULL;
+        }
+    return out;
+}
+
+/* The headers our seed of t uses from now on: a copy of h (non-empty).
+ * Out of memory keeps the previous ones. */
+static void task_set_headers(task_t *t, char *const *h)
+{
+    char **n;
+
+    if (strv_equal(t->headers, h))
+        return;
+    n = strv_dup((const char *const *)h);
+    if (!n)
+        return;
+    df_seedfwd_free_strv(t->headers);
+    t->headers = n;
+    t->fwd_to[0] = '\0'; /* hand the new ones to the owner too */
+    if (t->seeding)
+        t->headers_new = true;
+}
+
+static uint64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static void register_proceed(gossip_tracker_t *tr, call_t *c);
+
+/* The owner refused or did not take our headers: the Registers of t that
+ * carry headers read the origin themselves (with theirs). */
+static void forward_failed(gossip_tracker_t *tr, task_t *t, const char *why)
+{
+    for (call_t *c = tr->calls; c; c = c->next) {
+        if (c->kind != CALL_REGISTER || c->task != t || c->seed || !c->checked || strv_empty(c->headers) ||
+            c->reg->task_id[0] || c->reg->status)
+            continue;
+        c->reg->status = DF_ETRACKER;
+        snprintf(c->reg->message, sizeof(c->reg->message), "gossip: %s", why);
+        call_arm(c, 0);
+    }
+}
+
+static void fwd_done(df_http_req_t *req, const df_http_result_t *res, void *arg)
+{
+    gossip_tracker_t *tr = arg;
+    char why[200];
+    task_t *t;
+
+    for (t = tr->tasks; t && t->fwd_req != req; t = t->next)
+        ;
+    if (!t)
+        return;
+    t->fwd_req = NULL;
+    if (res->status == 0 && res->http_code >= 200 && res->http_code < 300) {
+        DF_LOG_I("gossip: task %.16s: origin headers handed to the owner %s", t->id, t->fwd_to);
+        t->fwd_ok = true;
+        return;
+    }
+    t->fwd_failed_ms = df_now_ms();
+    if (res->status < 0)
+        snprintf(why, sizeof(why), "cannot hand the origin headers to the owner %s (%s); reading the origin directly",
+                 t->fwd_to, res->error ? res->error : df_strerror(res->status));
+    else
+        snprintf(why, sizeof(why), "the owner %s refused the origin headers (HTTP %ld); reading the origin directly",
+                 t->fwd_to, res->http_code);
+    DF_LOG_W("gossip: task %.16s: %s", t->id, why);
+    forward_failed(tr, t, why);
+}
+
+/* A non-owner whose Register carries headers hands them (t->headers: the
+ * latest whose access check passed) to the owner point to point, sealed
+ * with the cluster key (seed_forward.h).  Once per owner and set of
+ * headers (again after FWD_RETRY_MS when that owner did not take them).  -EPERM when we may not: no key and no opt-in (logged once per
+ * task); the Register then reads the origin itself.  0 otherwise (also
+ * when the owner's address is not known yet: the want resend retries). */
+static int forward_headers(gossip_tracker_t *tr, task_t *t)
+{
+    char owner[DF_GEV_SENDER_MAX + 1], ip[INET6_ADDRSTRLEN], url[INET6_ADDRSTRLEN + 32];
+    const char *hdrs[2];
+    df_http_opts_t opts = {0};
+    df_http_cbs_t cbs = {.on_done = fwd_done};
+    df_gossip_member_t m;
+    uint8_t *body = NULL;
+    size_t len = 0;
+    uint16_t port;
+    int rc;
+
+    if (!tr->has_key && !tr->o.forward_headers) {
+        if (!t->fwd_refusal_logged) {
+            t->fwd_refusal_logged = true;
+            DF_LOG_W("gossip: task %.16s: the request has origin headers, and this cluster has no encryption key "
+                     "(--encrypt) to hand them to the owner sealed, nor --gossip-forward-headers to hand them in "
+                     "clear: this node reads the origin itself",
+                     t->id);
+        }
+        return -EPERM;
+    }
+    task_owner(tr, t, owner, sizeof(owner));
+    if (strv_empty(t->headers) || strcmp(owner, tr->name) == 0 || t->fwd_req ||
+        (strcmp(t->fwd_to, owner) == 0 && (t->fwd_ok || df_now_ms() - t->fwd_failed_ms < FWD_RETRY_MS)))
+        return 0;
+    if (!member_alive(tr, owner, &m) || (port = member_port(&m)) == 0 ||
+        !inet_ntop(m.addr_len == 16 ? AF_INET6 : AF_INET, m.addr, ip, sizeof(ip)))
+        return 0;
+    snprintf(url, sizeof(url), m.addr_len == 16 ? "http://[%s]:%u%s" : "http://%s:%u%s", ip, port, DF_SEEDFWD_PATH);
+    rc = df_seedfwd_encode(tr->has_key ? &tr->kr : NULL, owner, tr->name, t->url, t->id,
+                           (const char *const *)t->headers, wall_ms(), &body, &len);
+    if (rc < 0) {
+        DF_LOG_W("gossip: task %.16s: cannot build the request for the owner: %s", t->id, df_strerror(rc));
+        return 0;
+    }
+    hdrs[0] = tr->has_key ? "Content-Type: application/octet-stream" : "Content-Type: application/json";
+    hdrs[1] = NULL;
+    opts.method = "POST";
+    opts.url = url;
+    opts.headers = hdrs;
+    opts.body = body;
+    opts.body_len = len;
+    opts.timeout_ms = 10000;
+    opts.max_body = 4096;
+    rc = df_http_start(tr->o.http, &opts, &cbs, tr, &t->fwd_req);
+    OPENSSL_cleanse(body, len);
+    free(body);
+    if (rc < 0) {
+        t->fwd_req = NULL;
+        return 0;
+    }
+    df_strlcpy(t->fwd_to, owner, sizeof(t->fwd_to));
+    t->fwd_ok = false;
+    return 0;
+}
+
+/* Not the owner, no shape yet: our headers go to the owner, then the want.
+ * false when the Register was answered instead (it reads the origin). */
+static bool want_task(gossip_tracker_t *tr, call_t *c, uint64_t now)
+{
+    task_t *t = c->task;
+
+    if (!c->seed && !strv_empty(c->headers) && forward_headers(tr, t) < 0) {
+        c->reg->status = DF_ETRACKER;
+        snprintf(c->reg->message, sizeof(c->reg->message),
+                 "gossip: origin headers are not handed to the owner without --encrypt or "
+                 "--gossip-forward-headers; reading the origin directly");
+        return false;
+    }
+    send_start(tr, t, false);
+    t->want_sent_ms = now;
+    return true;
+}
+
+static int check_headers(df_http_req_t *req, long code, void *arg)
+{
+    call_t *c = arg;
+    (void)req;
+    c->check_code = code;
+    return 0;
+}
+
+static void check_done(df_http_req_t *req, const df_http_result_t *res, void *arg)
+{
+    call_t *c = arg;
+
+    (void)req;
+    c->check = NULL;
+    if (res->status < 0) {
+        c->reg->status = DF_ETRACKER;
+        snprintf(c->reg->message, sizeof(c->reg->message), "origin: %s",
+                 res->error ? res->error : df_strerror(res->status));
+        call_arm(c, 0);
+        return;
+    }
+    if (c->check_code == 405 || c->check_code == 501) {
+        /* No HEAD there: access cannot be checked, so no P2P; the engine
+         * asks the origin itself with our headers. */
+        c->reg->status = DF_ETRACKER;
+        snprintf(c->reg->message, sizeof(c->reg->message),
+                 "origin does not answer HEAD (HTTP %ld): access cannot be checked; reading the origin directly",
+                 c->check_code);
+        call_arm(c, 0);
+        return;
+    }
+    if (c->check_code < 200 || c->check_code >= 300) {
+        c->reg->status = DF_EORIGIN;
+        c->reg->origin_status = (int)c->check_code;
+        snprintf(c->reg->message, sizeof(c->reg->message), "origin answered HTTP %ld", c->check_code);
+        call_arm(c, 0);
+        return;
+    }
+    c->checked = true;
+    c->since_ms = df_now_ms();
+    if (!strv_empty(c->headers))
+        task_set_headers(c->task, c->headers);
+    register_proceed(c->tr, c);
+}
+
+/* Access check, as the supernode does per registrant: the origin must
+ * accept this request's own headers (or none) before it gets bytes that
+ * came through P2P under somebody else's.  A HEAD with them; its refusal
+ * (401, 403, 404...) is the Register's answer (DF_EORIGIN). */
+static int start_check(gossip_tracker_t *tr, call_t *c)
+{
+    df_http_opts_t opts = {0};
+    df_http_cbs_t cbs = {.on_headers = check_headers, .on_done = check_done};
+
+    opts.method = "HEAD";
+    opts.url = c->task->url;
+    opts.headers = (const char *const *)c->headers;
+    opts.follow_redirects = true;
+    opts.timeout_ms = 30000;
+    return df_http_start(tr->o.http, &opts, &cbs, c, &c->check);
+}
+
+/* A Register that may go on (the seed's, or one whose access check
+ * passed): answered at once with the shape, or parked for it. */
+static void register_proceed(gossip_tracker_t *tr, call_t *c)
+{
+    task_t *t = c->task;
+    uint64_t now = df_now_ms();
+
+    t->wanted_ms = now;
+    if (t->shaped) {
+        fill_register_ok(tr, c);
+        call_arm(c, 0);
+        if (!c->seed)
+            maybe_start_seed(tr, t);
+        return;
+    }
+    if (is_owner(tr, t) && owner_may_act(tr, t, now)) {
+        start_head(tr, t, (const char *const *)c->headers);
+    } else if (is_owner(tr, t)) {
+        t->ask_ms = now;
+        send_sync(tr, t, DF_GEV_SYNC_SHAPE, 0, NULL);
+    } else if (!want_task(tr, c, now)) {
+        call_arm(c, 0);
+        return;
+    }
+    call_arm(c, 200); /* parked: re-checked every 200 ms (call_fire) */
 }
 
 static int gt_register(df_tracker_t *base, const df_register_req_t *req, df_register_cb cb, void *arg)
@@ -727,7 +1037,8 @@ static int gt_register(df_tracker_t *base, const df_register_req_t *req, df_regi
     if (!c)
         return -ENOMEM;
     c->reg = calloc(1, sizeof(*c->reg));
-    if (!c->reg) {
+    c->headers = strv_dup(req->headers);
+    if (!c->reg || !c->headers) {
         call_free(c);
         return -ENOMEM;
     }
@@ -735,23 +1046,16 @@ static int gt_register(df_tracker_t *base, const df_register_req_t *req, df_regi
     c->seed = t == tr->seeding_now;
     c->since_ms = df_now_ms();
     t->wanted_ms = c->since_ms;
-    if (t->shaped) {
-        fill_register_ok(tr, c);
-        call_arm(c, 0);
-        if (!c->seed)
-            maybe_start_seed(tr, t);
+    if (c->seed) {
+        register_proceed(tr, c);
         return 0;
     }
-    if (is_owner(tr, t) && owner_may_act(tr, t, c->since_ms)) {
-        start_head(tr, t, req->headers);
-    } else if (is_owner(tr, t)) {
-        t->ask_ms = c->since_ms;
-        send_sync(tr, t, DF_GEV_SYNC_SHAPE, 0, NULL);
-    } else {
-        send_start(tr, t, false);
-        t->want_sent_ms = c->since_ms;
+    /* Not parked until the origin accepted our headers (check_done). */
+    rc = start_check(tr, c);
+    if (rc < 0) {
+        call_free(c);
+        return rc;
     }
-    call_arm(c, 200); /* parked: re-checked every 200 ms (call_fire) */
     return 0;
 }
 
@@ -1011,6 +1315,8 @@ static int gt_pull(df_tracker_t *base, const df_pull_req_t *req, df_pull_cb cb, 
     c->want = req->want;
     if (t)
         apply_results(t, req->results, req->nresults);
+    if (t && !c->seed)
+        t->pulled_ms = df_now_ms();
     call_arm(c, 0);
     return 0;
 }
@@ -1119,21 +1425,20 @@ static void call_fire(evutil_socket_t fd, short what, void *arg)
                          "gossip: no owner announced task %.16s within %us", t->id, REGISTER_WAIT_MS / 1000);
             } else {
                 if (is_owner(tr, t) && owner_may_act(tr, t, now)) {
-                    start_head(tr, t, NULL);
+                    start_head(tr, t, (const char *const *)(c->seed ? c->headers : t->headers));
                 } else if (is_owner(tr, t)) {
                     if (now - t->ask_ms >= ASK_EVERY_MS) {
                         t->ask_ms = now;
                         send_sync(tr, t, DF_GEV_SYNC_SHAPE, 0, NULL);
                     }
-                } else if (now - t->want_sent_ms >= WANT_RESEND_MS) {
-                    send_start(tr, t, false);
-                    t->want_sent_ms = now;
+                } else if (now - t->want_sent_ms >= WANT_RESEND_MS && !want_task(tr, c, now)) {
+                    goto answer;
                 }
                 call_arm(c, 200);
                 return;
             }
         }
-        {
+    answer: {
             df_register_res_t res = *c->reg;
             df_register_cb cb = c->cb.reg;
             void *a = c->arg;
@@ -1211,7 +1516,9 @@ static void maybe_start_seed(gossip_tracker_t *tr, task_t *t)
     t->seeding = true;
     tr->stats.seeds_started++;
     tr->seeding_now = t;
-    rc = tr->o.start_seed(tr->o.seed_arg, t->url, t->id);
+    t->seed_had_headers = !strv_empty(t->headers);
+    t->headers_new = false;
+    rc = tr->o.start_seed(tr->o.seed_arg, t->url, t->id, (const char *const *)t->headers);
     tr->seeding_now = NULL;
     if (rc < 0) {
         DF_LOG_W("gossip: cannot start the seed of task %.16s: %s", t->id, df_strerror(rc));
@@ -1228,8 +1535,62 @@ void df_tracker_gossip_seed_done(df_tracker_t *base, const char *task_id, int st
     if (!t)
         return;
     t->seeding = false;
-    if (status < 0)
+    /* Headers that came while it ran (a private origin refused the seed
+     * without them) are tried at once, not after SEED_RETRY_MS. */
+    if (status < 0 && !t->headers_new)
         t->seed_failed_ms = df_now_ms();
+    t->headers_new = false;
+}
+
+int df_tracker_gossip_seed_request(df_tracker_t *base, const void *body, size_t len, char *msg, size_t cap)
+{
+    gossip_tracker_t *tr = (gossip_tracker_t *)base;
+    df_seedfwd_t r;
+    uint64_t now = wall_ms();
+    size_t n = 0;
+    task_t *t;
+    int rc, code;
+
+    if (!tr->has_key && !tr->o.forward_headers) {
+        df_errf(msg, cap, "this node takes no origin headers in clear (no --encrypt, no --gossip-forward-headers)");
+        return 403;
+    }
+    rc = df_seedfwd_decode(tr->has_key ? &tr->kr : NULL, body, len, &r, msg, cap);
+    if (rc < 0) {
+        DF_LOG_W("gossip: refused a seed request: %s", msg);
+        return rc == DF_ETOOBIG ? 413 : rc == -EBADMSG ? 403 : rc == -ENOMEM ? 503 : 400;
+    }
+    code = 204;
+    if (strcmp(r.to, tr->name) != 0) {
+        df_errf(msg, cap, "addressed to another member");
+        code = 421;
+    } else if (r.ts_ms + DF_SEEDFWD_SKEW_MS < now || r.ts_ms > now + DF_SEEDFWD_SKEW_MS) {
+        df_errf(msg, cap, "stale (its time is more than %u s from ours)", DF_SEEDFWD_SKEW_MS / 1000);
+        code = 403;
+    } else if (!(t = task_get(tr, r.task_id))) {
+        df_errf(msg, cap, "too many tasks");
+        code = 503;
+    } else if (t->url && strcmp(t->url, r.url) != 0) {
+        df_errf(msg, cap, "another url for this task");
+        code = 409;
+    } else if (!t->url && !(t->url = strdup(r.url))) {
+        df_errf(msg, cap, "out of memory");
+        code = 503;
+    } else {
+        while (r.headers[n])
+            n++;
+        if (n)
+            task_set_headers(t, r.headers);
+        DF_LOG_I("gossip: task %.16s: %s handed us %zu origin header line(s) for the seed", t->id, r.from, n);
+        t->wanted_ms = df_now_ms();
+        t->seed_failed_ms = 0;
+        maybe_start_seed(tr, t);
+        msg[0] = '\0';
+    }
+    if (code != 204)
+        DF_LOG_W("gossip: refused a seed request from %s: %s", r.from, msg);
+    df_seedfwd_clear(&r);
+    return code;
 }
 
 /* ------------------------------------------------------------ events in */
@@ -1792,6 +2153,13 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
         for (task_t *t = tr->tasks; t; t = t->next) {
             flush_task(tr, t, &budget);
             maybe_start_seed(tr, t);
+            /* The owner may lack our headers (a takeover by a member
+             * with no request of its own, or we registered after the
+             * shape came): a running download of ours hands them over,
+             * once per owner (forward_headers). */
+            if (t->shaped && !strv_empty(t->headers) && (tr->has_key || tr->o.forward_headers) &&
+                t->pulled_ms && now - t->pulled_ms < STARVED_MS && !is_owner(tr, t))
+                forward_headers(tr, t);
         }
     }
     for (task_t *t = tr->tasks; t; t = t->next)
@@ -1821,6 +2189,7 @@ static void gt_free(df_tracker_t *base)
         event_free(tr->tick);
     df_dns_watch_free(tr->dns);
     df_gossip_io_free(tr->io);
+    df_gossip_keyring_clear(&tr->kr);
     for (size_t i = 0; i < tr->njoins; i++) {
         df_dns_watch_free(tr->joins[i].watch);
         free(tr->joins[i].spec);
@@ -1920,9 +2289,15 @@ int df_tracker_gossip_new(const df_tracker_gossip_opts_t *o, df_tracker_t **out)
     if (o->encrypt && o->encrypt[0]) {
         uint8_t key[32];
         size_t klen;
-        if (df_gossip_key_parse_base64(o->encrypt, key, &klen) < 0 || df_gossip_keyring_add(&kr, key, klen, true) < 0)
+        int krc = df_gossip_key_parse_base64(o->encrypt, key, &klen);
+        if (krc == 0)
+            krc = df_gossip_keyring_add(&kr, key, klen, true);
+        OPENSSL_cleanse(key, sizeof(key));
+        if (krc < 0)
             goto fail;
         io.cfg.keyring = &kr;
+        tr->kr = kr; /* kept to seal POST /peer/seed */
+        tr->has_key = true;
     }
     io.event_cb = on_node_event;
     io.arg = tr;

@@ -69,6 +69,7 @@ typedef struct {
     char *gossip_dns_server;
     uint64_t gossip_dns_interval_ms;
     char *gossip_name;
+    bool gossip_forward_headers; /* hand origin headers to an owner in clear (no key) */
     char **hijack;          /* --hijack-host regexes, NULL-terminated, or NULL */
     size_t nhijack;
     bool hijack_from_flags; /* likewise for --hijack-host */
@@ -125,6 +126,8 @@ static void usage(FILE *f)
             "                            resolv.conf and /etc/hosts)\n"
             "      --gossip-dns-interval DUR  re-resolution period (default 30s)\n"
             "      --gossip-name NAME    member name (default <hostname>-<upload port>)\n"
+            "      --gossip-forward-headers  without --encrypt, still hand a request's origin\n"
+            "                            headers (credentials) to the task's owner, in clear\n"
             "      --log-level L         error, warn, info (default) or debug\n"
             "      --version             print the version and exit\n"
             "  -h, --help                this help\n");
@@ -299,6 +302,8 @@ static int set_option(opts_t *o, const char *key, const char *value, const char 
         rc = df_parse_duration_ms(value, &o->gossip_dns_interval_ms);
         if (rc == 0 && o->gossip_dns_interval_ms < 100)
             rc = -EINVAL;
+    } else if (strcmp(key, "gossip-forward-headers") == 0) {
+        rc = parse_bool(value, &o->gossip_forward_headers);
     } else if (strcmp(key, "gossip-name") == 0) {
         rc = *value && strlen(value) <= 64 ? replace_str(&o->gossip_name, value) : -EINVAL;
     } else if (strcmp(key, "cache-max-age") == 0) {
@@ -375,6 +380,7 @@ static const struct option long_opts[] = {
     {"gossip-dns-server", required_argument, NULL, 0},
     {"gossip-dns-interval", required_argument, NULL, 0},
     {"gossip-name", required_argument, NULL, 0},
+    {"gossip-forward-headers", no_argument, NULL, 0},
     {"registry", required_argument, NULL, 0},
     {"registry-ca", required_argument, NULL, 0},
     {"registry-insecure", no_argument, NULL, 0},
@@ -632,6 +638,7 @@ int main(int argc, char **argv)
         pc.gossip_dns_server = o.gossip_dns_server;
         pc.gossip_dns_interval_ms = o.gossip_dns_interval_ms;
         pc.gossip_name = o.gossip_name;
+        pc.gossip_forward_headers = o.gossip_forward_headers;
     }
     if (o.upload_host)
         pc.upload_host = o.upload_host;

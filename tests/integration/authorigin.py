@@ -2,12 +2,14 @@
 """An origin that checks credentials on every request, for the tests of
 whose headers the supernode's seed sends (nginx cannot delay a refusal).
 
-    authorigin.py PORT FILE GOOD_AUTHORIZATION
+    authorigin.py PORT FILE GOOD_AUTHORIZATION [RATE]
 
-GET /file with `Authorization: GOOD_AUTHORIZATION`: FILE, with a strong
+GET /file (or /nohead, the same file whose HEAD is answered 405) with
+`Authorization: GOOD_AUTHORIZATION`: FILE, with a strong
 ETag; 304 when If-None-Match names it.  Any other Authorization (or none):
 401, at once -- or after 2 s when the value contains "slow", so a test can
-register something else while that request is still out.
+register something else while that request is still out.  RATE (bytes
+per second) paces the body of a 200 GET (a client that goes away ends it).
 One line per request on stdout: "arrived <auth>" when it comes in and
 "<method> <path> <status> <auth>" when answered (the status is "closed"
 for a connection closed without an answer, "cut" for a body cut short;
@@ -31,6 +33,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 PORT, FILE, GOOD = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+RATE = int(sys.argv[4]) if len(sys.argv) > 4 else 0
+CHUNK = 64 * 1024
 with open(FILE, "rb") as f:
     DATA = f.read()
 ETAG = '"' + hashlib.sha256(DATA).hexdigest()[:32] + '"'
@@ -61,7 +65,14 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header(k, v)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        if self.command != "HEAD":
+        if self.command != "HEAD" and RATE and status == 200:
+            try:
+                for off in range(0, len(body), CHUNK):
+                    self.wfile.write(body[off:off + CHUNK])
+                    time.sleep(CHUNK / RATE)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+        elif self.command != "HEAD":
             self.wfile.write(body)
         auth = self.headers.get("Authorization", "-")
         say(f"{self.command} {self.path} {status} {auth}")
@@ -73,7 +84,9 @@ class Handler(BaseHTTPRequestHandler):
         if self.path.startswith("/_mode/") and self.path[7:] in MODES:
             mode = self.path[7:]
             return self.answer(200, mode.encode() + b"\n")
-        if self.path != "/file":
+        if self.path == "/nohead" and self.command == "HEAD":
+            return self.answer(405, headers=[("Allow", "GET")])
+        if self.path not in ("/file", "/nohead"):
             return self.answer(404)
         if mode == "close":
             self.close_connection = True

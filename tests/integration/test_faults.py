@@ -252,10 +252,11 @@ def test_dfget_killed_leaves_nothing(env):
 class AuthOrigin:
     """authorigin.py serving one file to one Authorization value."""
 
-    def __init__(self, env, info, good):
+    def __init__(self, env, info, good, rate=0):
         self.port = T.free_port()
         script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "authorigin.py")
-        self.proc = env.procs.start("authorigin", [sys.executable, script, str(self.port), info.path, good])
+        self.proc = env.procs.start("authorigin", [sys.executable, script, str(self.port), info.path, good]
+                                    + ([str(rate)] if rate else []))
         T.wait_for(lambda: T.port_open(self.port), 15.0, what="auth origin", proc=self.proc)
         self.url = f"http://{T.LOCALHOST}:{self.port}/file"
 

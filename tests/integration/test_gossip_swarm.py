@@ -24,12 +24,12 @@ def metric(d, name, labels=""):
     return float(m.group(1)) if m else None
 
 
-def gossip_daemon(env, name, join=None, join_host="127.0.0.1"):
+def gossip_daemon(env, name, join=None, join_host="127.0.0.1", extra=()):
     port = T.free_port()
-    extra = ["--mode", "gossip", "--gossip-listen", f"127.0.0.1:{port}", "--gossip-name", name]
+    argv = ["--mode", "gossip", "--gossip-listen", f"127.0.0.1:{port}", "--gossip-name", name] + list(extra)
     if join:
-        extra += ["--join", f"{join_host}:{join}"]
-    d = env.dfdaemon(NO_SUPERNODE, extra=extra)
+        argv += ["--join", f"{join_host}:{join}"]
+    d = env.dfdaemon(NO_SUPERNODE, extra=argv)
     d.gossip_port = port
     return d
 
@@ -85,8 +85,8 @@ def owner_of(daemons):
 def check_results(origin, info, url, results, label, owners, origin_max=1.1):
     """owners: indexes in results of daemons that owned the task.  The owner's
     own dfget finds the pieces its daemon's seed download wrote into the
-    shared store, so its bytes_from_* stay 0: its output is checked, and its
-    daemon's origin bytes instead."""
+    shared store (counted as bytes from the owner: its seed), so its daemon's
+    counters, which counted them as origin bytes, are not compared."""
     for i, r in enumerate(results):
         try:
             if i in owners:
@@ -254,6 +254,9 @@ def test_gossip_owner_dfget_waits_for_seed(env):
     T.check(r.seconds > 20, f"the origin read took {r.seconds:.1f}s, not over the 20 s stall limit: "
             "the test proves nothing")
     T.check(r.json["back_source"] is False, f"the owner's dfget fell back to the origin: {r.describe()}")
+    # Its bytes came from its daemon's seed: counted as the owner's.
+    T.check(r.json["bytes_from_supernode"] == size and r.json["bytes_from_peers"] == 0
+            and r.json["bytes_from_origin"] == 0, f"the owner's dfget miscounts its bytes: {r.json}")
     served = o.bytes_served(url)
     T.check(served <= 1.05 * size, f"origin served {served} bytes of a {size}-byte file")
 
