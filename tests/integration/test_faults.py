@@ -195,8 +195,10 @@ def test_corrupting_peer(env):
     """A registered peer claims every piece and serves flipped bytes.  The
     downloader must detect it, not use it again, and still produce the file."""
     o = env.origin()
-    info = o.add_file("e.bin", 64 * T.MiB)  # 16 pieces of 4 MiB
-    sn = env.supernode()
+    info = o.add_file("e.bin", 64 * T.MiB)
+    # 16 pieces of 4 MiB, as the bound below counts them (by length alone
+    # a 64 MiB file is cut into 64 pieces of 1 MiB).
+    sn = env.supernode(extra=["--piece-size", "4M"])
     url = o.url("e.bin")
     state = env.path("evil.state")
     reqlog = env.path("evil.requests")
