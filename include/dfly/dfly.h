@@ -148,6 +148,9 @@ typedef struct {
                                  * serves whatever the policy picks; default 1 */
     uint32_t batch_pieces;      /* max pieces in one PullPiece answer; default 8 */
     uint64_t piece_size;        /* force a piece size; 0 = by file length */
+    uint32_t hash_threads;      /* 1: the seed's SHA-256 (per piece and of the whole file)
+                                 * runs on a thread, off the event loop; 0 = on the loop as
+                                 * the origin's bytes stream in; default 1 */
 } df_supernode_config_t;
 
 /* Fills every field with its default. */

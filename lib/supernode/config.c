@@ -120,6 +120,12 @@ int df_supernode_config_load(df_supernode_config_t *cfg, const char *path, char 
             if (!bad)
                 cfg->seed_piece_limit = (uint32_t)n;
             what = "a positive integer";
+        } else if (strcmp(k, "hash-threads") == 0) {
+            uint64_t n;
+            bad = df_parse_u64(v, &n) < 0 || n > 1;
+            if (!bad)
+                cfg->hash_threads = (uint32_t)n;
+            what = "0 or 1";
         } else if (strcmp(k, "batch-pieces") == 0) {
             bad = parse_u32(v, &cfg->batch_pieces) < 0;
             what = "a positive integer";

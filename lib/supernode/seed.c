@@ -33,6 +33,18 @@
  * pieces before its length is known (the piece size depends on it), so its
  * body is spooled to partial_dir and cut at the end.
  *
+ * Hash thread (opts.hash_threads = 1): the loop only writes the body to the
+ * store; each piece written whole becomes a job for one worker thread
+ * (core/workq.c) that maps it from the store file and feeds the piece's
+ * sha256 and the whole-file hashers from that one map.  One worker runs the
+ * jobs in submission order, so the whole-file hashers see the file in
+ * order; the loop announces a piece only when its job comes back with the
+ * digest of the bytes in the store, and finishes the seed (whole-file
+ * digest, registered-digest check) only when the stream has ended and no job
+ * of it is left.  The hashers of one attempt live in a hashes_t shared with
+ * its jobs; an attempt given up (failure, a new response, stop) is detached
+ * from it, and its outstanding jobs' results are dropped.
+ *
  * Every failure ends in fail(): the task is marked failed with a message
  * meant for the operator and the client, the error kind is counted, and
  * waiting Registers are released through ready_cb.  Except at a
@@ -43,6 +55,7 @@
 #include "supernode/seed.h"
 
 #include "core/core.h"
+#include "core/workq.h"
 #include "piece/digest.h"
 #include "piece/piece.h"
 #include "piece/range.h"
@@ -57,14 +70,42 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #define READ_CHUNK (1u << 20)
 #define HASH_STEP (32u << 20) /* prefix bytes hashed per loop iteration on resume */
 #define EXTRA_HEADERS 4
+#define HASH_SLICE (256u << 10) /* hash thread: bytes fed to each hasher in turn (stays in cache) */
+#define HASHQ_CAP 16            /* hash jobs queued at once (each holds a descriptor) */
 
 typedef enum { MODE_FRESH = 0, MODE_RESUME, MODE_REVALIDATE } seed_mode_t;
 typedef enum { PHASE_IDLE = 0, PHASE_CONNECTING, PHASE_STREAMING } seed_phase_t;
+
+typedef struct seed seed_t;
+typedef struct hash_job hash_job_t;
+
+/* The hashers of one attempt (a stream, with a resume's cached prefix).  While
+ * jobs of it are outstanding only the hash thread touches the hashers, in
+ * piece order; the loop finalizes them once `jobs` is back to 0. */
+typedef struct {
+    seed_t *sd;                   /* NULL once the seed gave the attempt up */
+    df_hasher_t *piece_h, *file_h, *extra_h;
+    unsigned refs;                /* the seed's (while attached) + one per job */
+    unsigned jobs;                /* jobs in the backlog or the queue */
+} hashes_t;
+
+/* One piece written whole, to be hashed by the hash thread. */
+struct hash_job {
+    df_sn_seeder_t *s;
+    hashes_t *hs;                 /* referenced */
+    uint32_t idx;
+    uint64_t off, len;
+    int fd;                       /* the job's own dup of the store file, -1 */
+    int err;                      /* set by the worker */
+    uint8_t sha[32];              /* set by the worker */
+    hash_job_t *next;             /* backlog */
+};
 
 struct df_sn_seeder {
     df_sn_seeder_opts_t opts;
@@ -72,9 +113,13 @@ struct df_sn_seeder {
     uint64_t origin_bytes;
     uint64_t errors[DF_SN_SEED_ERR_COUNT];
     uint64_t stale[DF_SN_SEED_ERR_COUNT]; /* revalidations failed, cache served (by kind) */
+    df_workq_t *hashq;            /* NULL: pieces are hashed on the loop */
+    hash_job_t *backlog, *backlog_tail; /* pieces not yet handed to hashq, in order */
+    struct event *pump_ev;        /* hands the backlog over from the loop's top level */
+    bool closing;                 /* df_sn_seeder_free: no more submissions */
 };
 
-typedef struct {
+struct seed {
     df_sn_seeder_t *s;
     df_sn_task_t *task;
     df_http_req_t *req;
@@ -88,7 +133,8 @@ typedef struct {
     uint64_t start_off;           /* first body byte's offset in the file */
     uint64_t off;                 /* next body byte's offset */
     uint64_t expect;              /* file length (not spooling) */
-    df_hasher_t *piece_h, *file_h, *extra_h;
+    hashes_t *hs;                 /* this attempt's hashers */
+    bool finishing;               /* body complete, waiting for its hash jobs */
     df_digest_alg_t extra_alg;    /* registered digest's algorithm when not sha256 */
     bool failed_here;             /* fail() ran during this request */
     uint64_t req_gen;             /* task->headers_gen the request was made with */
@@ -101,7 +147,10 @@ typedef struct {
     uint64_t hash_off;            /* resume: prefix bytes hashed so far */
     bool hashing;                 /* resume: prefix hashing before the request */
     uint64_t last_progress_ms;    /* request start, headers, or last body byte */
-} seed_t;
+};
+
+static void pump_cb(evutil_socket_t fd, short what, void *arg);
+static void job_release(hash_job_t *j);
 
 const char *df_sn_seed_err_name(df_sn_seed_err_t e)
 {
@@ -153,6 +202,17 @@ int df_sn_seeder_new(const df_sn_seeder_opts_t *opts, df_sn_seeder_t **out)
         return rc;
     }
     clean_spool(s->partial_dir);
+    if (opts->hash_threads > 0 && opts->base) {
+        /* One worker whatever the setting: it runs the jobs in order, which
+         * the whole-file hashers need. */
+        s->pump_ev = event_new(opts->base, -1, 0, pump_cb, s);
+        rc = s->pump_ev ? df_workq_new(opts->base, 1, HASHQ_CAP, &s->hashq) : -ENOMEM;
+        if (rc < 0) {
+            DF_LOG_E("seed: cannot start the hash thread: %s", df_strerror(rc));
+            df_sn_seeder_free(s);
+            return rc;
+        }
+    }
     *out = s;
     return 0;
 }
@@ -161,6 +221,17 @@ void df_sn_seeder_free(df_sn_seeder_t *s)
 {
     if (!s)
         return;
+    /* Every seed is stopped (detached from its hashers): the jobs that come
+     * back or are cancelled here are dropped, and nothing is submitted. */
+    s->closing = true;
+    df_workq_free(s->hashq);
+    while (s->backlog) {
+        hash_job_t *j = s->backlog;
+        s->backlog = j->next;
+        job_release(j);
+    }
+    if (s->pump_ev)
+        event_free(s->pump_ev);
     free(s->partial_dir);
     free(s);
 }
@@ -189,7 +260,7 @@ df_stored_task_t *df_sn_seed_stored(const df_sn_task_t *task)
 bool df_sn_seed_active(const df_sn_task_t *task)
 {
     const seed_t *sd = task->seed;
-    return sd && (sd->req || sd->hashing);
+    return sd && (sd->req || sd->hashing || sd->finishing);
 }
 
 long df_sn_seed_refusal(const df_sn_task_t *task, uint64_t gen, const char **msg)
@@ -217,12 +288,26 @@ bool df_sn_seed_ready(const df_sn_task_t *task)
 
 /* ------------------------------------------------------------ helpers */
 
+static void hashes_unref(hashes_t *hs)
+{
+    if (--hs->refs > 0)
+        return;
+    df_hasher_free(hs->piece_h);
+    df_hasher_free(hs->file_h);
+    df_hasher_free(hs->extra_h);
+    free(hs);
+}
+
+/* Gives up the current attempt's hashers: jobs still out for it run, and
+ * their results are dropped. */
 static void hashers_free(seed_t *sd)
 {
-    df_hasher_free(sd->piece_h);
-    df_hasher_free(sd->file_h);
-    df_hasher_free(sd->extra_h);
-    sd->piece_h = sd->file_h = sd->extra_h = NULL;
+    if (!sd->hs)
+        return;
+    sd->hs->sd = NULL;
+    hashes_unref(sd->hs);
+    sd->hs = NULL;
+    sd->finishing = false;
 }
 
 static int hashers_new(seed_t *sd)
@@ -234,11 +319,16 @@ static int hashers_new(seed_t *sd)
     if (sd->task->digest && df_digest_parse(sd->task->digest, &reg) == 0 &&
         reg.alg != DF_DIGEST_SHA256)
         sd->extra_alg = reg.alg;
-    sd->piece_h = df_hasher_new(DF_DIGEST_SHA256);
-    sd->file_h = df_hasher_new(DF_DIGEST_SHA256);
+    sd->hs = calloc(1, sizeof(*sd->hs));
+    if (!sd->hs)
+        return -ENOMEM;
+    sd->hs->sd = sd;
+    sd->hs->refs = 1;
+    sd->hs->piece_h = df_hasher_new(DF_DIGEST_SHA256);
+    sd->hs->file_h = df_hasher_new(DF_DIGEST_SHA256);
     if (sd->extra_alg != DF_DIGEST_NONE)
-        sd->extra_h = df_hasher_new(sd->extra_alg);
-    if (!sd->piece_h || !sd->file_h || (sd->extra_alg != DF_DIGEST_NONE && !sd->extra_h))
+        sd->hs->extra_h = df_hasher_new(sd->extra_alg);
+    if (!sd->hs->piece_h || !sd->hs->file_h || (sd->extra_alg != DF_DIGEST_NONE && !sd->hs->extra_h))
         return -ENOMEM;
     return 0;
 }
@@ -337,6 +427,22 @@ static uint64_t choose_piece_size(const df_sn_seeder_t *s, uint64_t length)
     return ps;
 }
 
+/* Piece idx, whose stored bytes hash to sha, is verified: recorded in the
+ * store and announced to the swarm. */
+static int record_piece(seed_t *sd, uint32_t idx, const uint8_t sha[32])
+{
+    int rc = df_stored_task_set_piece_digest(sd->stored, idx, sha);
+
+    if (rc == 0)
+        rc = df_stored_task_mark_piece(sd->stored, idx, sha);
+    if (rc < 0)
+        return rc;
+    df_sn_task_seed_piece(sd->task, idx, sha);
+    if (sd->s->opts.piece_cb)
+        sd->s->opts.piece_cb(sd->task, sd->s->opts.arg);
+    return 0;
+}
+
 /* Feeds body bytes at sd->off to the piece hasher, marking every piece that
  * completes.  The caller wrote the bytes to the store already. */
 static int hash_pieces(seed_t *sd, const uint8_t *data, size_t len)
@@ -350,22 +456,212 @@ static int hash_pieces(seed_t *sd, const uint8_t *data, size_t len)
         size_t n = (size_t)DF_MIN((uint64_t)len, pend - sd->off);
         int rc;
 
-        df_hasher_update(sd->piece_h, data, n);
+        df_hasher_update(sd->hs->piece_h, data, n);
         sd->off += n;
         data += n;
         len -= n;
         if (sd->off == pend) {
             df_digest_t d;
-            df_hasher_final(sd->piece_h, &d);
-            rc = df_stored_task_set_piece_digest(sd->stored, idx, d.value);
-            if (rc == 0)
-                rc = df_stored_task_mark_piece(sd->stored, idx, d.value);
+            df_hasher_final(sd->hs->piece_h, &d);
+            rc = record_piece(sd, idx, d.value);
             if (rc < 0)
                 return rc;
-            df_sn_task_seed_piece(t, idx, d.value);
-            if (sd->s->opts.piece_cb)
-                sd->s->opts.piece_cb(t, sd->s->opts.arg);
         }
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------ the hash thread */
+
+static void finish(seed_t *sd);
+
+/* Hash thread: the piece's sha256 and the attempt's whole-file hashers, from
+ * one map of the piece in the store file (written moments ago: the page
+ * cache), a slice at a time so each hasher reads it from the CPU cache.
+ * pread when the map fails.  Touches only the job and its hashers, which
+ * the loop leaves alone while the job is out. */
+static void hash_work(void *arg)
+{
+    hash_job_t *j = arg;
+    hashes_t *hs = j->hs;
+    df_hasher_t *ph;
+    uint64_t pg = (uint64_t)sysconf(_SC_PAGESIZE);
+    uint64_t start = j->off & ~(pg - 1), delta = j->off - start;
+    size_t maplen = (size_t)(j->len + delta);
+    uint8_t *m = MAP_FAILED, *buf = NULL;
+    df_digest_t d;
+
+    if (j->fd < 0)
+        return; /* j->err says why */
+    ph = df_hasher_new(DF_DIGEST_SHA256);
+    if (!ph) {
+        j->err = -ENOMEM;
+        return;
+    }
+    if (j->len)
+        m = mmap(NULL, maplen, PROT_READ, MAP_SHARED | MAP_POPULATE, j->fd, (off_t)start);
+    if (m == MAP_FAILED && j->len && !(buf = malloc(HASH_SLICE)))
+        j->err = -ENOMEM;
+    for (uint64_t done = 0; j->err == 0 && done < j->len;) {
+        size_t n = (size_t)DF_MIN((uint64_t)HASH_SLICE, j->len - done);
+        const uint8_t *p;
+        if (m != MAP_FAILED) {
+            p = m + delta + done;
+        } else {
+            ssize_t r = pread(j->fd, buf, n, (off_t)(j->off + done));
+            if (r < 0 && errno == EINTR)
+                continue;
+            if (r <= 0) {
+                j->err = r < 0 ? -errno : -EIO;
+                break;
+            }
+            n = (size_t)r;
+            p = buf;
+        }
+        df_hasher_update(ph, p, n);
+        df_hasher_update(hs->file_h, p, n);
+        if (hs->extra_h)
+            df_hasher_update(hs->extra_h, p, n);
+        done += n;
+    }
+    if (m != MAP_FAILED)
+        munmap(m, maplen);
+    free(buf);
+    if (j->err == 0) {
+        df_hasher_final(ph, &d);
+        memcpy(j->sha, d.value, sizeof(j->sha));
+    }
+    df_hasher_free(ph);
+}
+
+static void job_release(hash_job_t *j)
+{
+    if (j->fd >= 0)
+        close(j->fd);
+    j->hs->jobs--;
+    hashes_unref(j->hs);
+    free(j);
+}
+
+/* The attempt cannot be finished (a piece could not be hashed): stops its
+ * request and fails the task; a later Register resumes from the verified
+ * prefix.  Loop top level only (cancels the request). */
+static void abort_attempt(seed_t *sd, uint32_t idx, int err)
+{
+    if (sd->req) {
+        df_http_cancel(sd->req); /* no callback runs for it any more */
+        sd->req = NULL;
+        sd->repeat = false;
+    }
+    if (sd->watchdog)
+        event_del(sd->watchdog);
+    fail(sd, DF_SN_SEED_ERR_STORE, 0, "cannot hash piece %u from the cache: %s", idx, df_strerror(err));
+}
+
+static void pump(df_sn_seeder_t *s);
+
+/* Loop: a job came back (status 0), or the queue was freed before it ran
+ * (-ECANCELED, in df_sn_seeder_free, when every seed is already detached). */
+static void hash_done(void *arg, int status)
+{
+    hash_job_t *j = arg;
+    df_sn_seeder_t *s = j->s;
+    hashes_t *hs = j->hs;
+    seed_t *sd = hs->sd;
+    uint32_t idx = j->idx;
+    int rc = status < 0 ? status : j->err;
+
+    if (rc == 0 && sd)
+        rc = record_piece(sd, idx, j->sha);
+    job_release(j); /* hs stays: the seed still holds it when attached */
+    if (sd && rc < 0)
+        abort_attempt(sd, idx, rc);
+    else if (sd && sd->finishing && hs->jobs == 0) {
+        sd->finishing = false;
+        finish(sd);
+    }
+    pump(s);
+}
+
+/* Hands the backlog to the hash thread, in order, as far as the queue takes
+ * it; the rest waits for the next job to come back.  Jobs of an attempt
+ * given up are dropped here. */
+static void pump(df_sn_seeder_t *s)
+{
+    hash_job_t *j;
+
+    while (!s->closing && (j = s->backlog) != NULL) {
+        seed_t *sd = j->hs->sd;
+        int rc;
+
+        if (sd) {
+            j->fd = dup(df_stored_task_fd(sd->stored));
+            j->err = j->fd < 0 ? -errno : 0;
+            rc = df_workq_submit(s->hashq, hash_work, hash_done, j);
+            if (rc < 0) {
+                if (j->fd >= 0)
+                    close(j->fd);
+                j->fd = -1;
+                if (rc == -EAGAIN || df_workq_pending(s->hashq) > 0)
+                    return; /* the next hash_done pumps again */
+            }
+        } else {
+            rc = -ECANCELED;
+        }
+        s->backlog = j->next;
+        if (!s->backlog)
+            s->backlog_tail = NULL;
+        if (rc < 0) {
+            uint32_t idx = j->idx;
+            job_release(j);
+            if (sd)
+                abort_attempt(sd, idx, rc);
+        }
+    }
+}
+
+static void pump_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    pump(arg);
+}
+
+/* Body bytes [sd->off, sd->off + len) are in the store: every piece they
+ * complete goes to the hash thread (by the backlog, handed over from the
+ * loop's top level, so that an error can stop the request). */
+static int queue_pieces(seed_t *sd, size_t len)
+{
+    df_sn_seeder_t *s = sd->s;
+    df_sn_task_t *t = sd->task;
+    uint64_t end = sd->off + len;
+
+    while (sd->off < end) {
+        uint32_t idx = (uint32_t)(sd->off / t->piece_size);
+        uint64_t pstart = (uint64_t)idx * t->piece_size;
+        uint64_t pend = DF_MIN(pstart + t->piece_size, t->length);
+        hash_job_t *j;
+
+        sd->off = DF_MIN(end, pend);
+        if (sd->off < pend)
+            break;
+        j = calloc(1, sizeof(*j));
+        if (!j)
+            return -ENOMEM;
+        j->s = s;
+        j->hs = sd->hs;
+        j->idx = idx;
+        j->off = pstart;
+        j->len = pend - pstart;
+        j->fd = -1;
+        sd->hs->refs++;
+        sd->hs->jobs++;
+        if (s->backlog_tail)
+            s->backlog_tail->next = j;
+        else
+            s->backlog = j;
+        s->backlog_tail = j;
+        event_active(s->pump_ev, EV_TIMEOUT, 0);
     }
     return 0;
 }
@@ -385,9 +681,9 @@ static int hash_prefix(seed_t *sd, uint64_t end, uint64_t step)
         rc = df_stored_task_read(sd->stored, sd->hash_off, buf, n);
         if (rc < 0)
             break;
-        df_hasher_update(sd->file_h, buf, n);
-        if (sd->extra_h)
-            df_hasher_update(sd->extra_h, buf, n);
+        df_hasher_update(sd->hs->file_h, buf, n);
+        if (sd->hs->extra_h)
+            df_hasher_update(sd->hs->extra_h, buf, n);
         sd->hash_off += n;
     }
     free(buf);
@@ -713,9 +1009,9 @@ static int on_data(df_http_req_t *req, const void *data, size_t len, void *arg)
             }
             done += (size_t)n;
         }
-        df_hasher_update(sd->file_h, data, len);
-        if (sd->extra_h)
-            df_hasher_update(sd->extra_h, data, len);
+        df_hasher_update(sd->hs->file_h, data, len);
+        if (sd->hs->extra_h)
+            df_hasher_update(sd->hs->extra_h, data, len);
         sd->off += len;
         return 0;
     }
@@ -729,10 +1025,14 @@ static int on_data(df_http_req_t *req, const void *data, size_t len, void *arg)
         fail(sd, DF_SN_SEED_ERR_STORE, 0, "cannot write the cache: %s", df_strerror(rc));
         return rc;
     }
-    df_hasher_update(sd->file_h, data, len);
-    if (sd->extra_h)
-        df_hasher_update(sd->extra_h, data, len);
-    rc = hash_pieces(sd, data, len);
+    if (s->hashq) {
+        rc = queue_pieces(sd, len);
+    } else {
+        df_hasher_update(sd->hs->file_h, data, len);
+        if (sd->hs->extra_h)
+            df_hasher_update(sd->hs->extra_h, data, len);
+        rc = hash_pieces(sd, data, len);
+    }
     if (rc < 0) {
         fail(sd, DF_SN_SEED_ERR_STORE, 0, "cannot record a piece: %s", df_strerror(rc));
         return rc;
@@ -791,9 +1091,6 @@ static void refetch(seed_t *sd);
 static void on_done(df_http_req_t *req, const df_http_result_t *res, void *arg)
 {
     seed_t *sd = arg;
-    df_sn_task_t *t = sd->task;
-    df_digest_t file_d, reg, extra_d;
-    char fdigest[DF_DIGEST_STR_MAX], got[DF_DIGEST_STR_MAX];
     int rc;
 
     sd->req = NULL;
@@ -845,13 +1142,28 @@ static void on_done(df_http_req_t *req, const df_http_result_t *res, void *arg)
              (unsigned long long)sd->expect);
         return;
     }
+    if (sd->hs->jobs > 0) {
+        sd->finishing = true; /* the last hash_done finishes */
+        return;
+    }
+    finish(sd);
+}
 
-    df_hasher_final(sd->file_h, &file_d);
+/* The whole body is in the store and every piece of it hashed: the
+ * whole-file digest, the registered digest's check, completion. */
+static void finish(seed_t *sd)
+{
+    df_sn_task_t *t = sd->task;
+    df_digest_t file_d, reg, extra_d;
+    char fdigest[DF_DIGEST_STR_MAX], got[DF_DIGEST_STR_MAX];
+    int rc;
+
+    df_hasher_final(sd->hs->file_h, &file_d);
     df_digest_format(&file_d, fdigest, sizeof(fdigest));
     if (t->digest && df_digest_parse(t->digest, &reg) == 0) {
         const df_digest_t *mine = &file_d;
-        if (sd->extra_h) {
-            df_hasher_final(sd->extra_h, &extra_d);
+        if (sd->hs->extra_h) {
+            df_hasher_final(sd->hs->extra_h, &extra_d);
             mine = &extra_d;
         }
         if (!df_digest_equal(mine, &reg)) {
@@ -1002,8 +1314,8 @@ int df_sn_seed_start(df_sn_seeder_t *s, df_sn_task_t *task, uint64_t now_ms)
         sd->spool_fd = -1;
         task->seed = sd;
     }
-    if (sd->req || sd->hashing)
-        return 0; /* already talking to the origin, or about to */
+    if (sd->req || sd->hashing || sd->finishing)
+        return 0; /* already talking to the origin, about to, or finishing */
 
     if (!sd->started) {
         sd->started = true;
@@ -1105,7 +1417,7 @@ int df_sn_seed_check_piece(df_sn_seeder_t *s, df_sn_task_t *task, uint32_t idx, 
     df_sn_task_seed_unpiece(task, idx);
     /* Peers keep the other pieces; the seed resumes from the lost one.  A
      * running stream notices at its end (on_done) and does the same. */
-    if (!sd->req && !sd->hashing)
+    if (!sd->req && !sd->hashing && !sd->finishing)
         refetch(sd);
     return DF_EDIGEST;
 }

@@ -63,6 +63,8 @@ typedef struct {
     uint64_t origin_timeout_ms;  /* no response or no body byte for this long fails the seed */
     uint64_t piece_size;         /* 0 = df_piece_size_for(length) */
     uint64_t spool_limit;        /* max bytes of a chunked origin; 0 = no limit */
+    unsigned hash_threads;       /* 0: pieces and the file hashed on the loop as bytes
+                                  * stream in; else one hash thread (needs base) */
     df_sn_seed_ready_cb ready_cb;
     df_sn_seed_ready_cb piece_cb; /* after each piece the seed verified (may be NULL) */
     void *arg;

@@ -1344,6 +1344,7 @@ void df_supernode_config_init(df_supernode_config_t *cfg)
     cfg->seed_piece_limit = 1;
     cfg->batch_pieces = 8;
     cfg->piece_size = 0;
+    cfg->hash_threads = 1;
 }
 
 static uint16_t bound_port(struct evhttp_bound_socket *bs)
@@ -1435,6 +1436,7 @@ int df_supernode_new(struct event_base *base, const df_supernode_config_t *cfg, 
     seo.partial_dir = path;
     seo.origin_timeout_ms = sn->cfg.origin_timeout_ms;
     seo.piece_size = sn->cfg.piece_size;
+    seo.hash_threads = sn->cfg.hash_threads;
     /* An origin without Content-Length is spooled before it is cut into
      * pieces; bound it even when the cache itself is unbounded. */
     seo.spool_limit = sn->cfg.cache_limit_bytes ? sn->cfg.cache_limit_bytes : SPOOL_LIMIT_DEFAULT;

@@ -32,6 +32,8 @@ static void usage(FILE *f)
             "                           or fetch (default 1; 0 = no such rule)\n"
             "  --batch-pieces N         max pieces in one pull answer (default 8, at most 64)\n"
             "  --piece-size SIZE        force a piece size (default: by file length)\n"
+            "  --hash-threads N         1: the seed hashes pieces and the file on a thread\n"
+            "                           off the event loop (default); 0: on the loop\n"
             "  --config FILE            YAML file, keys as the long flags; flags override it\n"
             "  --log-level LEVEL        error, warn, info (default) or debug\n"
             "  --version, --help\n");
@@ -58,6 +60,7 @@ enum {
     OPT_LISTEN = 256, OPT_DATA_DIR, OPT_ADVERTISE, OPT_CACHE_LIMIT, OPT_PEER_TIMEOUT,
     OPT_ORIGIN_TIMEOUT, OPT_PIECE_SIZE, OPT_CONFIG, OPT_LOG_LEVEL, OPT_VERSION, OPT_HELP,
     OPT_PEER_SLOTS, OPT_SEED_SLOTS, OPT_SEED_PIECE_LIMIT, OPT_BATCH,
+    OPT_HASH_THREADS,
 };
 
 int main(int argc, char **argv)
@@ -74,6 +77,7 @@ int main(int argc, char **argv)
         {"seed-piece-limit", required_argument, NULL, OPT_SEED_PIECE_LIMIT},
         {"batch-pieces", required_argument, NULL, OPT_BATCH},
         {"piece-size", required_argument, NULL, OPT_PIECE_SIZE},
+        {"hash-threads", required_argument, NULL, OPT_HASH_THREADS},
         {"config", required_argument, NULL, OPT_CONFIG},
         {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
         {"version", no_argument, NULL, OPT_VERSION},
@@ -146,6 +150,11 @@ int main(int argc, char **argv)
             break;
         }
         case OPT_BATCH: bad = parse_slots(optarg, &cfg.batch_pieces) < 0; break;
+        case OPT_HASH_THREADS:
+            bad = (optarg[0] != '0' && optarg[0] != '1') || optarg[1];
+            if (!bad)
+                cfg.hash_threads = (uint32_t)(optarg[0] - '0');
+            break;
         case OPT_LOG_LEVEL:
             bad = df_parse_log_level(optarg, &level) < 0;
             level_set = true;

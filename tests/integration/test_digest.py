@@ -90,6 +90,40 @@ def test_right_digests_succeed(env):
         only_file(d, "f.bin")
 
 
+@T.timeout(240)
+def test_seed_hashing_modes(env):
+    """The seed's digests are the same whether it hashes on a thread (the
+    default) or on its event loop: the whole-file digest it publishes, and its
+    check of a registered digest (right and wrong, sha256 and md5)."""
+    o = env.origin()
+    size = 13 * T.MiB + 7  # 53 pieces of 256 KiB, the last one short
+    for threads in ("1", "0"):
+        info = o.add_file(f"h{threads}.bin", size)
+        url = o.url(f"h{threads}.bin")
+        sn = env.supernode(extra=["--hash-threads", threads])
+        d = out_dir(env, f"plain{threads}")
+        env.dfget(url, os.path.join(d, "f.bin"), node=sn.addr, timeout=90).expect_ok(info)
+        st, tasks = sn.api("GET", "/api/v1/tasks")
+        T.check(st == 200 and len(tasks["tasks"]) == 1, f"hash-threads {threads}: tasks {tasks}")
+        T.check(tasks["tasks"][0].get("digest") == info.digest("sha256"),
+                f"hash-threads {threads}: seed digest {tasks['tasks'][0]} != {info.digest('sha256')}")
+        T.check(tasks["tasks"][0]["seed_pieces"] == tasks["tasks"][0]["piece_count"] == 53,
+                f"hash-threads {threads}: {tasks}")
+        for name, extra, ok in (("md5", ["--md5", info.md5], True),
+                                ("wrongmd5", ["--md5", "f" * 32], False),
+                                ("wrong256", ["--digest", ZERO256], False)):
+            d = out_dir(env, f"{name}{threads}")
+            r = env.dfget(url, os.path.join(d, "f.bin"), node=sn.addr, extra=extra, timeout=90)
+            try:
+                r.expect_ok(info) if ok else r.expect_fail("digest|md5")
+            except T.TestFailure as e:
+                raise T.TestFailure(f"hash-threads {threads}, case {name}: {e}")
+            only_file(d, "f.bin" if ok else None)
+    for bad in ("2", "", "x"):
+        rc, _, err = env.run([T.find_binary("supernode"), "--hash-threads", bad], timeout=10)
+        T.check(rc == 2 and "--hash-threads" in err, f"--hash-threads {bad!r}: rc {rc}, {err!r}")
+
+
 @T.timeout(60)
 def test_malformed_digest_rejected(env):
     o = env.origin()
@@ -109,4 +143,4 @@ def test_malformed_digest_rejected(env):
 if __name__ == "__main__":
     T.main([test_wrong_digest_fails, test_wrong_md5_fails, test_wrong_digest_back_source_fails,
             test_wrong_digest_keeps_existing_file, test_right_digests_succeed,
-            test_malformed_digest_rejected])
+            test_seed_hashing_modes, test_malformed_digest_rejected])

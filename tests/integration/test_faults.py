@@ -133,6 +133,45 @@ def test_supernode_killed_mid_swarm(env):
 
 
 @T.timeout(200)
+def test_supernode_stopped_mid_seed(env):
+    """SIGTERM while the seed streams (pieces waiting for or on the hash
+    thread): a clean exit, then a new supernode on the same cache resumes the
+    seed from the verified prefix and serves the right file."""
+    o = env.origin(slow_rate="16m")
+    info = o.add_file("m.bin", 64 * T.MiB)
+
+    def seeded(sn):
+        st, tasks = sn.api("GET", "/api/v1/tasks")
+        return st == 200 and tasks["tasks"] and tasks["tasks"][0]["seed_pieces"] >= 2
+
+    def stop(sn, what):
+        sn.proc.signal(signal.SIGTERM)
+        rc = sn.proc.wait(30.0)
+        T.check(rc == 0, f"supernode stopped {what}: exit {rc}")
+
+    # A fast origin: the hash thread is most likely behind the stream when
+    # the signal comes (the sanitizer builds check that teardown).
+    fast = env.supernode()
+    run = env.start_dfget(o.url("m.bin"), env.path("m0.bin"), node=fast.addr, timeout=150)
+    T.wait_for(lambda: seeded(fast), 60, what="the seed's first pieces")
+    stop(fast, "mid-seed, fast origin")
+    run.wait().expect_ok(info)
+
+    url = o.url("m.bin", "slow")  # the seed alone takes ~4 s
+    sn = env.supernode()
+    run = env.start_dfget(url, env.path("m1.bin"), node=sn.addr, timeout=150)
+    T.wait_for(lambda: seeded(sn), 60, what="the seed's first pieces")
+    stop(sn, "mid-seed")
+    run.wait().expect_ok(info)  # the peer goes on from the origin
+    sn2 = env.supernode(port=sn.port)  # same data directory
+    env.dfget(url, env.path("m2.bin"), node=sn2.addr, timeout=120).expect_ok(info)
+    log = sn2.proc.stderr()
+    T.check("resuming at byte" in log, f"the new supernode did not resume the seed:\n{log[-2000:]}")
+    st, tasks = sn2.api("GET", "/api/v1/tasks")
+    T.check(tasks["tasks"][0].get("digest") == info.digest("sha256"), f"resumed seed: {tasks}")
+
+
+@T.timeout(200)
 def test_peer_killed_mid_swarm(env):
     o = env.origin(slow_rate="4m")
     info = o.add_file("p.bin", 24 * T.MiB)
@@ -156,8 +195,10 @@ def test_corrupting_peer(env):
     """A registered peer claims every piece and serves flipped bytes.  The
     downloader must detect it, not use it again, and still produce the file."""
     o = env.origin()
-    info = o.add_file("e.bin", 64 * T.MiB)  # 16 pieces of 4 MiB
-    sn = env.supernode()
+    info = o.add_file("e.bin", 64 * T.MiB)
+    # 16 pieces of 4 MiB, as the bound below counts them (by length alone
+    # a 64 MiB file is cut into 64 pieces of 1 MiB).
+    sn = env.supernode(extra=["--piece-size", "4M"])
     url = o.url("e.bin")
     state = env.path("evil.state")
     reqlog = env.path("evil.requests")
@@ -311,6 +352,7 @@ if __name__ == "__main__":
     T.main([test_supernode_down_falls_back, test_supernode_down_notbs_fails, test_origin_404,
             test_origin_401, test_origin_auth_required, test_origin_drops_connection,
             test_timeout_on_stalled_origin, test_origin_without_length,
-            test_supernode_killed_mid_swarm, test_peer_killed_mid_swarm, test_corrupting_peer,
+            test_supernode_killed_mid_swarm, test_supernode_stopped_mid_seed,
+            test_peer_killed_mid_swarm, test_corrupting_peer,
             test_disk_full_while_fetching_pieces, test_origin_refusal_per_registrant,
             test_dfget_killed_leaves_nothing])

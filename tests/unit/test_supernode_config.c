@@ -41,6 +41,7 @@ static void test_defaults(void **state)
     assert_int_equal(c.seed_upload_slots, 16);
     assert_int_equal(c.batch_pieces, 8);
     assert_int_equal(c.piece_size, 0);
+    assert_int_equal(c.hash_threads, 1);
     assert_int_equal(c.cache_limit_bytes, 0);
 }
 
@@ -61,6 +62,7 @@ static void test_load(void **state)
                "seed-upload-slots: 16\n"
                "batch-pieces: 12\n"
                "piece-size: 1M\n"
+               "hash-threads: 0\n"
                "log-level: info\n");
     assert_int_equal(df_supernode_config_load(&c, path, err, sizeof(err)), 0);
     assert_string_equal(c.listen_host, "::1");
@@ -74,6 +76,7 @@ static void test_load(void **state)
     assert_int_equal(c.seed_upload_slots, 16);
     assert_int_equal(c.batch_pieces, 12);
     assert_int_equal(c.piece_size, 1u << 20);
+    assert_int_equal(c.hash_threads, 0);
     unlink(path);
 }
 
@@ -82,6 +85,7 @@ static void test_errors(void **state)
     static const char *bad[] = {
         "listen: nohost\n",      "cache-limit: lots\n", "peer-timeout: 0\n", "peer-upload-slots: 0\n",
         "log-level: chatty\n",   "data-dir: ''\n",      "unknown-key: 1\n",  "listen: [a\n",
+        "hash-threads: 2\n",
     };
     df_supernode_config_t c;
     char err[256];
