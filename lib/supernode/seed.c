@@ -43,7 +43,10 @@
  * digest, registered-digest check) only when the stream has ended and no job
  * of it is left.  The hashers of one attempt live in a hashes_t shared with
  * its jobs; an attempt given up (failure, a new response, stop) is detached
- * from it, and its outstanding jobs' results are dropped.
+ * from it, and its outstanding jobs' results are dropped -- except when the
+ * origin's stream broke: then the task fails only once the jobs of the
+ * pieces already written whole are back and recorded (fail_stream), so the
+ * resume's Range starts after them.
  *
  * Every failure ends in fail(): the task is marked failed with a message
  * meant for the operator and the client, the error kind is counted, and
@@ -135,6 +138,9 @@ struct seed {
     uint64_t expect;              /* file length (not spooling) */
     hashes_t *hs;                 /* this attempt's hashers */
     bool finishing;               /* body complete, waiting for its hash jobs */
+    bool fail_pending;            /* the stream broke: fail once its hash jobs are back */
+    df_sn_seed_err_t fail_kind;
+    char fail_msg[512];
     df_digest_alg_t extra_alg;    /* registered digest's algorithm when not sha256 */
     bool failed_here;             /* fail() ran during this request */
     uint64_t req_gen;             /* task->headers_gen the request was made with */
@@ -380,10 +386,31 @@ static void fail(seed_t *sd, df_sn_seed_err_t kind, long origin_status, const ch
                                                            : "origin",
                     origin_status, msg, df_now_ms());
     sd->failed_here = true;
+    sd->fail_pending = false;
     sd->phase = PHASE_IDLE;
     spool_close(sd);
     hashers_free(sd);
     notify(sd);
+}
+
+/* The origin's stream broke after some pieces were written whole: those
+ * still with the hash thread are recorded (verified, so a resume starts
+ * after them) before the task fails.  Without jobs out, fail() at once. */
+static void fail_stream(seed_t *sd, df_sn_seed_err_t kind, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void fail_stream(seed_t *sd, df_sn_seed_err_t kind, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(sd->fail_msg, sizeof(sd->fail_msg), fmt, ap);
+    va_end(ap);
+    if (sd->hs && sd->hs->jobs > 0) {
+        sd->fail_pending = true;
+        sd->fail_kind = kind;
+        return;
+    }
+    fail(sd, kind, 0, "%s", sd->fail_msg);
 }
 
 /* A revalidation the origin could not answer (5xx or 429, no connection,
@@ -579,6 +606,8 @@ static void hash_done(void *arg, int status)
     else if (sd && sd->finishing && hs->jobs == 0) {
         sd->finishing = false;
         finish(sd);
+    } else if (sd && sd->fail_pending && hs->jobs == 0) {
+        fail(sd, sd->fail_kind, 0, "%s", sd->fail_msg);
     }
     pump(s);
 }
@@ -1107,10 +1136,10 @@ static void on_done(df_http_req_t *req, const df_http_result_t *res, void *arg)
     if (res->status < 0) {
         bool timeout = res->status == DF_ETIMEOUT;
         if (sd->phase == PHASE_STREAMING && !timeout && !sd->spooling && sd->off < sd->expect)
-            fail(sd, DF_SN_SEED_ERR_LENGTH_MISMATCH, 0,
-                 "origin closed the connection after %llu of %llu bytes: %s",
-                 (unsigned long long)sd->off, (unsigned long long)sd->expect,
-                 res->error ? res->error : df_strerror(res->status));
+            fail_stream(sd, DF_SN_SEED_ERR_LENGTH_MISMATCH,
+                        "origin closed the connection after %llu of %llu bytes: %s",
+                        (unsigned long long)sd->off, (unsigned long long)sd->expect,
+                        res->error ? res->error : df_strerror(res->status));
         else if (sd->phase == PHASE_CONNECTING && sd->mode == MODE_REVALIDATE)
             revalidation_failed(sd, timeout ? DF_SN_SEED_ERR_ORIGIN_TIMEOUT : DF_SN_SEED_ERR_ORIGIN_CONNECT,
                                 "origin %s: %s", timeout ? "timed out" : "unreachable",
@@ -1120,9 +1149,9 @@ static void on_done(df_http_req_t *req, const df_http_result_t *res, void *arg)
                  "origin %s: %s", timeout ? "timed out" : "unreachable",
                  res->error ? res->error : df_strerror(res->status));
         else
-            fail(sd, timeout ? DF_SN_SEED_ERR_ORIGIN_TIMEOUT : DF_SN_SEED_ERR_ORIGIN_CONNECT, 0,
-                 "origin %s after %llu bytes: %s", timeout ? "stalled" : "failed",
-                 (unsigned long long)sd->off, res->error ? res->error : df_strerror(res->status));
+            fail_stream(sd, timeout ? DF_SN_SEED_ERR_ORIGIN_TIMEOUT : DF_SN_SEED_ERR_ORIGIN_CONNECT,
+                        "origin %s after %llu bytes: %s", timeout ? "stalled" : "failed",
+                        (unsigned long long)sd->off, res->error ? res->error : df_strerror(res->status));
         return;
     }
     if (sd->spooling) {
@@ -1137,9 +1166,8 @@ static void on_done(df_http_req_t *req, const df_http_result_t *res, void *arg)
             return;
         }
     } else if (sd->off != sd->expect) {
-        fail(sd, DF_SN_SEED_ERR_LENGTH_MISMATCH, 0,
-             "origin closed the connection after %llu of %llu bytes", (unsigned long long)sd->off,
-             (unsigned long long)sd->expect);
+        fail_stream(sd, DF_SN_SEED_ERR_LENGTH_MISMATCH, "origin closed the connection after %llu of %llu bytes",
+                    (unsigned long long)sd->off, (unsigned long long)sd->expect);
         return;
     }
     if (sd->hs->jobs > 0) {
