@@ -39,6 +39,7 @@
 #include "piece/digest.h"
 #include "piece/piece.h"
 #include "piece/range.h"
+#include "sched/endgame.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -1563,41 +1564,40 @@ static void do_register(df_download_t *dl)
  * received are lost; that costs at most one piece per abandoned fetch.
  * A peer abandoned is not used again by this download (ReportError "io",
  * so the supernode excludes it too); the seed is only released. */
-#define ENDGAME_MIN_AGE_MS 3000u
-#define ENDGAME_SLOWDOWN 3u        /* abandon when projected > 3x its share of the rate */
-#define ENDGAME_MAX_DROPS 4u
-
 static void endgame_check(df_download_t *dl)
 {
-    uint64_t now = df_now_ms(), elapsed = now - dl->start_ms, done;
+    uint64_t now = df_now_ms();
     uint32_t have;
+    df_endgame_fetch_t in;
     fetch_t *f, *next;
     bool dropped = false;
 
-    if (dl->state != ST_P2P || !dl->task || dl->ninflight == 0 || dl->endgame_drops >= ENDGAME_MAX_DROPS)
+    if (dl->state != ST_P2P || !dl->task || dl->endgame_drops >= DF_ENDGAME_MAX_DROPS)
         return;
     have = df_bitmap_count(df_stored_task_bitmap(dl->task), dl->piece_count);
-    if (have + dl->ninflight < dl->piece_count)
-        return; /* pieces left to ask for: not the endgame */
-    done = DF_MIN((uint64_t)have * dl->piece_size, dl->length);
-    if (done == 0 || elapsed == 0)
+    /* A piece being hashed is neither had nor fetched: it counts as taken
+     * (it is in dl->inflight, so nobody asks for it again). */
+    if (!df_endgame_active(dl->piece_count, have, dl->ninflight, (uint32_t)dl->hash_jobs))
         return;
-    for (f = dl->fetches; f && dl->endgame_drops < ENDGAME_MAX_DROPS; f = next) {
-        uint64_t age = now - f->started_ms;
-        double left_ms, share_ms;
+    in.elapsed_ms = now - dl->start_ms;
+    in.done = DF_MIN((uint64_t)have * dl->piece_size, dl->length);
+    /* dl->fetches holds only transfers in progress: a piece fully received
+     * left it for its hash job (hash_async), so a piece being hashed is
+     * never abandoned here; its job owns the fetch until hash_done. */
+    for (f = dl->fetches; f && dl->endgame_drops < DF_ENDGAME_MAX_DROPS; f = next) {
         uint32_t piece = f->a.piece;
         next = f->next;
-        if (!f->req || age < ENDGAME_MIN_AGE_MS)
+        if (!f->req)
             continue;
-        /* time this fetch still needs at its own rate, against a whole piece
-         * at its share (1/ninflight) of the download's average rate */
-        left_ms = f->got ? (double)(f->a.length - f->got) * (double)age / (double)f->got : 1e18;
-        share_ms = (double)f->a.length * dl->ninflight * (double)elapsed / (double)done;
-        if (left_ms <= ENDGAME_SLOWDOWN * share_ms)
+        in.age_ms = now - f->started_ms;
+        in.got = f->got;
+        in.length = f->a.length;
+        in.inflight = dl->ninflight;
+        if (!df_endgame_should_abandon(&in))
             continue;
         DF_LOG_I("task %.16s: endgame: piece %u from %s has %llu of %llu B after %llu ms; asking again",
                  dl->res.task_id, piece, f->a.src_id, (unsigned long long)f->got,
-                 (unsigned long long)f->a.length, (unsigned long long)age);
+                 (unsigned long long)f->a.length, (unsigned long long)in.age_ms);
         df_http_cancel(f->req);
         f->req = NULL;
         df_bitmap_clear(dl->inflight, piece);
