@@ -115,6 +115,10 @@ struct df_download {
     char tracker_digest[160];
     bool tracker_done;
     uint32_t endgame_drops;      /* slow fetches abandoned in the endgame */
+    struct {
+        char id[DF_PEER_ID_MAX];
+        uint64_t until_ms;
+    } slow[DF_ENDGAME_MAX_DROPS]; /* sources abandoned as slow: avoided until until_ms */
 
     /* whole-file hashing over the verified prefix */
     df_hasher_t *whole_sha256, *whole_user;
@@ -195,6 +199,18 @@ static bool is_bad_source(const df_download_t *dl, const char *id)
 {
     for (size_t i = 0; i < dl->nbad; i++)
         if (strcmp(dl->bad_sources[i], id) == 0)
+            return true;
+    return false;
+}
+
+/* A source the endgame abandoned as slow less than DF_ENDGAME_AVOID_MS ago:
+ * not used by this download meanwhile (the tracker was told "slow" and
+ * should not offer it; this covers an assignment made before the report
+ * arrived).  One entry per abandoned fetch: endgame_drops indexes them. */
+static bool is_slow_source(const df_download_t *dl, const char *id, uint64_t now)
+{
+    for (uint32_t i = 0; i < dl->endgame_drops && i < DF_ENDGAME_MAX_DROPS; i++)
+        if (now < dl->slow[i].until_ms && strcmp(dl->slow[i].id, id) == 0)
             return true;
     return false;
 }
@@ -903,7 +919,8 @@ static void start_fetch(df_download_t *dl, const df_assignment_t *a)
         push_result(dl, a->piece, a->src_id, true);
         return;
     }
-    if (df_bitmap_test(dl->inflight, a->piece) || is_bad_source(dl, a->src_id)) {
+    if (df_bitmap_test(dl->inflight, a->piece) || is_bad_source(dl, a->src_id) ||
+        is_slow_source(dl, a->src_id, df_now_ms())) {
         push_result(dl, a->piece, a->src_id, false);
         return;
     }
@@ -1559,11 +1576,17 @@ static void do_register(df_download_t *dl)
  * (measured in the netns swarm at N = 40: the last client's last piece took
  * 12.7 s from a peer whose upload had stalled, the rest of its download
  * 4.7 Mbit/s).  Abandoned, not raced: two fetches of one piece would write
- * the same range of the store at once, and a piece is hashed from its own
- * stream, so the one fetch that remains owns the range.  The bytes already
- * received are lost; that costs at most one piece per abandoned fetch.
- * A peer abandoned is not used again by this download (ReportError "io",
- * so the supernode excludes it too); the seed is only released. */
+ * the same range of the store at once, and a piece is hashed from what its
+ * fetch wrote (its stream, or the store read back by a hash job), so the
+ * one fetch that remains owns the range.  The bytes already received are
+ * lost; that costs at most one piece per abandoned fetch.  The decision is
+ * df_endgame_should_abandon (lib/sched/endgame.h).
+ * Slowness seen by one requester is no fault of the source, which may be
+ * busy serving others: a peer abandoned is avoided by this download for
+ * DF_ENDGAME_AVOID_MS and reported as "slow", which makes the tracker skip
+ * it for this requester as long, and for nobody else; it is not reported
+ * as an error (an "io" report would exclude it from this requester for good
+ * and count it against the peer).  The seed is only released. */
 static void endgame_check(df_download_t *dl)
 {
     uint64_t now = df_now_ms();
@@ -1602,13 +1625,12 @@ static void endgame_check(df_download_t *dl)
         f->req = NULL;
         df_bitmap_clear(dl->inflight, piece);
         dl->ninflight--;
+        df_strlcpy(dl->slow[dl->endgame_drops].id, f->a.src_id, sizeof(dl->slow[0].id));
+        dl->slow[dl->endgame_drops].until_ms = f->a.src_is_seed ? 0 : now + DF_ENDGAME_AVOID_MS;
         dl->endgame_drops++;
-        if (!f->a.src_is_seed) {
-            add_bad_source(dl, f->a.src_id);
-            if (dl->peer->tracker && dl->peer_id[0])
-                dl->peer->tracker->ops->report_error(dl->peer->tracker, dl->res.task_id, dl->peer_id,
-                                                     f->a.src_id, piece, DF_REPORT_IO, NULL, NULL);
-        }
+        if (!f->a.src_is_seed && dl->peer->tracker && dl->peer_id[0])
+            dl->peer->tracker->ops->report_error(dl->peer->tracker, dl->res.task_id, dl->peer_id, f->a.src_id,
+                                                 piece, DF_REPORT_SLOW, NULL, NULL);
         push_result(dl, piece, f->a.src_id, false);
         fetch_free(f);
         dropped = true;

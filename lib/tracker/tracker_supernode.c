@@ -385,7 +385,7 @@ static int sn_service_down(df_tracker_t *t, const char *peer_id, const char *tas
 static int sn_report_error(df_tracker_t *t, const char *task_id, const char *peer_id, const char *src_id,
                            uint32_t piece, df_report_kind_t kind, df_tracker_done_cb cb, void *arg)
 {
-    static const char *kinds[] = {"digest", "missing", "io"};
+    static const char *kinds[] = {"digest", "missing", "io", "slow"};
     json_t *body = json_pack("{s:s, s:s, s:s, s:i, s:s}", "task_id", task_id, "peer_id", peer_id, "src",
                              src_id, "piece", (json_int_t)piece, "kind", kinds[kind]);
     if (!body)
