@@ -194,6 +194,82 @@ def test_corrupting_peer(env):
     T.log("supernode error-ish metrics: " + ("; ".join(seen) if seen else "(none exposed)"))
 
 
+def sn_post(sn, path, body):
+    st, _, data = sn.request("POST", path, body=json.dumps(body).encode(),
+                             headers={"Content-Type": "application/json"}, timeout=30.0)
+    try:
+        return st, json.loads(data.decode() or "null")
+    except ValueError:
+        return st, None
+
+
+@T.timeout(200)
+def test_slow_peer_endgame(env):
+    """A registered peer holds every piece and serves the right bytes, but
+    crawls (16 KiB/s per request).  The requester's endgame abandons what it
+    fetches from it, asks again (the seed serves), and the file is right; the
+    peer is reported "slow", not as an error, and the supernode still
+    schedules it for everybody else."""
+    o = env.origin()
+    info = o.add_file("s.bin", 12 * T.MiB + 5)  # 13 pieces of 1 MiB
+    slots = 2  # the slow peer's uploads: at most this many pieces hang on it
+    sn = env.supernode(extra=["--piece-size", "1m", "--peer-upload-slots", str(slots)])
+    url = o.url("s.bin")
+    state = env.path("slow.state")
+    reqlog = env.path("slow.requests")
+    open(reqlog, "w").close()
+    slow = env.procs.start("slowpeer", [sys.executable, os.path.join(T.HERE, "evilpeer.py"),
+                                        str(sn.port), url, info.path, state, reqlog, "slow"])
+    st = T.wait_for(lambda: os.path.exists(state) and json.load(open(state)), 90,
+                    what="slow peer to claim the pieces", proc=slow)
+    T.check("error" not in st, f"slow peer could not join: {st}")
+    T.check(st.get("state") == "done", f"slow peer not done: {st}")
+
+    r = env.dfget(url, env.path("good.bin"), node=sn.addr, extra=["--log-level", "info"], timeout=150)
+    r.expect_ok(info)
+    j = r.json
+    T.check(not j["back_source"] and j["bytes_from_origin"] == 0,
+            f"the download went to the origin instead of finishing P2P: {r.describe()}")
+    reqs = [json.loads(l) for l in open(reqlog) if l.strip()]
+    T.log(f"slow peer got {len(reqs)} requests: {[q['range'] for q in reqs]}")
+    T.check(len(reqs) >= 1, "the supernode never scheduled the slow peer, although peers holding a "
+                            "piece are preferred over the seed")
+    lines = [l for l in r.stderr.splitlines() if "endgame:" in l]
+    T.log("endgame: " + " | ".join(lines))
+    T.check(lines, f"no endgame line although pieces hung on a 16 KiB/s peer: {r.describe()}")
+    T.check(all(st["peer_id"] in l and "asking again" in l for l in lines),
+            f"an endgame line names another source than the slow peer: {lines}")
+    T.check(len(lines) <= 4, f"more than 4 fetches abandoned in one download: {lines}")
+    # Bytes counted once: the abandoned partial pieces are not counted.
+    T.check(j["bytes_from_peers"] + j["bytes_from_supernode"] == info.size,
+            f"bytes from peers and supernode do not add up to the file: {r.describe()}")
+
+    # The supernode heard "slow", not an error, and says so in its log.
+    T.wait_for(lambda: "reports slow for piece" in sn.proc.stderr() + sn.proc.stdout(), 10,
+               what="the supernode to log the slow report", proc=sn.proc)
+    metrics = sn.metrics()
+    slow_reports = [l for l in metrics.splitlines() if l.startswith("dfly_supernode_slow_reports_total")]
+    T.check(slow_reports and float(slow_reports[0].split()[-1]) >= 1,
+            f"no slow report counted: {slow_reports}")
+    io = [l for l in metrics.splitlines() if l.startswith("dfly_supernode_errors_total") and "report_" in l]
+    T.check(not io, f"the slow peer was reported as an error: {io}")
+
+    # Another requester still gets the slow peer: it is not excluded for others.
+    st2, reg = sn_post(sn, "/api/v1/register", {"url": url, "pattern": "p2p",
+                                                "peer": {"ip": T.LOCALHOST, "port": T.free_port(),
+                                                         "hostname": "other"}})
+    T.check(st2 == 200 and isinstance(reg, dict) and "peer_id" in reg, f"register -> {st2} {reg}")
+    st2, ans = sn_post(sn, "/api/v1/pull", {"task_id": reg["task_id"], "peer_id": reg["peer_id"],
+                                            "results": [], "running": 0, "want": 8})
+    T.check(st2 == 200 and isinstance(ans, dict) and ans.get("state") == "assign",
+            f"pull of another requester -> {st2} {ans}")
+    srcs = [((p.get("src") or {}).get("id") or "") for p in ans.get("pieces", [])]
+    T.log(f"another requester is assigned sources {srcs}")
+    T.check(st["peer_id"] in srcs, f"the slow peer is not offered to another requester: {srcs}")
+    T.check(slow.alive(), "slow peer died")
+    T.check(sn.healthy(), "supernode unhealthy")
+
+
 @T.timeout(120)
 def test_disk_full_while_fetching_pieces(env):
     """The piece store cannot write (a full disk, simulated by an LD_PRELOAD
@@ -284,4 +360,4 @@ if __name__ == "__main__":
             test_origin_401, test_origin_auth_required, test_origin_drops_connection,
             test_timeout_on_stalled_origin, test_origin_without_length,
             test_supernode_killed_mid_swarm, test_peer_killed_mid_swarm, test_corrupting_peer,
-            test_disk_full_while_fetching_pieces, test_origin_refusal_per_registrant])
+            test_slow_peer_endgame, test_disk_full_while_fetching_pieces, test_origin_refusal_per_registrant])
