@@ -1030,7 +1030,11 @@ static void maybe_pull(df_download_t *dl)
     pr.peer_id = dl->peer_id;
     pr.results = dl->results;
     pr.nresults = results_batch(dl);
-    pr.running = dl->ninflight;
+    /* Pieces in a hash job are still assigned to us and not yet reported:
+     * they count as running, else the supernode would release as many of
+     * our oldest assignments (apply_results), freeing upload slots of
+     * sources still sending to us. */
+    pr.running = dl->ninflight + (uint32_t)dl->hash_jobs;
     pr.want = complete ? 0 : parallel - DF_MIN(parallel, dl->ninflight);
     rc = df_tracker_pull(peer->tracker, &pr, pull_cb, dl);
     if (rc < 0) {

@@ -9,7 +9,8 @@ serves /peer/file/<task_id> in one of two ways (MODE):
 usage: evilpeer.py SUPERNODE_PORT URL REAL_FILE STATE_FILE REQUEST_LOG [MODE]
 STATE_FILE gets one JSON object once the supernode says the task is done for
 this peer (or on failure, with "error").  Each piece request is appended to
-REQUEST_LOG as a JSON line {"range": "...", "path": "..."}.  Stdlib only; every
+REQUEST_LOG as a JSON line {"range": "...", "path": "...", "concurrent": N}, N
+the requests being answered when it arrived, itself included.  Stdlib only; every
 loop is bounded.
 """
 
@@ -28,6 +29,7 @@ SIZE = os.path.getsize(REAL)
 SLOW_CHUNK, SLOW_EVERY, SLOW_FOR = 4096, 0.25, 300.0  # 16 KiB/s per request, for at most 5 min
 TASK = {"id": None}
 LOCK = threading.Lock()
+BUSY = [0]  # requests being answered
 
 
 def api(path, body, timeout=30):
@@ -54,7 +56,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         rng = self.headers.get("Range", "")
         with LOCK, open(REQLOG, "a") as f:
-            f.write(json.dumps({"path": self.path, "range": rng}) + "\n")
+            BUSY[0] += 1
+            f.write(json.dumps({"path": self.path, "range": rng, "concurrent": BUSY[0]}) + "\n")
+        try:
+            self.answer(rng)
+        finally:
+            with LOCK:
+                BUSY[0] -= 1
+
+    def answer(self, rng):
         m = re.fullmatch(r"bytes=(\d+)-(\d+)", rng.strip())
         if not self.path.startswith("/peer/file/") or not m:
             self.send_response(404)
