@@ -203,17 +203,17 @@ def sn_post(sn, path, body):
         return st, None
 
 
-@T.timeout(200)
-def test_slow_peer_endgame(env):
-    """A registered peer holds every piece and serves the right bytes, but
-    crawls (16 KiB/s per request).  The requester's endgame abandons what it
-    fetches from it, asks again (the seed serves), and the file is right; the
-    peer is reported "slow", not as an error, and the supernode still
-    schedules it for everybody else."""
+SLOW_SLOTS = 2  # the slow peer's uploads: at most this many pieces hang on it
+
+
+def slow_peer_swarm(env):
+    """An origin with a file of 13 pieces of 1 MiB, a supernode, and a peer
+    (evilpeer.py slow) that holds every piece and serves the right bytes
+    at 16 KiB/s per request.  Returns (info, url, sn, peer state, request
+    log path, peer process)."""
     o = env.origin()
-    info = o.add_file("s.bin", 12 * T.MiB + 5)  # 13 pieces of 1 MiB
-    slots = 2  # the slow peer's uploads: at most this many pieces hang on it
-    sn = env.supernode(extra=["--piece-size", "1m", "--peer-upload-slots", str(slots)])
+    info = o.add_file("s.bin", 12 * T.MiB + 5)
+    sn = env.supernode(extra=["--piece-size", "1m", "--peer-upload-slots", str(SLOW_SLOTS)])
     url = o.url("s.bin")
     state = env.path("slow.state")
     reqlog = env.path("slow.requests")
@@ -224,8 +224,12 @@ def test_slow_peer_endgame(env):
                     what="slow peer to claim the pieces", proc=slow)
     T.check("error" not in st, f"slow peer could not join: {st}")
     T.check(st.get("state") == "done", f"slow peer not done: {st}")
+    return info, url, sn, st, reqlog, slow
 
-    r = env.dfget(url, env.path("good.bin"), node=sn.addr, extra=["--log-level", "info"], timeout=150)
+
+def check_slow_peer_download(r, info, st, reqlog):
+    """The download r came out right, P2P, after abandoning fetches from the
+    slow peer (described by st) in its endgame."""
     r.expect_ok(info)
     j = r.json
     T.check(not j["back_source"] and j["bytes_from_origin"] == 0,
@@ -235,8 +239,8 @@ def test_slow_peer_endgame(env):
     T.check(len(reqs) >= 1, "the supernode never scheduled the slow peer, although peers holding a "
                             "piece are preferred over the seed")
     # Its upload slots hold: pieces being hashed still count as assigned.
-    T.check(max(q["concurrent"] for q in reqs) <= slots,
-            f"the slow peer served more than its {slots} slots at once: {reqs}")
+    T.check(max(q["concurrent"] for q in reqs) <= SLOW_SLOTS,
+            f"the slow peer served more than its {SLOW_SLOTS} slots at once: {reqs}")
     lines = [l for l in r.stderr.splitlines() if "endgame:" in l]
     T.log("endgame: " + " | ".join(lines))
     T.check(lines, f"no endgame line although pieces hung on a 16 KiB/s peer: {r.describe()}")
@@ -246,6 +250,19 @@ def test_slow_peer_endgame(env):
     # Bytes counted once: the abandoned partial pieces are not counted.
     T.check(j["bytes_from_peers"] + j["bytes_from_supernode"] == info.size,
             f"bytes from peers and supernode do not add up to the file: {r.describe()}")
+    return lines
+
+
+@T.timeout(200)
+def test_slow_peer_endgame(env):
+    """A registered peer holds every piece and serves the right bytes, but
+    crawls (16 KiB/s per request).  The requester's endgame abandons what it
+    fetches from it, asks again (the seed serves), and the file is right; the
+    peer is reported "slow", not as an error, and the supernode still
+    schedules it for everybody else."""
+    info, url, sn, st, reqlog, slow = slow_peer_swarm(env)
+    r = env.dfget(url, env.path("good.bin"), node=sn.addr, extra=["--log-level", "info"], timeout=150)
+    check_slow_peer_download(r, info, st, reqlog)
 
     # The supernode heard "slow", not an error, and says so in its log.
     T.wait_for(lambda: "reports slow for piece" in sn.proc.stderr() + sn.proc.stdout(), 10,
@@ -272,6 +289,92 @@ def test_slow_peer_endgame(env):
     T.check(st["peer_id"] in srcs, f"the slow peer is not offered to another requester: {srcs}")
     T.check(slow.alive(), "slow peer died")
     T.check(sn.healthy(), "supernode unhealthy")
+
+
+class OlderSupernode:
+    """A front for a supernode that answers ReportError "slow" 400, as a
+    supernode that predates that kind does, and passes every other request
+    on.  Runs on a thread of the test; records each ReportError body."""
+
+    def __init__(self, sn):
+        import http.client
+        import http.server
+        import threading
+        self.reports, lock = [], threading.Lock()
+        outer = self
+
+        class Front(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def relay(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n) if n else None
+                if self.path == "/api/v1/error" and body:
+                    rep = json.loads(body)
+                    with lock:
+                        outer.reports.append(rep)
+                    if rep.get("kind") == "slow":
+                        self.answer(400, b'{"error":"bad_request","message":"kind must be digest, missing or io"}')
+                        return
+                c = http.client.HTTPConnection(T.LOCALHOST, sn.port, timeout=60)
+                try:
+                    c.request(self.command, self.path, body=body,
+                              headers={"Content-Type": self.headers.get("Content-Type", "application/json")})
+                    res = c.getresponse()
+                    self.answer(res.status, res.read())
+                finally:
+                    c.close()
+
+            def answer(self, code, data):
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = relay
+
+        self.srv = http.server.ThreadingHTTPServer((T.LOCALHOST, 0), Front)
+        self.srv.daemon_threads = True
+        self.addr = f"{T.LOCALHOST}:{self.srv.server_address[1]}"
+        self.thread = threading.Thread(target=self.srv.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.srv.shutdown()
+        self.srv.server_close()
+        self.thread.join(10)
+
+
+@T.timeout(200)
+def test_slow_report_to_older_supernode(env):
+    """A supernode that predates ReportError "slow" refuses it (400): the
+    requester then reports the same source and piece as "io", which such a
+    supernode understands, and the download still completes P2P."""
+    info, url, sn, st, reqlog, slow = slow_peer_swarm(env)
+    front = OlderSupernode(sn)
+    try:
+        r = env.dfget(url, env.path("good.bin"), node=front.addr, extra=["--log-level", "info"],
+                      timeout=150)
+        lines = check_slow_peer_download(r, info, st, reqlog)
+        T.wait_for(lambda: sum(1 for q in front.reports if q.get("kind") == "io") >= len(lines), 10,
+                   what="an io report for every slow one refused")
+        reports = list(front.reports)
+    finally:
+        front.close()
+    T.log(f"reports: {[(q.get('kind'), q.get('piece')) for q in reports]}")
+    slow_ones = [(q["src"], q["piece"]) for q in reports if q.get("kind") == "slow"]
+    io_ones = [(q["src"], q["piece"]) for q in reports if q.get("kind") == "io"]
+    T.check(len(slow_ones) == len(lines), f"{len(lines)} fetches abandoned, {len(slow_ones)} slow reports")
+    T.check(sorted(slow_ones) == sorted(io_ones),
+            f"each refused slow report must be followed by an io report: {slow_ones} vs {io_ones}")
+    T.check(all(src == st["peer_id"] for src, _ in io_ones), f"a report names another source: {io_ones}")
+    io = [l for l in sn.metrics().splitlines()
+          if l.startswith('dfly_supernode_errors_total{kind="report_io"}')]
+    T.check(io and float(io[0].split()[-1]) == len(io_ones), f"the supernode did not count the io reports: {io}")
 
 
 @T.timeout(120)
@@ -364,4 +467,5 @@ if __name__ == "__main__":
             test_origin_401, test_origin_auth_required, test_origin_drops_connection,
             test_timeout_on_stalled_origin, test_origin_without_length,
             test_supernode_killed_mid_swarm, test_peer_killed_mid_swarm, test_corrupting_peer,
-            test_slow_peer_endgame, test_disk_full_while_fetching_pieces, test_origin_refusal_per_registrant])
+            test_slow_peer_endgame, test_slow_report_to_older_supernode,
+            test_disk_full_while_fetching_pieces, test_origin_refusal_per_registrant])
