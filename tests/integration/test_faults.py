@@ -253,6 +253,22 @@ def check_slow_peer_download(r, info, st, reqlog):
     return lines
 
 
+def sources_for_another_requester(sn, url):
+    """The source ids the supernode assigns to a new requester of url (at
+    most 8 pieces)."""
+    st, reg = sn_post(sn, "/api/v1/register", {"url": url, "pattern": "p2p",
+                                               "peer": {"ip": T.LOCALHOST, "port": T.free_port(),
+                                                        "hostname": "other"}})
+    T.check(st == 200 and isinstance(reg, dict) and "peer_id" in reg, f"register -> {st} {reg}")
+    st, ans = sn_post(sn, "/api/v1/pull", {"task_id": reg["task_id"], "peer_id": reg["peer_id"],
+                                           "results": [], "running": 0, "want": 8})
+    T.check(st == 200 and isinstance(ans, dict) and ans.get("state") == "assign",
+            f"pull of another requester -> {st} {ans}")
+    srcs = [((p.get("src") or {}).get("id") or "") for p in ans.get("pieces", [])]
+    T.log(f"another requester is assigned sources {srcs}")
+    return srcs
+
+
 @T.timeout(200)
 def test_slow_peer_endgame(env):
     """A registered peer holds every piece and serves the right bytes, but
@@ -275,19 +291,41 @@ def test_slow_peer_endgame(env):
           if l.startswith("dfly_supernode_errors_total") and "report_" in l and float(l.split()[-1]) > 0]
     T.check(not io, f"the slow peer was reported as an error: {io}")
 
-    # Another requester still gets the slow peer: it is not excluded for others.
-    st2, reg = sn_post(sn, "/api/v1/register", {"url": url, "pattern": "p2p",
-                                                "peer": {"ip": T.LOCALHOST, "port": T.free_port(),
-                                                         "hostname": "other"}})
-    T.check(st2 == 200 and isinstance(reg, dict) and "peer_id" in reg, f"register -> {st2} {reg}")
-    st2, ans = sn_post(sn, "/api/v1/pull", {"task_id": reg["task_id"], "peer_id": reg["peer_id"],
-                                            "results": [], "running": 0, "want": 8})
-    T.check(st2 == 200 and isinstance(ans, dict) and ans.get("state") == "assign",
-            f"pull of another requester -> {st2} {ans}")
-    srcs = [((p.get("src") or {}).get("id") or "") for p in ans.get("pieces", [])]
-    T.log(f"another requester is assigned sources {srcs}")
-    T.check(st["peer_id"] in srcs, f"the slow peer is not offered to another requester: {srcs}")
+    T.check(st["peer_id"] in sources_for_another_requester(sn, url),
+            "the slow peer is not offered to another requester")
     T.check(slow.alive(), "slow peer died")
+    T.check(sn.healthy(), "supernode unhealthy")
+
+
+@T.timeout(200)
+def test_throttled_daemon_endgame(env):
+    """The slow peer is a real dfdaemon whose uploads are throttled
+    (--upload-limit 64K for the whole host): the requester's endgame
+    abandons what it fetches from it, the file is right, and the daemon,
+    reported slow, is still offered to others and keeps running."""
+    o = env.origin()
+    info = o.add_file("t.bin", 12 * T.MiB + 5)  # 13 pieces of 1 MiB
+    sn = env.supernode(extra=["--piece-size", "1m", "--peer-upload-slots", str(SLOW_SLOTS)])
+    url = o.url("t.bin")
+    d = env.dfdaemon(sn.addr, extra=["--upload-limit", "64K"])
+    env.dfget(url, env.path("daemon.bin"), node=sn.addr, home=d.home, timeout=90).expect_ok(info)
+    me = f"{T.LOCALHOST}-{d.upload_port}"  # the daemon's peer id ends so
+
+    r = env.dfget(url, env.path("good.bin"), node=sn.addr, extra=["--log-level", "info"], timeout=150)
+    r.expect_ok(info)
+    j = r.json
+    T.check(not j["back_source"] and j["bytes_from_origin"] == 0,
+            f"the download went to the origin instead of finishing P2P: {r.describe()}")
+    lines = [l for l in r.stderr.splitlines() if "endgame:" in l]
+    T.log("endgame: " + " | ".join(lines))
+    T.check(lines, f"no endgame line although pieces hung on a daemon uploading at 64K: {r.describe()}")
+    T.check(all(f"{me} has" in l for l in lines), f"an endgame line names another source: {lines}")
+    T.check(len(lines) <= SLOW_SLOTS, f"more fetches abandoned than the daemon had slots: {lines}")
+    T.check(j["bytes_from_peers"] + j["bytes_from_supernode"] == info.size,
+            f"bytes from peers and supernode do not add up to the file: {r.describe()}")
+    T.check(any(src.endswith(me) for src in sources_for_another_requester(sn, url)),
+            "the throttled daemon is not offered to another requester")
+    T.check(d.proc.alive(), f"dfdaemon died:\n{d.proc.tail()}")
     T.check(sn.healthy(), "supernode unhealthy")
 
 
@@ -467,5 +505,5 @@ if __name__ == "__main__":
             test_origin_401, test_origin_auth_required, test_origin_drops_connection,
             test_timeout_on_stalled_origin, test_origin_without_length,
             test_supernode_killed_mid_swarm, test_peer_killed_mid_swarm, test_corrupting_peer,
-            test_slow_peer_endgame, test_slow_report_to_older_supernode,
+            test_slow_peer_endgame, test_throttled_daemon_endgame, test_slow_report_to_older_supernode,
             test_disk_full_while_fetching_pieces, test_origin_refusal_per_registrant])
