@@ -42,6 +42,7 @@
 #include "piece/digest.h"
 #include "piece/piece.h"
 #include "piece/range.h"
+#include "sched/endgame.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -118,6 +119,10 @@ struct df_download {
     char tracker_digest[160];
     bool tracker_done;
     uint32_t endgame_drops;      /* slow fetches abandoned in the endgame */
+    struct {
+        char id[DF_PEER_ID_MAX];
+        uint64_t until_ms;
+    } slow[DF_ENDGAME_MAX_DROPS]; /* sources abandoned as slow: avoided until until_ms */
 
     /* whole-file hashing over the verified prefix */
     df_hasher_t *whole_sha256, *whole_user;
@@ -199,6 +204,18 @@ static bool is_bad_source(const df_download_t *dl, const char *id)
 {
     for (size_t i = 0; i < dl->nbad; i++)
         if (strcmp(dl->bad_sources[i], id) == 0)
+            return true;
+    return false;
+}
+
+/* A source the endgame abandoned as slow less than DF_ENDGAME_AVOID_MS ago:
+ * not used by this download meanwhile (the tracker was told "slow" and
+ * should not offer it; this covers an assignment made before the report
+ * arrived).  One entry per abandoned fetch: endgame_drops indexes them. */
+static bool is_slow_source(const df_download_t *dl, const char *id, uint64_t now)
+{
+    for (uint32_t i = 0; i < dl->endgame_drops && i < DF_ENDGAME_MAX_DROPS; i++)
+        if (now < dl->slow[i].until_ms && strcmp(dl->slow[i].id, id) == 0)
             return true;
     return false;
 }
@@ -925,7 +942,8 @@ static void start_fetch(df_download_t *dl, const df_assignment_t *a)
         push_result(dl, a->piece, a->src_id, true);
         return;
     }
-    if (df_bitmap_test(dl->inflight, a->piece) || is_bad_source(dl, a->src_id)) {
+    if (df_bitmap_test(dl->inflight, a->piece) || is_bad_source(dl, a->src_id) ||
+        is_slow_source(dl, a->src_id, df_now_ms())) {
         push_result(dl, a->piece, a->src_id, false);
         return;
     }
@@ -1035,7 +1053,11 @@ static void maybe_pull(df_download_t *dl)
     pr.peer_id = dl->peer_id;
     pr.results = dl->results;
     pr.nresults = results_batch(dl);
-    pr.running = dl->ninflight;
+    /* Pieces in a hash job are still assigned to us and not yet reported:
+     * they count as running, else the supernode would release as many of
+     * our oldest assignments (apply_results), freeing upload slots of
+     * sources still sending to us. */
+    pr.running = dl->ninflight + (uint32_t)dl->hash_jobs;
     pr.want = complete ? 0 : parallel - DF_MIN(parallel, dl->ninflight);
     rc = df_tracker_pull(peer->tracker, &pr, pull_cb, dl);
     if (rc < 0) {
@@ -1590,57 +1612,61 @@ static void do_register(df_download_t *dl)
  * (measured in the netns swarm at N = 40: the last client's last piece took
  * 12.7 s from a peer whose upload had stalled, the rest of its download
  * 4.7 Mbit/s).  Abandoned, not raced: two fetches of one piece would write
- * the same range of the store at once, and a piece is hashed from its own
- * stream, so the one fetch that remains owns the range.  The bytes already
- * received are lost; that costs at most one piece per abandoned fetch.
- * A peer abandoned is not used again by this download (ReportError "io",
- * so the supernode excludes it too); the seed is only released. */
-#define ENDGAME_MIN_AGE_MS 3000u
-#define ENDGAME_SLOWDOWN 3u        /* abandon when projected > 3x its share of the rate */
-#define ENDGAME_MAX_DROPS 4u
-
+ * the same range of the store at once, and a piece is hashed from what its
+ * fetch wrote (its stream, or the store read back by a hash job), so the
+ * one fetch that remains owns the range.  The bytes already received are
+ * lost; that costs at most one piece per abandoned fetch.  The decision is
+ * df_endgame_should_abandon (lib/sched/endgame.h).
+ * Slowness seen by one requester is no fault of the source, which may be
+ * busy serving others: a peer abandoned is avoided by this download for
+ * DF_ENDGAME_AVOID_MS and reported as "slow", which makes the tracker skip
+ * it for this requester as long, and for nobody else; it is not reported
+ * as an error (an "io" report would exclude it from this requester for good
+ * and count it against the peer).  The seed is only released. */
 static void endgame_check(df_download_t *dl)
 {
-    uint64_t now = df_now_ms(), elapsed = now - dl->start_ms, done;
+    uint64_t now = df_now_ms();
     uint32_t have;
+    df_endgame_fetch_t in;
     fetch_t *f, *next;
     bool dropped = false;
 
-    if (dl->state != ST_P2P || !dl->task || dl->ninflight == 0 || dl->endgame_drops >= ENDGAME_MAX_DROPS)
+    if (dl->state != ST_P2P || !dl->task || dl->endgame_drops >= DF_ENDGAME_MAX_DROPS)
         return;
     have = df_bitmap_count(df_stored_task_bitmap(dl->task), dl->piece_count);
-    if (have + dl->ninflight < dl->piece_count)
-        return; /* pieces left to ask for: not the endgame */
-    done = DF_MIN((uint64_t)have * dl->piece_size, dl->length);
-    if (done == 0 || elapsed == 0)
+    /* A piece being hashed is neither had nor fetched: it counts as taken
+     * (it is in dl->inflight, so nobody asks for it again). */
+    if (!df_endgame_active(dl->piece_count, have, dl->ninflight, (uint32_t)dl->hash_jobs))
         return;
-    for (f = dl->fetches; f && dl->endgame_drops < ENDGAME_MAX_DROPS; f = next) {
-        uint64_t age = now - f->started_ms;
-        double left_ms, share_ms;
+    in.elapsed_ms = now - dl->start_ms;
+    in.done = DF_MIN((uint64_t)have * dl->piece_size, dl->length);
+    /* dl->fetches holds only transfers in progress: a piece fully received
+     * left it for its hash job (hash_async), so a piece being hashed is
+     * never abandoned here; its job owns the fetch until hash_done. */
+    for (f = dl->fetches; f && dl->endgame_drops < DF_ENDGAME_MAX_DROPS; f = next) {
         uint32_t piece = f->a.piece;
         next = f->next;
-        if (!f->req || age < ENDGAME_MIN_AGE_MS)
+        if (!f->req)
             continue;
-        /* time this fetch still needs at its own rate, against a whole piece
-         * at its share (1/ninflight) of the download's average rate */
-        left_ms = f->got ? (double)(f->a.length - f->got) * (double)age / (double)f->got : 1e18;
-        share_ms = (double)f->a.length * dl->ninflight * (double)elapsed / (double)done;
-        if (left_ms <= ENDGAME_SLOWDOWN * share_ms)
+        in.age_ms = now - f->started_ms;
+        in.got = f->got;
+        in.length = f->a.length;
+        in.inflight = dl->ninflight;
+        if (!df_endgame_should_abandon(&in))
             continue;
         DF_LOG_I("task %.16s: endgame: piece %u from %s has %llu of %llu B after %llu ms; asking again",
                  dl->res.task_id, piece, f->a.src_id, (unsigned long long)f->got,
-                 (unsigned long long)f->a.length, (unsigned long long)age);
+                 (unsigned long long)f->a.length, (unsigned long long)in.age_ms);
         df_http_cancel(f->req);
         f->req = NULL;
         df_bitmap_clear(dl->inflight, piece);
         dl->ninflight--;
+        df_strlcpy(dl->slow[dl->endgame_drops].id, f->a.src_id, sizeof(dl->slow[0].id));
+        dl->slow[dl->endgame_drops].until_ms = f->a.src_is_seed ? 0 : now + DF_ENDGAME_AVOID_MS;
         dl->endgame_drops++;
-        if (!f->a.src_is_seed) {
-            add_bad_source(dl, f->a.src_id);
-            if (dl->peer->tracker && dl->peer_id[0])
-                dl->peer->tracker->ops->report_error(dl->peer->tracker, dl->res.task_id, dl->peer_id,
-                                                     f->a.src_id, piece, DF_REPORT_IO, NULL, NULL);
-        }
+        if (!f->a.src_is_seed && dl->peer->tracker && dl->peer_id[0])
+            dl->peer->tracker->ops->report_error(dl->peer->tracker, dl->res.task_id, dl->peer_id, f->a.src_id,
+                                                 piece, DF_REPORT_SLOW, NULL, NULL);
         push_result(dl, piece, f->a.src_id, false);
         fetch_free(f);
         dropped = true;

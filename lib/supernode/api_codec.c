@@ -569,8 +569,10 @@ int df_sn_decode_error(const char *body, size_t len, df_sn_error_req_t *out, cha
         out->kind = DF_SN_ERR_MISSING;
     else if (strcmp(kind, "io") == 0)
         out->kind = DF_SN_ERR_IO;
+    else if (strcmp(kind, "slow") == 0)
+        out->kind = DF_SN_ERR_SLOW;
     else {
-        df_errf(err, errcap, "%s", "kind must be digest, missing or io");
+        df_errf(err, errcap, "%s", "kind must be digest, missing, io or slow");
         rc = DF_EPROTO;
         goto out;
     }

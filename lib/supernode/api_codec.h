@@ -75,7 +75,10 @@ typedef struct {
     char *task_id;             /* NULL = every task */
 } df_sn_down_req_t;
 
-typedef enum { DF_SN_ERR_DIGEST = 0, DF_SN_ERR_MISSING, DF_SN_ERR_IO } df_sn_err_kind_t;
+/* ReportError kinds: the source served bad bytes (digest), refused the
+ * piece (missing), failed mid-transfer (io), or was merely too slow for the
+ * requester's endgame (slow: no fault of the source, see swarm.h). */
+typedef enum { DF_SN_ERR_DIGEST = 0, DF_SN_ERR_MISSING, DF_SN_ERR_IO, DF_SN_ERR_SLOW } df_sn_err_kind_t;
 
 typedef struct {
     char *task_id;

@@ -839,7 +839,7 @@ static void h_service_down(df_supernode_t *sn, struct evhttp_request *req)
 static void h_error(df_supernode_t *sn, struct evhttp_request *req)
 {
     static const char *route = "/api/v1/error";
-    static const char *kinds[] = {"report_digest", "report_missing", "report_io"};
+    static const char *kinds[] = {"report_digest", "report_missing", "report_io", "slow"};
     df_sn_error_req_t r;
     df_sn_task_t *task;
     df_sn_member_t *m;
@@ -859,10 +859,20 @@ static void h_error(df_supernode_t *sn, struct evhttp_request *req)
         return;
     }
     if (lookup(sn, req, route, r.task_id, r.peer_id, &task, &m)) {
-        count_error(sn, kinds[r.kind]);
+        if (r.kind == DF_SN_ERR_SLOW) {
+            /* not an error of anybody's: a requester's endgame gave up
+             * waiting on a source that may just be busy */
+            df_metric_t *c = NULL;
+            if (df_metrics_counter(sn->metrics, "dfly_supernode_slow_reports_total",
+                                   "Sources a requester abandoned as slow (ReportError kind slow)", NULL, 0,
+                                   &c) == 0)
+                df_metric_inc(c);
+        } else {
+            count_error(sn, kinds[r.kind]);
+        }
         DF_LOG_I("task %.12s: %s reports %s for piece %u from %s", task->id, m->peer->id,
-                 kinds[r.kind] + 7, r.piece, r.src);
-        if (df_sn_report_error(task, m, r.src, r.piece, r.kind) == 1 && r.kind != DF_SN_ERR_IO)
+                 r.kind == DF_SN_ERR_SLOW ? kinds[r.kind] : kinds[r.kind] + 7, r.piece, r.src);
+        if (df_sn_report_error(task, m, r.src, r.piece, r.kind, df_now_ms()) == 1 && r.kind != DF_SN_ERR_IO)
             df_sn_seed_check_piece(sn->seeder, task, r.piece, df_now_ms());
         send_empty(sn, req, route);
     }

@@ -687,6 +687,31 @@ static void exclude(df_sn_member_t *m, uint64_t serial)
         m->nexcluded++;
 }
 
+static bool is_slow(const df_sn_member_t *m, uint64_t serial, uint64_t now_ms)
+{
+    for (uint32_t i = 0; i < DF_SN_SLOW_MAX; i++)
+        if (m->slow[i].serial == serial && now_ms < m->slow[i].until_ms)
+            return true;
+    return false;
+}
+
+/* m avoids serial until now_ms + DF_SN_SLOW_AVOID_MS (a report for a source
+ * already avoided extends its entry). */
+static void avoid_slow(df_sn_member_t *m, uint64_t serial, uint64_t now_ms)
+{
+    uint32_t i;
+
+    for (i = 0; i < DF_SN_SLOW_MAX; i++)
+        if (m->slow[i].serial == serial && m->slow[i].until_ms)
+            break;
+    if (i == DF_SN_SLOW_MAX) {
+        i = m->slow_next;
+        m->slow_next = (m->slow_next + 1) % DF_SN_SLOW_MAX;
+    }
+    m->slow[i].serial = serial;
+    m->slow[i].until_ms = now_ms + DF_SN_SLOW_AVOID_MS;
+}
+
 static bool holds_all(const df_sn_task_t *task, const df_sn_member_t *m)
 {
     return df_bitmap_count(m->have, task->piece_count) == task->piece_count;
@@ -813,7 +838,7 @@ void df_sn_pull(df_sn_swarm_t *sw, df_sn_task_t *task, df_sn_member_t *m, uint32
     sources[0].have = task->seed_have;
     sources[0].slots = sw->opts.seed_upload_slots;
     sources[0].is_seed = true;
-    sources[0].excluded = is_excluded(m, 0);
+    sources[0].excluded = is_excluded(m, 0) || is_slow(m, 0, now_ms);
     load[0] = task->seed_load;
     ns = 1;
     for (uint32_t i = 0; i < task->nmembers; i++) {
@@ -823,7 +848,8 @@ void df_sn_pull(df_sn_swarm_t *sw, df_sn_task_t *task, df_sn_member_t *m, uint32
         sources[ns].have = s->have;
         sources[ns].slots = sw->opts.peer_upload_slots;
         sources[ns].excluded =
-            is_excluded(m, s->peer->serial) || s->digest_errors >= DF_SN_DIGEST_ERROR_LIMIT;
+            is_excluded(m, s->peer->serial) || is_slow(m, s->peer->serial, now_ms) ||
+            s->digest_errors >= DF_SN_DIGEST_ERROR_LIMIT;
         load[ns] = s->load;
         src_member[ns] = s;
         ns++;
@@ -905,7 +931,7 @@ out:
 }
 
 int df_sn_report_error(df_sn_task_t *task, df_sn_member_t *m, const char *src_id, uint32_t piece,
-                       df_sn_err_kind_t kind)
+                       df_sn_err_kind_t kind, uint64_t now_ms)
 {
     bool seed = strcmp(src_id, DF_SN_SEED_ID) == 0, from_seed = false;
     df_sn_member_t *src = NULL;
@@ -925,6 +951,13 @@ int df_sn_report_error(df_sn_task_t *task, df_sn_member_t *m, const char *src_id
         if (!src || src == m)
             return 0; /* unknown or gone: nothing to learn */
         serial = src->peer->serial;
+    }
+    if (kind == DF_SN_ERR_SLOW) {
+        /* Slow for this requester is no fault of the source: avoided by m
+         * for a while, still counted as holding the piece, still offered
+         * to everyone else. */
+        avoid_slow(m, serial, now_ms);
+        return 0;
     }
     exclude(m, serial);
     if (seed)

@@ -39,6 +39,8 @@
 #define DF_SN_INFLIGHT_MAX 64u       /* pieces in flight per requester */
 #define DF_SN_EXCLUDED_MAX 32u       /* remembered bad sources per requester (oldest forgotten) */
 #define DF_SN_DIGEST_ERROR_LIMIT 3u  /* bad pieces served before a source is dropped for all */
+#define DF_SN_SLOW_MAX 8u            /* sources a requester avoids for a while as slow (oldest forgotten) */
+#define DF_SN_SLOW_AVOID_MS 30000u   /* how long: the engine's DF_ENDGAME_AVOID_MS */
 
 #define DF_SN_SEED_ID "supernode"
 
@@ -72,6 +74,11 @@ typedef struct {
     uint32_t ninflight;
     uint64_t excluded[DF_SN_EXCLUDED_MAX]; /* ring of source serials it must not use */
     uint32_t nexcluded, excluded_next;
+    struct {
+        uint64_t serial;
+        uint64_t until_ms;       /* avoided while now < until_ms */
+    } slow[DF_SN_SLOW_MAX];      /* ring of sources it reported slow */
+    uint32_t slow_next;
     uint32_t load;               /* uploads in flight from it */
     uint32_t digest_errors;      /* bad pieces it was reported to serve */
     uint64_t joined_ms;
@@ -242,13 +249,16 @@ bool df_sn_pull_may_assign(const df_sn_swarm_t *sw, const df_sn_task_t *task, co
 
 /* ReportError from requester m about source src_id: m never gets src again;
  * for digest/missing the source no longer counts as holding that piece, and
- * digest errors count toward dropping the source for everybody.  The
- * requester's in-flight entry for the piece is released.  Returns 1 when the
- * source is the seed and the requester really had this piece in flight from
- * it (the caller then re-checks its copy on disk), else 0: a peer repeating
+ * digest errors count toward dropping the source for everybody.  "slow" is
+ * no fault of the source (it may be busy serving others): m only avoids it
+ * until now_ms + DF_SN_SLOW_AVOID_MS, nothing else changes, and no other
+ * requester is affected.  The requester's in-flight entry for the piece is
+ * released.  Returns 1 when the kind is digest, missing or io, the source
+ * is the seed and the requester really had this piece in flight from it
+ * (the caller then re-checks its copy on disk), else 0: a peer repeating
  * reports cannot make the supernode re-read its cache at will. */
 int df_sn_report_error(df_sn_task_t *task, df_sn_member_t *m, const char *src_id, uint32_t piece,
-                       df_sn_err_kind_t kind);
+                       df_sn_err_kind_t kind, uint64_t now_ms);
 
 /* Timer work: removes peers not heard from for peer_timeout_ms, releases
  * in-flight entries older than assign_timeout_ms.  Returns peers removed. */

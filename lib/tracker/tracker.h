@@ -98,7 +98,12 @@ typedef void (*df_register_cb)(const df_register_res_t *res, void *arg);
 typedef void (*df_pull_cb)(const df_pull_res_t *res, void *arg);
 typedef void (*df_tracker_done_cb)(int status, void *arg);
 
-typedef enum { DF_REPORT_DIGEST, DF_REPORT_MISSING, DF_REPORT_IO } df_report_kind_t;
+/* What a source did wrong, for ReportError: served bytes that failed the
+ * digest, refused the piece (404), failed mid-transfer, or was merely too
+ * slow for this download's endgame (SLOW: no fault of the source, which
+ * may be busy serving others; the tracker only stops offering it to this
+ * requester for a while, see DESIGN.md "Endgame"). */
+typedef enum { DF_REPORT_DIGEST, DF_REPORT_MISSING, DF_REPORT_IO, DF_REPORT_SLOW } df_report_kind_t;
 
 typedef struct df_tracker_ops {
     int (*register_task)(df_tracker_t *t, const df_register_req_t *req, df_register_cb cb, void *arg);

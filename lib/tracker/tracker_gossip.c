@@ -75,6 +75,7 @@
 #include "piece/piece.h"
 #include "piece/digest.h"
 #include "piece/piece_store.h"
+#include "sched/endgame.h"
 #include "sched/sched.h"
 #include "supernode/api_codec.h"
 #include "tracker/gossip_events.h"
@@ -125,6 +126,7 @@ typedef struct {
     char name[DF_GEV_SENDER_MAX + 1];
     uint8_t *have;               /* piece_count bits (allocated once shaped) */
     uint32_t load;               /* our fetches in flight from it */
+    uint64_t slow_until_ms;      /* a download here abandoned it as slow: not offered before */
 } holder_t;
 
 typedef struct task {
@@ -1176,6 +1178,7 @@ static void fill_pull(gossip_tracker_t *tr, call_t *c, df_pull_res_t *out)
             continue;
         src[ns].have = h->have;
         src[ns].is_seed = strcmp(h->name, owner) == 0;
+        src[ns].excluded = now < h->slow_until_ms;
         src[ns].slots = !src[ns].is_seed ? SLOTS_PEER : others && !seed_owner ? SLOTS_OWNER_SHARED : SLOTS_OWNER;
         load[ns] = h->load;
         idx[ns] = (uint32_t)i;
@@ -1387,9 +1390,13 @@ static int gt_report_error(df_tracker_t *base, const char *task_id, const char *
         for (size_t i = 0; i < t->nholders; i++)
             if (strcmp(t->holders[i].name, src_id) == 0)
                 h = &t->holders[i];
-        /* What gossip said is stale or the bytes were bad: do not offer
-         * that copy again. */
-        if (h && h->have)
+        /* Slow is no fault of the holder (it may be busy serving others):
+         * this host's downloads leave it alone for a while, and nothing is
+         * said to the cluster.  Otherwise what gossip said is stale or the
+         * bytes were bad: do not offer that copy again. */
+        if (h && kind == DF_REPORT_SLOW)
+            h->slow_until_ms = df_now_ms() + DF_ENDGAME_AVOID_MS;
+        else if (h && h->have)
             df_bitmap_clear(h->have, piece);
         if (kind == DF_REPORT_DIGEST)
             DF_LOG_W("gossip: %s served a bad piece %u of task %.16s", src_id, piece, task_id);

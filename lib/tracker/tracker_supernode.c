@@ -42,6 +42,7 @@ struct call {
     call_kind_t kind;
     df_http_req_t *req;
     char *body;                   /* kept for retries on the next node */
+    char *fallback;               /* sent instead once if the node answers 400, or NULL */
     size_t node;                  /* node being tried */
     bool try_all;                 /* Register: walk the remaining nodes on failure */
     const char *path;
@@ -69,6 +70,7 @@ static void call_free(call_t *c)
 {
     call_unlink(c);
     free(c->body);
+    free(c->fallback);
     free(c);
 }
 
@@ -96,7 +98,11 @@ static int call_send(call_t *c)
     return df_http_start(tr->http, &opts, &cbs, c, &c->req);
 }
 
-static int call_start(sn_tracker_t *tr, call_kind_t kind, const char *path, json_t *body, void *cb, void *arg)
+/* Sends body (taken) to path; fallback (taken, may be NULL) is sent instead,
+ * once, if the node answers 400: a request a newer supernode understands,
+ * with what an older one does. */
+static int call_start(sn_tracker_t *tr, call_kind_t kind, const char *path, json_t *body, json_t *fallback,
+                      void *cb, void *arg)
 {
     call_t *c;
     int rc;
@@ -104,6 +110,7 @@ static int call_start(sn_tracker_t *tr, call_kind_t kind, const char *path, json
     c = calloc(1, sizeof(*c));
     if (!c) {
         json_decref(body);
+        json_decref(fallback);
         return -ENOMEM;
     }
     c->tr = tr;
@@ -120,7 +127,11 @@ static int call_start(sn_tracker_t *tr, call_kind_t kind, const char *path, json
         c->cb.done = (df_tracker_done_cb)cb;
     c->body = json_dumps(body, JSON_COMPACT);
     json_decref(body);
-    if (!c->body) {
+    c->fallback = fallback ? json_dumps(fallback, JSON_COMPACT) : NULL;
+    json_decref(fallback);
+    if (!c->body || (fallback && !c->fallback)) {
+        free(c->body);
+        free(c->fallback);
         free(c);
         return -ENOMEM;
     }
@@ -290,6 +301,15 @@ static void on_done(df_http_req_t *req, const df_http_result_t *res, void *arg)
         finish_pull(c, res, doc);
         break;
     case CALL_SIMPLE:
+        if (c->fallback && res->status == 0 && res->http_code == 400) {
+            free(c->body);
+            c->body = c->fallback;
+            c->fallback = NULL;
+            if (call_send(c) == 0) {
+                json_decref(doc);
+                return;
+            }
+        }
         if (c->cb.done)
             c->cb.done(res->status < 0 ? DF_ETRACKER : (res->http_code == 200 ? 0 : DF_ETRACKER), c->arg);
         break;
@@ -337,7 +357,7 @@ static int sn_register(df_tracker_t *t, const df_register_req_t *req, df_registe
         json_object_set_new(body, "rootCAs", json_pack("[s]", (const char *)b64));
         free(b64);
     }
-    return call_start((sn_tracker_t *)t, CALL_REGISTER, "/api/v1/register", body, (void *)cb, arg);
+    return call_start((sn_tracker_t *)t, CALL_REGISTER, "/api/v1/register", body, NULL, (void *)cb, arg);
 }
 
 static json_t *pull_body(const df_pull_req_t *req)
@@ -360,7 +380,7 @@ static int sn_pull(df_tracker_t *t, const df_pull_req_t *req, df_pull_cb cb, voi
     json_t *body = pull_body(req);
     if (!body)
         return -ENOMEM;
-    return call_start((sn_tracker_t *)t, CALL_PULL, "/api/v1/pull", body, (void *)cb, arg);
+    return call_start((sn_tracker_t *)t, CALL_PULL, "/api/v1/pull", body, NULL, (void *)cb, arg);
 }
 
 static int sn_report(df_tracker_t *t, const df_pull_req_t *req, df_tracker_done_cb cb, void *arg)
@@ -368,7 +388,7 @@ static int sn_report(df_tracker_t *t, const df_pull_req_t *req, df_tracker_done_
     json_t *body = pull_body(req);
     if (!body)
         return -ENOMEM;
-    return call_start((sn_tracker_t *)t, CALL_SIMPLE, "/api/v1/report", body, (void *)cb, arg);
+    return call_start((sn_tracker_t *)t, CALL_SIMPLE, "/api/v1/report", body, NULL, (void *)cb, arg);
 }
 
 static int sn_service_down(df_tracker_t *t, const char *peer_id, const char *task_id, df_tracker_done_cb cb,
@@ -379,18 +399,31 @@ static int sn_service_down(df_tracker_t *t, const char *peer_id, const char *tas
         return -ENOMEM;
     if (task_id)
         json_object_set_new(body, "task_id", json_string(task_id));
-    return call_start((sn_tracker_t *)t, CALL_SIMPLE, "/api/v1/service_down", body, (void *)cb, arg);
+    return call_start((sn_tracker_t *)t, CALL_SIMPLE, "/api/v1/service_down", body, NULL, (void *)cb, arg);
 }
 
 static int sn_report_error(df_tracker_t *t, const char *task_id, const char *peer_id, const char *src_id,
                            uint32_t piece, df_report_kind_t kind, df_tracker_done_cb cb, void *arg)
 {
-    static const char *kinds[] = {"digest", "missing", "io"};
+    static const char *kinds[] = {"digest", "missing", "io", "slow"};
     json_t *body = json_pack("{s:s, s:s, s:s, s:i, s:s}", "task_id", task_id, "peer_id", peer_id, "src",
                              src_id, "piece", (json_int_t)piece, "kind", kinds[kind]);
+    json_t *fallback = NULL;
+
     if (!body)
         return -ENOMEM;
-    return call_start((sn_tracker_t *)t, CALL_SIMPLE, "/api/v1/error", body, (void *)cb, arg);
+    if (kind == DF_REPORT_SLOW) {
+        /* A supernode older than "slow" answers 400: "io" then keeps it
+         * from offering the slow source to this requester over and over
+         * (the download refuses it for DF_ENDGAME_AVOID_MS). */
+        fallback = json_deep_copy(body);
+        if (!fallback || json_object_set_new(fallback, "kind", json_string("io")) < 0) {
+            json_decref(fallback);
+            json_decref(body);
+            return -ENOMEM;
+        }
+    }
+    return call_start((sn_tracker_t *)t, CALL_SIMPLE, "/api/v1/error", body, fallback, (void *)cb, arg);
 }
 
 static int sn_heartbeat(df_tracker_t *t, const char *peer_id, df_tracker_done_cb cb, void *arg)
@@ -398,7 +431,7 @@ static int sn_heartbeat(df_tracker_t *t, const char *peer_id, df_tracker_done_cb
     json_t *body = json_pack("{s:s}", "peer_id", peer_id);
     if (!body)
         return -ENOMEM;
-    return call_start((sn_tracker_t *)t, CALL_SIMPLE, "/api/v1/heartbeat", body, (void *)cb, arg);
+    return call_start((sn_tracker_t *)t, CALL_SIMPLE, "/api/v1/heartbeat", body, NULL, (void *)cb, arg);
 }
 
 static void sn_free(df_tracker_t *t)

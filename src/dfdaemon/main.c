@@ -48,6 +48,7 @@ typedef struct {
     uint16_t upload_port;
     char *advertise_ip;
     uint64_t total_limit;
+    uint64_t upload_limit;
     uint64_t cache_limit;
     uint64_t cache_max_age_ms;
     df_log_level_t level;
@@ -95,6 +96,7 @@ static void usage(FILE *f)
             "      --upload-host HOST    peer upload server address (default 0.0.0.0)\n"
             "      --advertise-ip IP     address other peers use to reach this one\n"
             "      --totallimit RATE     host-wide download rate limit (e.g. 100M)\n"
+            "      --upload-limit RATE   host-wide upload rate limit, all peers together (e.g. 50M)\n"
             "      --cache-limit SIZE    piece store budget (e.g. 10G)\n"
             "      --cache-max-age DUR   evict finished tasks unused this long (e.g. 24h)\n"
             "      --registry URL        upstream registry of the mirror\n"
@@ -262,6 +264,8 @@ static int set_option(opts_t *o, const char *key, const char *value, const char 
             rc = replace_str(&o->advertise_ip, value);
     } else if (strcmp(key, "totallimit") == 0) {
         rc = df_parse_size(value, &o->total_limit);
+    } else if (strcmp(key, "upload-limit") == 0) {
+        rc = df_parse_size(value, &o->upload_limit);
     } else if (strcmp(key, "cache-limit") == 0) {
         rc = df_parse_size(value, &o->cache_limit);
     } else if (strcmp(key, "mode") == 0) {
@@ -369,6 +373,7 @@ static const struct option long_opts[] = {
     {"upload-host", required_argument, NULL, 0},
     {"advertise-ip", required_argument, NULL, 0},
     {"totallimit", required_argument, NULL, 0},
+    {"upload-limit", required_argument, NULL, 0},
     {"cache-limit", required_argument, NULL, 0},
     {"cache-max-age", required_argument, NULL, 0},
     {"log-level", required_argument, NULL, 0},
@@ -646,6 +651,7 @@ int main(int argc, char **argv)
     if (o.advertise_ip)
         pc.advertise_ip = o.advertise_ip;
     pc.total_limit_bps = o.total_limit;
+    pc.upload_limit_bps = o.upload_limit;
     pc.cache_limit_bytes = o.cache_limit;
     pc.cache_max_age_ms = o.cache_max_age_ms;
     pc.serve = true;

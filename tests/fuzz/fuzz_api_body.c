@@ -94,7 +94,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     case 3: {
         df_sn_error_req_t r;
         if (df_sn_decode_error(body, size, &r, err, sizeof(err)) == 0) {
-            if (!r.src || !df_sn_is_task_id(r.task_id) || r.kind > DF_SN_ERR_IO)
+            if (!r.src || !df_sn_is_task_id(r.task_id) || r.kind > DF_SN_ERR_SLOW)
                 abort();
             df_sn_error_req_clear(&r);
         }

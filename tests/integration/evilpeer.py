@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
-"""A corrupting peer for test_faults: registers a task with the supernode,
+"""A misbehaving peer for test_faults: registers a task with the supernode,
 claims every piece it is assigned (reporting them ok without fetching), then
-serves bit-flipped bytes at /peer/file/<task_id>.
+serves /peer/file/<task_id> in one of two ways (MODE):
+  flip  bit-flipped bytes (a corrupting peer; the default);
+  slow  the right bytes, SLOW_CHUNK bytes every SLOW_EVERY seconds (a healthy
+        peer that is busy: its uploads crawl but never stop).
 
-usage: evilpeer.py SUPERNODE_PORT URL REAL_FILE STATE_FILE REQUEST_LOG
+usage: evilpeer.py SUPERNODE_PORT URL REAL_FILE STATE_FILE REQUEST_LOG [MODE]
 STATE_FILE gets one JSON object once the supernode says the task is done for
 this peer (or on failure, with "error").  Each piece request is appended to
-REQUEST_LOG as a JSON line {"range": "...", "path": "..."}.  Stdlib only; every
+REQUEST_LOG as a JSON line {"range": "...", "path": "...", "concurrent": N}, N
+the requests being answered when it arrived, itself included.  Stdlib only; every
 loop is bounded.
 """
 
@@ -20,9 +24,12 @@ import threading
 import time
 
 SN_PORT, URL, REAL, STATE, REQLOG = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+MODE = sys.argv[6] if len(sys.argv) > 6 else "flip"
 SIZE = os.path.getsize(REAL)
+SLOW_CHUNK, SLOW_EVERY, SLOW_FOR = 4096, 0.25, 300.0  # 16 KiB/s per request, for at most 5 min
 TASK = {"id": None}
 LOCK = threading.Lock()
+BUSY = [0]  # requests being answered
 
 
 def api(path, body, timeout=30):
@@ -49,7 +56,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         rng = self.headers.get("Range", "")
         with LOCK, open(REQLOG, "a") as f:
-            f.write(json.dumps({"path": self.path, "range": rng}) + "\n")
+            BUSY[0] += 1
+            f.write(json.dumps({"path": self.path, "range": rng, "concurrent": BUSY[0]}) + "\n")
+        try:
+            self.answer(rng)
+        finally:
+            with LOCK:
+                BUSY[0] -= 1
+
+    def answer(self, rng):
         m = re.fullmatch(r"bytes=(\d+)-(\d+)", rng.strip())
         if not self.path.startswith("/peer/file/") or not m:
             self.send_response(404)
@@ -60,16 +75,25 @@ class Handler(http.server.BaseHTTPRequestHandler):
         with open(REAL, "rb") as f:
             f.seek(a)
             data = f.read(b - a + 1)
-        bad = bytes(x ^ 0xFF for x in data)  # every byte flipped
+        body = data if MODE == "slow" else bytes(x ^ 0xFF for x in data)  # flip: every byte
         self.send_response(206)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Range", f"bytes {a}-{b}/{SIZE}")
-        self.send_header("Content-Length", str(len(bad)))
+        self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         try:
-            self.wfile.write(bad)
+            if MODE != "slow":
+                self.wfile.write(body)
+                return
+            end = time.monotonic() + SLOW_FOR
+            for off in range(0, len(body), SLOW_CHUNK):
+                if time.monotonic() > end:
+                    break
+                self.wfile.write(body[off:off + SLOW_CHUNK])
+                self.wfile.flush()
+                time.sleep(SLOW_EVERY)
         except OSError:
-            pass
+            pass  # the requester gave up on us
 
 
 def write_state(obj):

@@ -235,6 +235,227 @@ def test_corrupting_peer(env):
     T.log("supernode error-ish metrics: " + ("; ".join(seen) if seen else "(none exposed)"))
 
 
+def sn_post(sn, path, body):
+    st, _, data = sn.request("POST", path, body=json.dumps(body).encode(),
+                             headers={"Content-Type": "application/json"}, timeout=30.0)
+    try:
+        return st, json.loads(data.decode() or "null")
+    except ValueError:
+        return st, None
+
+
+SLOW_SLOTS = 2  # the slow peer's uploads: at most this many pieces hang on it
+
+
+def slow_peer_swarm(env):
+    """An origin with a file of 13 pieces of 1 MiB, a supernode, and a peer
+    (evilpeer.py slow) that holds every piece and serves the right bytes
+    at 16 KiB/s per request.  Returns (info, url, sn, peer state, request
+    log path, peer process)."""
+    o = env.origin()
+    info = o.add_file("s.bin", 12 * T.MiB + 5)
+    sn = env.supernode(extra=["--piece-size", "1m", "--peer-upload-slots", str(SLOW_SLOTS)])
+    url = o.url("s.bin")
+    state = env.path("slow.state")
+    reqlog = env.path("slow.requests")
+    open(reqlog, "w").close()
+    slow = env.procs.start("slowpeer", [sys.executable, os.path.join(T.HERE, "evilpeer.py"),
+                                        str(sn.port), url, info.path, state, reqlog, "slow"])
+    st = T.wait_for(lambda: os.path.exists(state) and json.load(open(state)), 90,
+                    what="slow peer to claim the pieces", proc=slow)
+    T.check("error" not in st, f"slow peer could not join: {st}")
+    T.check(st.get("state") == "done", f"slow peer not done: {st}")
+    return info, url, sn, st, reqlog, slow
+
+
+def check_slow_peer_download(r, info, st, reqlog):
+    """The download r came out right, P2P, after abandoning fetches from the
+    slow peer (described by st) in its endgame."""
+    r.expect_ok(info)
+    j = r.json
+    T.check(not j["back_source"] and j["bytes_from_origin"] == 0,
+            f"the download went to the origin instead of finishing P2P: {r.describe()}")
+    reqs = [json.loads(l) for l in open(reqlog) if l.strip()]
+    T.log(f"slow peer got {len(reqs)} requests: {[q['range'] for q in reqs]}")
+    T.check(len(reqs) >= 1, "the supernode never scheduled the slow peer, although peers holding a "
+                            "piece are preferred over the seed")
+    # Its upload slots hold: pieces being hashed still count as assigned.
+    T.check(max(q["concurrent"] for q in reqs) <= SLOW_SLOTS,
+            f"the slow peer served more than its {SLOW_SLOTS} slots at once: {reqs}")
+    lines = [l for l in r.stderr.splitlines() if "endgame:" in l]
+    T.log("endgame: " + " | ".join(lines))
+    T.check(lines, f"no endgame line although pieces hung on a 16 KiB/s peer: {r.describe()}")
+    T.check(all(st["peer_id"] in l and "asking again" in l for l in lines),
+            f"an endgame line names another source than the slow peer: {lines}")
+    T.check(len(lines) <= 4, f"more than 4 fetches abandoned in one download: {lines}")
+    # Bytes counted once: the abandoned partial pieces are not counted.
+    T.check(j["bytes_from_peers"] + j["bytes_from_supernode"] == info.size,
+            f"bytes from peers and supernode do not add up to the file: {r.describe()}")
+    return lines
+
+
+def sources_for_another_requester(sn, url):
+    """The source ids the supernode assigns to a new requester of url (at
+    most 8 pieces)."""
+    st, reg = sn_post(sn, "/api/v1/register", {"url": url, "pattern": "p2p",
+                                               "peer": {"ip": T.LOCALHOST, "port": T.free_port(),
+                                                        "hostname": "other"}})
+    T.check(st == 200 and isinstance(reg, dict) and "peer_id" in reg, f"register -> {st} {reg}")
+    st, ans = sn_post(sn, "/api/v1/pull", {"task_id": reg["task_id"], "peer_id": reg["peer_id"],
+                                           "results": [], "running": 0, "want": 8})
+    T.check(st == 200 and isinstance(ans, dict) and ans.get("state") == "assign",
+            f"pull of another requester -> {st} {ans}")
+    srcs = [((p.get("src") or {}).get("id") or "") for p in ans.get("pieces", [])]
+    T.log(f"another requester is assigned sources {srcs}")
+    return srcs
+
+
+@T.timeout(200)
+def test_slow_peer_endgame(env):
+    """A registered peer holds every piece and serves the right bytes, but
+    crawls (16 KiB/s per request).  The requester's endgame abandons what it
+    fetches from it, asks again (the seed serves), and the file is right; the
+    peer is reported "slow", not as an error, and the supernode still
+    schedules it for everybody else."""
+    info, url, sn, st, reqlog, slow = slow_peer_swarm(env)
+    r = env.dfget(url, env.path("good.bin"), node=sn.addr, extra=["--log-level", "info"], timeout=150)
+    check_slow_peer_download(r, info, st, reqlog)
+
+    # The supernode heard "slow", not an error, and says so in its log.
+    T.wait_for(lambda: "reports slow for piece" in sn.proc.stderr() + sn.proc.stdout(), 10,
+               what="the supernode to log the slow report", proc=sn.proc)
+    metrics = sn.metrics()
+    slow_reports = [l for l in metrics.splitlines() if l.startswith("dfly_supernode_slow_reports_total")]
+    T.check(slow_reports and float(slow_reports[0].split()[-1]) >= 1,
+            f"no slow report counted: {slow_reports}")
+    io = [l for l in metrics.splitlines()
+          if l.startswith("dfly_supernode_errors_total") and "report_" in l and float(l.split()[-1]) > 0]
+    T.check(not io, f"the slow peer was reported as an error: {io}")
+
+    T.check(st["peer_id"] in sources_for_another_requester(sn, url),
+            "the slow peer is not offered to another requester")
+    T.check(slow.alive(), "slow peer died")
+    T.check(sn.healthy(), "supernode unhealthy")
+
+
+@T.timeout(200)
+def test_throttled_daemon_endgame(env):
+    """The slow peer is a real dfdaemon whose uploads are throttled
+    (--upload-limit 64K for the whole host): the requester's endgame
+    abandons what it fetches from it, the file is right, and the daemon,
+    reported slow, is still offered to others and keeps running."""
+    o = env.origin()
+    info = o.add_file("t.bin", 12 * T.MiB + 5)  # 13 pieces of 1 MiB
+    sn = env.supernode(extra=["--piece-size", "1m", "--peer-upload-slots", str(SLOW_SLOTS)])
+    url = o.url("t.bin")
+    d = env.dfdaemon(sn.addr, extra=["--upload-limit", "64K"])
+    env.dfget(url, env.path("daemon.bin"), node=sn.addr, home=d.home, timeout=90).expect_ok(info)
+    me = f"{T.LOCALHOST}-{d.upload_port}"  # the daemon's peer id ends so
+
+    r = env.dfget(url, env.path("good.bin"), node=sn.addr, extra=["--log-level", "info"], timeout=150)
+    r.expect_ok(info)
+    j = r.json
+    T.check(not j["back_source"] and j["bytes_from_origin"] == 0,
+            f"the download went to the origin instead of finishing P2P: {r.describe()}")
+    lines = [l for l in r.stderr.splitlines() if "endgame:" in l]
+    T.log("endgame: " + " | ".join(lines))
+    T.check(lines, f"no endgame line although pieces hung on a daemon uploading at 64K: {r.describe()}")
+    T.check(all(f"{me} has" in l for l in lines), f"an endgame line names another source: {lines}")
+    T.check(len(lines) <= SLOW_SLOTS, f"more fetches abandoned than the daemon had slots: {lines}")
+    T.check(j["bytes_from_peers"] + j["bytes_from_supernode"] == info.size,
+            f"bytes from peers and supernode do not add up to the file: {r.describe()}")
+    T.check(any(src.endswith(me) for src in sources_for_another_requester(sn, url)),
+            "the throttled daemon is not offered to another requester")
+    T.check(d.proc.alive(), f"dfdaemon died:\n{d.proc.tail()}")
+    T.check(sn.healthy(), "supernode unhealthy")
+
+
+class OlderSupernode:
+    """A front for a supernode that answers ReportError "slow" 400, as a
+    supernode that predates that kind does, and passes every other request
+    on.  Runs on a thread of the test; records each ReportError body."""
+
+    def __init__(self, sn):
+        import http.client
+        import http.server
+        import threading
+        self.reports, lock = [], threading.Lock()
+        outer = self
+
+        class Front(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def relay(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n) if n else None
+                if self.path == "/api/v1/error" and body:
+                    rep = json.loads(body)
+                    with lock:
+                        outer.reports.append(rep)
+                    if rep.get("kind") == "slow":
+                        self.answer(400, b'{"error":"bad_request","message":"kind must be digest, missing or io"}')
+                        return
+                c = http.client.HTTPConnection(T.LOCALHOST, sn.port, timeout=60)
+                try:
+                    c.request(self.command, self.path, body=body,
+                              headers={"Content-Type": self.headers.get("Content-Type", "application/json")})
+                    res = c.getresponse()
+                    self.answer(res.status, res.read())
+                finally:
+                    c.close()
+
+            def answer(self, code, data):
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = relay
+
+        self.srv = http.server.ThreadingHTTPServer((T.LOCALHOST, 0), Front)
+        self.srv.daemon_threads = True
+        self.addr = f"{T.LOCALHOST}:{self.srv.server_address[1]}"
+        self.thread = threading.Thread(target=self.srv.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.srv.shutdown()
+        self.srv.server_close()
+        self.thread.join(10)
+
+
+@T.timeout(200)
+def test_slow_report_to_older_supernode(env):
+    """A supernode that predates ReportError "slow" refuses it (400): the
+    requester then reports the same source and piece as "io", which such a
+    supernode understands, and the download still completes P2P."""
+    info, url, sn, st, reqlog, slow = slow_peer_swarm(env)
+    front = OlderSupernode(sn)
+    try:
+        r = env.dfget(url, env.path("good.bin"), node=front.addr, extra=["--log-level", "info"],
+                      timeout=150)
+        lines = check_slow_peer_download(r, info, st, reqlog)
+        T.wait_for(lambda: sum(1 for q in front.reports if q.get("kind") == "io") >= len(lines), 10,
+                   what="an io report for every slow one refused")
+        reports = list(front.reports)
+    finally:
+        front.close()
+    T.log(f"reports: {[(q.get('kind'), q.get('piece')) for q in reports]}")
+    slow_ones = [(q["src"], q["piece"]) for q in reports if q.get("kind") == "slow"]
+    io_ones = [(q["src"], q["piece"]) for q in reports if q.get("kind") == "io"]
+    T.check(len(slow_ones) == len(lines), f"{len(lines)} fetches abandoned, {len(slow_ones)} slow reports")
+    T.check(sorted(slow_ones) == sorted(io_ones),
+            f"each refused slow report must be followed by an io report: {slow_ones} vs {io_ones}")
+    T.check(all(src == st["peer_id"] for src, _ in io_ones), f"a report names another source: {io_ones}")
+    io = [l for l in sn.metrics().splitlines()
+          if l.startswith('dfly_supernode_errors_total{kind="report_io"}')]
+    T.check(io and float(io[0].split()[-1]) == len(io_ones), f"the supernode did not count the io reports: {io}")
+
+
 @T.timeout(120)
 def test_disk_full_while_fetching_pieces(env):
     """The piece store cannot write (a full disk, simulated by an LD_PRELOAD
@@ -354,5 +575,6 @@ if __name__ == "__main__":
             test_timeout_on_stalled_origin, test_origin_without_length,
             test_supernode_killed_mid_swarm, test_supernode_stopped_mid_seed,
             test_peer_killed_mid_swarm, test_corrupting_peer,
+            test_slow_peer_endgame, test_throttled_daemon_endgame, test_slow_report_to_older_supernode,
             test_disk_full_while_fetching_pieces, test_origin_refusal_per_registrant,
             test_dfget_killed_leaves_nothing])

@@ -24,9 +24,11 @@ def metric(d, name, labels=""):
     return float(m.group(1)) if m else None
 
 
-def gossip_daemon(env, name, join=None, join_host="127.0.0.1", extra=()):
+def gossip_daemon(env, name, join=None, join_host="127.0.0.1", extra=(), more=()):
+    """extra, more: further dfdaemon arguments."""
     port = T.free_port()
-    argv = ["--mode", "gossip", "--gossip-listen", f"127.0.0.1:{port}", "--gossip-name", name] + list(extra)
+    argv = ["--mode", "gossip", "--gossip-listen", f"127.0.0.1:{port}", "--gossip-name", name] + list(extra) \
+        + list(more)
     if join:
         argv += ["--join", f"{join_host}:{join}"]
     d = env.dfdaemon(NO_SUPERNODE, extra=argv)
@@ -261,6 +263,45 @@ def test_gossip_owner_dfget_waits_for_seed(env):
     T.check(served <= 1.05 * size, f"origin served {served} bytes of a {size}-byte file")
 
 
+
+@T.timeout(180)
+def test_gossip_slow_holder_endgame(env):
+    """A holder whose uploads are throttled (--upload-limit 64K) is preferred
+    over the owner, so a requester's last pieces hang on it: its endgame
+    abandons them, this host's tracker leaves the holder alone for a while
+    (reported "slow"), and the owner serves them.  The file is right and
+    nothing is read from the origin again (had the tracker kept offering
+    the slow holder, the download would stall and read the origin)."""
+    o = env.origin()
+    info = o.add_file("slow.bin", 12 * T.MiB + 5)  # 49 pieces of 256 KiB
+    url = o.url("slow.bin")
+    tid = task_id_of(url)
+    top = max(rendezvous_score(tid, n) for n in ("slow", "req"))
+    own = next(f"own{k}" for k in range(1000) if rendezvous_score(tid, f"own{k}") > top)
+    owner = gossip_daemon(env, own)
+    slow = gossip_daemon(env, "slow", owner.gossip_port, more=["--upload-limit", "64K"])
+    req = gossip_daemon(env, "req", owner.gossip_port)
+    wait_alive([owner, slow, req], 3)
+    r = env.dfget(url, env.path("owner.bin"), home=owner.home, timeout=90)
+    # the owner's dfget finds the pieces its daemon's seed download wrote: bytes_from_* stay 0
+    T.check(r.rc == 0 and r.json and r.json["status"] == "ok", f"owner: {r.describe()}")
+    T.check(T.file_hash(r.out) == info.sha256, f"owner output differs: {r.describe()}")
+    env.dfget(url, env.path("slow.bin"), home=slow.home, timeout=90).expect_ok(info)
+    T.check(owner_of([owner, slow, req]) == [0], f"the owner is not {own}: {owner_of([owner, slow, req])}")
+
+    r = env.dfget(url, env.path("req.bin"), home=req.home, timeout=120)
+    r.expect_ok(info)
+    T.check(not r.json["back_source"] and r.json["bytes_from_origin"] == 0,
+            f"the requester read the origin: {r.describe()}")
+    lines = [l for l in req.proc.stderr().splitlines() if "endgame:" in l]
+    T.log("endgame: " + " | ".join(lines))
+    T.check(lines, "no endgame line although pieces hung on a holder uploading at 64K")
+    T.check(all(" from slow has " in l for l in lines), f"an endgame line names another source: {lines}")
+    T.check(len(lines) <= 4, f"more than 4 fetches abandoned in one download: {lines}")
+    for d in (owner, slow, req):
+        T.check(d.proc.alive(), f"dfdaemon {d.port} died:\n{d.proc.tail()}")
+
 if __name__ == "__main__":
     T.main([test_gossip_swarm_4, test_gossip_swarm_10, test_gossip_late_top_joiner, test_gossip_owner_killed_10,
+            test_gossip_slow_holder_endgame,
             test_gossip_owner_dfget_waits_for_seed])

@@ -341,6 +341,10 @@ static void test_small_requests(void **state)
     assert_int_equal(DEC(df_sn_decode_error, body, &e), 0);
     assert_int_equal(e.kind, DF_SN_ERR_IO);
     df_sn_error_req_clear(&e);
+    snprintf(body, sizeof(body), "{\"task_id\":\"%s\",\"peer_id\":\"p\",\"src\":\"q\",\"piece\":3,\"kind\":\"slow\"}", TID);
+    assert_int_equal(DEC(df_sn_decode_error, body, &e), 0);
+    assert_int_equal(e.kind, DF_SN_ERR_SLOW);
+    df_sn_error_req_clear(&e);
     snprintf(body, sizeof(body), "{\"task_id\":\"%s\",\"peer_id\":\"p\",\"src\":\"q\",\"piece\":3,\"kind\":\"evil\"}", TID);
     assert_int_equal(DEC(df_sn_decode_error, body, &e), DF_EPROTO);
     snprintf(body, sizeof(body), "{\"task_id\":\"%s\",\"peer_id\":\"p\",\"piece\":3,\"kind\":\"io\"}", TID);

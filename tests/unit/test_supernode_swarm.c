@@ -249,7 +249,7 @@ static void test_report_error(void **state)
     df_sn_pull(f.sw, f.t, r[0], 2, 1, a, &n, &st);
     assert_int_equal(n, 2);
     assert_ptr_equal(a[0].src, bad->peer);
-    assert_int_equal(df_sn_report_error(f.t, r[0], bad->peer->id, a[0].piece, DF_SN_ERR_DIGEST), 0);
+    assert_int_equal(df_sn_report_error(f.t, r[0], bad->peer->id, a[0].piece, DF_SN_ERR_DIGEST, 0), 0);
     check(f.t);
     assert_false(df_bitmap_test(bad->have, a[0].piece)); /* bad no longer "holds" it */
     assert_int_equal(bad->digest_errors, 1);
@@ -263,8 +263,8 @@ static void test_report_error(void **state)
     df_sn_pull(f.sw, f.t, r[3], 2, 3, a, &n, &st);
     assert_int_equal(n, 2);
     assert_ptr_equal(a[0].src, bad->peer);
-    df_sn_report_error(f.t, r[1], bad->peer->id, 5, DF_SN_ERR_DIGEST);
-    df_sn_report_error(f.t, r[2], bad->peer->id, 6, DF_SN_ERR_DIGEST);
+    df_sn_report_error(f.t, r[1], bad->peer->id, 5, DF_SN_ERR_DIGEST, 0);
+    df_sn_report_error(f.t, r[2], bad->peer->id, 6, DF_SN_ERR_DIGEST, 0);
     assert_int_equal(bad->digest_errors, DF_SN_DIGEST_ERROR_LIMIT);
     assert_int_equal(bad->load, 0);
     check(f.t);
@@ -282,17 +282,86 @@ static void test_report_error(void **state)
     assert_int_equal(n, 1); /* only the seed (1 slot) can serve */
     assert_null(a[0].src);
     assert_int_equal(df_sn_report_error(f.t, r[1], DF_SN_SEED_ID, a[0].piece + 1 < NP ? a[0].piece + 1 : 0,
-                                        DF_SN_ERR_DIGEST),
+                                        DF_SN_ERR_DIGEST, 0),
                      0); /* not in flight from the seed */
-    assert_int_equal(df_sn_report_error(f.t, r[1], DF_SN_SEED_ID, a[0].piece, DF_SN_ERR_DIGEST), 1);
-    assert_int_equal(df_sn_report_error(f.t, r[1], DF_SN_SEED_ID, a[0].piece, DF_SN_ERR_DIGEST), 0);
+    assert_int_equal(df_sn_report_error(f.t, r[1], DF_SN_SEED_ID, a[0].piece, DF_SN_ERR_DIGEST, 0), 1);
+    assert_int_equal(df_sn_report_error(f.t, r[1], DF_SN_SEED_ID, a[0].piece, DF_SN_ERR_DIGEST, 0), 0);
     check(f.t);
     df_sn_pull(f.sw, f.t, r[1], 8, 5, a, &n, &st);
     for (size_t i = 0; i < n; i++)
         assert_non_null(a[i].src);
     /* Unknown sources are ignored. */
-    assert_int_equal(df_sn_report_error(f.t, r[1], "nobody", 1, DF_SN_ERR_IO), 0);
+    assert_int_equal(df_sn_report_error(f.t, r[1], "nobody", 1, DF_SN_ERR_IO, 0), 0);
     check(f.t);
+    df_sn_swarm_free(f.sw);
+}
+
+/* "slow" (an endgame gave up on a busy source): the reporter avoids the
+ * source for DF_SN_SLOW_AVOID_MS only; the source keeps its pieces, no
+ * error is counted against it, and every other requester still gets it. */
+static void test_report_slow(void **state)
+{
+    fx_t f;
+    df_sn_assign_t a[DF_SN_INFLIGHT_MAX];
+    df_sn_pull_state_t st;
+    size_t n;
+    df_sn_member_t *busy, *r[2];
+    uint64_t t0 = 1000;
+
+    (void)state;
+    fx_new(&f, 1, 8, 8);
+    seed_all(f.t);
+    busy = join(&f, "busy", 40001, 0);
+    for (uint32_t i = 0; i < NP; i++)
+        df_bitmap_set(busy->have, i);
+    r[0] = join(&f, "r0", 40010, 0);
+    r[1] = join(&f, "r1", 40011, 0);
+
+    df_sn_pull(f.sw, f.t, r[0], 1, t0, a, &n, &st);
+    assert_int_equal(n, 1);
+    assert_ptr_equal(a[0].src, busy->peer); /* a peer is preferred over the seed */
+    assert_int_equal(df_sn_report_error(f.t, r[0], busy->peer->id, a[0].piece, DF_SN_ERR_SLOW, t0), 0);
+    check(f.t);
+    assert_int_equal(r[0]->ninflight, 0); /* the assignment is released */
+    assert_int_equal(busy->load, 0);
+    assert_true(df_bitmap_test(busy->have, a[0].piece)); /* still holds it */
+    assert_int_equal(busy->digest_errors, 0);
+    assert_int_equal(r[0]->nexcluded, 0); /* not excluded for good */
+
+    /* The reporter gets the seed (its one slot) meanwhile, never busy. */
+    df_sn_pull(f.sw, f.t, r[0], 8, t0 + 1, a, &n, &st);
+    assert_int_equal(n, 1);
+    assert_null(a[0].src);
+    check(f.t);
+    /* Everybody else still gets busy. */
+    df_sn_pull(f.sw, f.t, r[1], 2, t0 + 2, a, &n, &st);
+    assert_int_equal(n, 2);
+    assert_ptr_equal(a[0].src, busy->peer);
+    assert_ptr_equal(a[1].src, busy->peer);
+    check(f.t);
+    /* Just before the avoidance ends, still nothing from busy for r0 ... */
+    df_sn_pull(f.sw, f.t, r[0], 8, t0 + DF_SN_SLOW_AVOID_MS - 1, a, &n, &st);
+    for (size_t i = 0; i < n; i++)
+        assert_ptr_not_equal(a[i].src, busy->peer);
+    /* ... and after it, busy serves r0 again. */
+    df_sn_pull(f.sw, f.t, r[0], 2, t0 + DF_SN_SLOW_AVOID_MS, a, &n, &st);
+    assert_true(n >= 1);
+    assert_ptr_equal(a[0].src, busy->peer);
+    check(f.t);
+
+    /* Repeated reports of one source extend its one entry of the ring. */
+    for (uint32_t k = 0; k < DF_SN_SLOW_MAX + 2; k++)
+        df_sn_report_error(f.t, r[1], busy->peer->id, 0, DF_SN_ERR_SLOW, t0 + k);
+    check(f.t);
+    {
+        uint32_t entries = 0;
+        for (uint32_t i = 0; i < DF_SN_SLOW_MAX; i++)
+            if (r[1]->slow[i].serial == busy->peer->serial && r[1]->slow[i].until_ms) {
+                entries++;
+                assert_int_equal(r[1]->slow[i].until_ms, t0 + DF_SN_SLOW_MAX + 1 + DF_SN_SLOW_AVOID_MS);
+            }
+        assert_int_equal(entries, 1);
+    }
     df_sn_swarm_free(f.sw);
 }
 
@@ -591,6 +660,7 @@ int main(void)
         cmocka_unit_test(test_seed_assignments),
         cmocka_unit_test(test_peers_preferred_and_slots),
         cmocka_unit_test(test_report_error),
+        cmocka_unit_test(test_report_slow),
         cmocka_unit_test(test_service_down_rejoin_sweep),
         cmocka_unit_test(test_reshape_and_bad_results),
         cmocka_unit_test(test_inflight_cap),
