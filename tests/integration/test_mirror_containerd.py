@@ -76,9 +76,14 @@ def ingested(ctd, digest):
     download) of the blob digest, or None without one."""
     hexd = digest.split(":", 1)[1]
     for ref in glob.glob(os.path.join(ctd.dir, "root", "io.containerd.content.v1.content", "ingest", "*", "ref")):
-        with open(ref) as f:
-            if hexd in f.read():
-                return os.path.getsize(os.path.join(os.path.dirname(ref), "data"))
+        try:
+            with open(ref) as f:
+                if hexd in f.read():
+                    return os.path.getsize(os.path.join(os.path.dirname(ref), "data"))
+        except FileNotFoundError:
+            # containerd writes an ingest's ref before its data (and removes
+            # both when done): not there yet, or gone
+            continue
     return None
 
 
