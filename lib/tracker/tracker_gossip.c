@@ -48,10 +48,9 @@
  *    time from the owner, whose uplink they all share.
  *  - No stampede on a peer either (spread rule, spread_admitted): a piece
  *    that h peers hold is open to the first SPREAD_PER_HOLDER * h of the
- *    participants lacking it (rendezvous order), growing with time; pieces
- *    peers hold are taken in random order (df_sched rarity_cap 1), not
- *    rarest first, and SLOTS_PEER at a time per peer, since nobody sees
- *    the others' fetches.
+ *    participants lacking it (rendezvous order), one more every
+ *    SPREAD_GROW_MS, and SLOTS_PEER at a time per peer, since nobody sees
+ *    the others' fetches; rarest first among what is open to us.
  *  - Register: shape known -> answered at once; we are the owner -> HEAD
  *    to the origin, then a START with the shape; otherwise a START want is
  *    broadcast (again every WANT_RESEND_MS) and the Register waits for the
@@ -99,7 +98,7 @@
 #define SEED_RETRY_MS 3000u
 #define SLOTS_PEER 2u
 #define SPREAD_PER_HOLDER 2u
-#define SPREAD_GROW_MS 500u
+#define SPREAD_GROW_MS 2000u
 #define REFUSED_MS 60000u
 #define SLOTS_OWNER 4u
 #define SLOTS_OWNER_SHARED 1u
@@ -1009,7 +1008,7 @@ static void fill_pull(gossip_tracker_t *tr, call_t *c, df_pull_res_t *out)
             .nsources = ns,
             .max_assign = DF_MIN(DF_MAX(c->want, 1u), (uint32_t)DF_PULL_MAX_ASSIGN),
             .rand_seed = now ^ (uint64_t)(uintptr_t)c,
-            .rarity_cap = 1, /* we cannot see the peers' load: spread over them */
+            .rarity_cap = 0, /* rarest first: the spread rule bounds the load per holder */
             /* Rule 6 with nothing known to be coming: the owner does not
              * serve a piece a peer holds (our slots at its holders being
              * full is no reason to spend the owner's uplink on a copy)
