@@ -22,10 +22,7 @@
  *     requesters pulling at the same time with different seeds start on
  *     different pieces instead of all asking for piece 0; the piece index is
  *     the last tie-break, so the order is total and qsort's instability
- *     cannot leak into the result.  With rarity_cap the count stops there:
- *     a requester that cannot see the others' load (gossip mode) would
- *     otherwise send every request to the few peers holding the newest
- *     pieces while the other uplinks idle; a random order spreads them.
+ *     cannot leak into the result.
  *
  *  3. Source.  For each candidate in that order, the usable holders are the
  *     non-excluded sources with load < slots.  A non-seed peer is preferred
@@ -170,7 +167,7 @@ size_t df_sched_pick(const df_sched_input_t *in, uint32_t *load, df_sched_assign
         if (!servable)
             continue;
         cand[ncand].piece = p;
-        cand[ncand].rarity = in->rarity_cap && rarity > in->rarity_cap ? in->rarity_cap : rarity;
+        cand[ncand].rarity = rarity;
         cand[ncand].tie = mix64(in->rand_seed ^ mix64((uint64_t)p));
         ncand++;
     }

@@ -8,9 +8,9 @@
  *  1. only pieces the requester wants (neither holds nor is fetching) and
  *     some usable source holds are candidates;
  *  2. rarest first: fewest holders among peers (the seed does not count, so
- *     pieces no peer has yet come first; with rarity_cap, holders beyond it
- *     do not count); ties broken by a deterministic pseudo-random order from
- *     rand_seed, so concurrent requesters spread over different pieces;
+ *     pieces no peer has yet come first); ties broken by a deterministic
+ *     pseudo-random order from rand_seed, so concurrent requesters spread
+ *     over different pieces;
  *  3. for a piece, a peer holding it is preferred over the seed: the seed's
  *     uplink is spent on pieces no peer has; among peers the least loaded
  *     (load/slots) wins;
@@ -53,9 +53,6 @@ typedef struct {
     const uint32_t *coming;            /* per piece: transfers in flight (from any source)
                                         * to peers that will serve it; NULL = rule 6 off */
     uint32_t seed_piece_limit;         /* see rule 6; 0 = rule 6 off */
-    uint32_t rarity_cap;               /* rule 2 counts at most this many peer holders
-                                        * (1: pieces no peer holds first, then the
-                                        * rest in random order); 0 = no cap */
 } df_sched_input_t;
 
 typedef struct {

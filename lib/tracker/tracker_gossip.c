@@ -1008,7 +1008,6 @@ static void fill_pull(gossip_tracker_t *tr, call_t *c, df_pull_res_t *out)
             .nsources = ns,
             .max_assign = DF_MIN(DF_MAX(c->want, 1u), (uint32_t)DF_PULL_MAX_ASSIGN),
             .rand_seed = now ^ (uint64_t)(uintptr_t)c,
-            .rarity_cap = 0, /* rarest first: the spread rule bounds the load per holder */
             /* Rule 6 with nothing known to be coming: the owner does not
              * serve a piece a peer holds (our slots at its holders being
              * full is no reason to spend the owner's uplink on a copy)

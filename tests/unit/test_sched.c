@@ -111,41 +111,6 @@ static void test_rarest_first(void **state)
     }
 }
 
-/* rarity_cap 1: pieces no peer holds still come first; every other piece
- * counts as rare as any other, so the order among them is the seeded
- * random one (both orders occur over seeds), not by holder count. */
-static void test_rarity_cap(void **state)
-{
-    fixture_t f;
-    bool two_first = false, nine_first = false;
-    (void)state;
-
-    /* seed holds 0..15; piece 5: seed only; piece 9: one peer; piece 2: three. */
-    fx_init(&f, 4, 8);
-    f.src[0].is_seed = true;
-    give(&f, 0, 0, 16);
-    give(&f, 1, 2, 3);
-    give(&f, 2, 2, 3);
-    give(&f, 3, 2, 3);
-    give(&f, 1, 9, 10);
-    memset(f.want, 0, sizeof(f.want));
-    df_bitmap_set(f.want, 2);
-    df_bitmap_set(f.want, 5);
-    df_bitmap_set(f.want, 9);
-    f.in.rarity_cap = 1;
-    for (uint64_t seed = 0; seed < 50; seed++) {
-        memset(f.load, 0, sizeof(f.load));
-        f.in.rand_seed = seed;
-        assert_int_equal(pick(&f), 3);
-        assert_int_equal(f.out[0].piece, 5);
-        assert_int_equal(f.out[0].source, 0);
-        assert_true(f.out[1].piece == 2 || f.out[1].piece == 9);
-        two_first |= f.out[1].piece == 2;
-        nine_first |= f.out[1].piece == 9;
-    }
-    assert_true(two_first && nine_first);
-}
-
 static void test_seed_not_counted_in_rarity(void **state)
 {
     fixture_t f;
@@ -486,7 +451,6 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_empty_inputs),
         cmocka_unit_test(test_rarest_first),
-        cmocka_unit_test(test_rarity_cap),
         cmocka_unit_test(test_seed_not_counted_in_rarity),
         cmocka_unit_test(test_peer_preferred_over_seed),
         cmocka_unit_test(test_seed_used_when_peers_full),
