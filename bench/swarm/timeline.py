@@ -20,6 +20,9 @@ PULL = re.compile(r"^(c\d+) \S+ dfdaemon\[\d+\] debug: task \S+: pull answered i
                   r"(\d+) assigned, t=(\d+) ms, (\d+) in flight")
 CLOCK = re.compile(r"^(c\d+) (\d+):(\d+):(\d+\.\d+) dfdaemon\[\d+\] debug: task \S+: piece")
 PORT = re.compile(r"^(c\d+) \S+ dfdaemon\[\d+\] info: peer ready: .* uploads on \S+:(\d+) \(advertised as (\S+)\)")
+# decentralized mode: the task's owner (a client) runs the seed download
+OWNER = re.compile(r"^(c\d+) (\d+):(\d+):(\d+\.\d+) dfdaemon\[\d+\] info: gossip: this node owns task \S+: seeding")
+SEED_DONE = re.compile(r"^(c\d+) (\d+):(\d+):(\d+\.\d+) dfdaemon\[\d+\] info: gossip: seed of task \S+ done")
 
 
 def pct(v, p):
@@ -41,7 +44,16 @@ def main():
         pulls = defaultdict(list)    # client -> [(t_ms, rtt_ms, state, nassign, inflight)]
         abs0 = {}                    # client -> wall clock (s) of its t = 0
         idof = {}                    # "vm-IP-PORT" -> client name
+        seed = "supernode"           # the uploader that reads the origin
+        seed_t = {}                  # "start"/"done" -> wall clock (s) of the gossip owner's seed
         for line in open(path, errors="replace"):
+            m = OWNER.match(line) or SEED_DONE.match(line)
+            if m:
+                if m.re is OWNER:
+                    seed = m.group(1)
+                seed_t["start" if m.re is OWNER else "done"] = \
+                    int(m.group(2)) * 3600 + int(m.group(3)) * 60 + float(m.group(4))
+                continue
             m = PORT.match(line)
             if m:
                 idof[f"vm-{m.group(3)}-{m.group(2)}"] = m.group(1)
@@ -117,8 +129,22 @@ def main():
             if cs is not None:
                 tot += ce - cs
             busy[src] = tot
-        peers = [v / t_end for k, v in busy.items() if k != "supernode"]
-        print(f"  uploaders: seed busy {100 * busy.get('supernode', 0) / t_end:.0f}% of the run;"
+        peers = [v / t_end for k, v in busy.items() if k != seed]
+        if seed != "supernode":
+            print(f"  seed: the gossip owner {seed}" +
+                  "".join(f", seed {k} at {seed_t[k] - t00:.1f} s" for k in ("start", "done") if k in seed_t))
+        sent = defaultdict(int)      # piece -> fetches served by the seed
+        for v in pieces.values():
+            for s, e, src, b, ok, p in v:
+                if idof.get(src, src) == seed:
+                    sent[p] += 1
+        if sent:
+            mult = defaultdict(int)
+            for n in sent.values():
+                mult[n] += 1
+            print(f"  seed uploads: {sum(sent.values())} fetches of {len(sent)} pieces (pieces by times sent: " +
+                  ", ".join(f"{k}x {mult[k]}" for k in sorted(mult)) + ")")
+        print(f"  uploaders: seed busy {100 * busy.get(seed, 0) / t_end:.0f}% of the run;"
               f" peers busy p10 {100 * pct(peers, 10):.0f}% p50 {100 * pct(peers, 50):.0f}%"
               f" p90 {100 * pct(peers, 90):.0f}% (of {t_end / 1000:.1f} s; a done peer still serves)")
         # per second: how many uploads each uploader ran, summed (swarm-wide concurrency)

@@ -1099,10 +1099,11 @@ static void pull_cb(const df_pull_res_t *res, void *arg)
              res->state == DF_PULL_ASSIGN ? res->nassign : 0, (unsigned long long)(df_now_ms() - dl->start_ms),
              dl->ninflight);
     switch (res->state) {
-    case DF_PULL_ASSIGN:
+    case DF_PULL_ASSIGN: {
+        uint32_t before = dl->ninflight;
         for (size_t i = 0; i < res->nassign && dl->state == ST_P2P; i++)
             start_fetch(dl, &res->assign[i]);
-        if (res->nassign == 0 || dl->ninflight == 0) {
+        if (res->nassign == 0 || dl->ninflight == 0 || dl->ninflight == before) {
             /* Nothing taken (every assignment named a source we refuse, or
              * a piece we hold): release them, but not in a tight loop. */
             arm_timer(dl, 100);
@@ -1116,6 +1117,7 @@ static void pull_cb(const df_pull_res_t *res, void *arg)
             maybe_pull(dl); /* release assignments we could not take */
         }
         break;
+    }
     case DF_PULL_WAIT:
         arm_timer(dl, res->wait_ms ? res->wait_ms : 100);
         break;

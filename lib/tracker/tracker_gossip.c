@@ -43,9 +43,14 @@
  *    one designated participant (rendezvous of (task, piece) over the
  *    members that announced the task), the others wait FRONTIER_GRACE_MS
  *    for it to appear on a peer before they may take it from the owner,
- *    and then only when none of their own designated pieces is left; with
+ *    and then only when nothing else is left for them to fetch; with
  *    other participants alive each takes SLOTS_OWNER_SHARED pieces at a
  *    time from the owner, whose uplink they all share.
+ *  - No stampede on a peer either (spread rule, spread_admitted): a piece
+ *    that h peers hold is open to the first SPREAD_PER_HOLDER * h of the
+ *    participants lacking it (rendezvous order), one more every
+ *    SPREAD_GROW_MS, and SLOTS_PEER at a time per peer, since nobody sees
+ *    the others' fetches; rarest first among what is open to us.
  *  - Register: first an access check (start_check): a HEAD to the origin
  *    with the request's own headers, whose refusal is the answer (as the
  *    supernode revalidates per registrant: nobody gets bytes the origin
@@ -100,11 +105,14 @@
 #define STARVED_MS 2000u
 #define WANT_RESEND_MS 2000u
 #define REGISTER_WAIT_MS 15000u
-#define FRONTIER_GRACE_MS 4000u
+#define FRONTIER_GRACE_MS 12000u
 #define ASSIGN_EXPIRE_MS 30000u
 #define WANTED_RECENT_MS 60000u
 #define SEED_RETRY_MS 3000u
-#define SLOTS_PEER 4u
+#define SLOTS_PEER 2u
+#define SPREAD_PER_HOLDER 2u
+#define SPREAD_GROW_MS 2000u
+#define REFUSED_MS 60000u
 #define SLOTS_OWNER 4u
 #define SLOTS_OWNER_SHARED 1u
 #define EVENTS_PER_FLUSH 16u
@@ -127,6 +135,7 @@ typedef struct {
     uint8_t *have;               /* piece_count bits (allocated once shaped) */
     uint32_t load;               /* our fetches in flight from it */
     uint64_t slow_until_ms;      /* a download here abandoned it as slow: not offered before */
+    uint64_t refused_ms;         /* a download of ours reported it failing (the engine refuses it since) */
 } holder_t;
 
 typedef struct task {
@@ -141,6 +150,7 @@ typedef struct task {
     uint64_t *assigned_ms;
     int32_t *assigned_src;             /* holder index */
     uint64_t *owner_since;             /* when we learnt the owner holds it (frontier rule) */
+    uint64_t *peer_since;              /* when we learnt a peer other than the owner holds it (spread rule) */
     uint8_t *announced;                /* pieces we announced holding */
     uint8_t *digest_sent;              /* digests we sent as owner */
     bool announce_full;                /* next HAVE is a full set (recover) */
@@ -479,10 +489,11 @@ static int task_shape(task_t *t, uint64_t length, uint64_t piece_size)
     t->assigned_ms = calloc(n, sizeof(uint64_t));
     t->assigned_src = calloc(n, sizeof(int32_t));
     t->owner_since = calloc(n, sizeof(uint64_t));
+    t->peer_since = calloc(n, sizeof(uint64_t));
     t->announced = calloc(bm, 1);
     t->digest_sent = calloc(bm, 1);
     if (!t->digest_known || !t->digests || !t->assigned || !t->assigned_ms || !t->assigned_src ||
-        !t->owner_since || !t->announced || !t->digest_sent)
+        !t->owner_since || !t->peer_since || !t->announced || !t->digest_sent)
         return -ENOMEM; /* the task stays unshaped; task_release frees what was allocated */
     for (size_t i = 0; i < t->nholders; i++)
         if (!t->holders[i].have && !(t->holders[i].have = calloc(bm, 1)))
@@ -550,6 +561,7 @@ static void task_release(gossip_tracker_t *tr, task_t *t)
     free(t->assigned_ms);
     free(t->assigned_src);
     free(t->owner_since);
+    free(t->peer_since);
     free(t->announced);
     free(t->digest_sent);
     df_seedfwd_free_strv(t->headers);
@@ -1096,19 +1108,49 @@ static bool designated_here(gossip_tracker_t *tr, task_t *t, uint32_t p, const c
     return true;
 }
 
+/* Spread rule: may we fetch piece p, which npeers peers hold, now?  Only
+ * the first SPREAD_PER_HOLDER per holder of the participants lacking it
+ * (rendezvous order of (task, piece)), one more every SPREAD_GROW_MS since
+ * we learnt a peer holds it.  Nobody sees the others' fetches: without it
+ * every participant fetches a new piece from its first holder at once, the
+ * holder's uplink is split as many ways and no copy is done for seconds;
+ * with it the piece spreads as a tree (each copy done soon serves more) and
+ * the other requests go to other pieces.  part[] are the alive participants
+ * other than the owner (holder indexes), we among them. */
+static bool spread_admitted(gossip_tracker_t *tr, task_t *t, uint32_t p, size_t npeers, const int32_t *part,
+                            size_t npart, uint64_t now)
+{
+    uint64_t mine = score(t->idb, p ^ 0x80000000u, tr->name);
+    size_t admit = SPREAD_PER_HOLDER * npeers, above = 0;
+
+    if (t->peer_since[p] && now > t->peer_since[p])
+        admit += (size_t)((now - t->peer_since[p]) / SPREAD_GROW_MS);
+    if (admit >= npart)
+        return true;
+    for (size_t i = 0; i < npart; i++) {
+        const holder_t *h = &t->holders[part[i]];
+        if (strcmp(h->name, tr->name) == 0 || df_bitmap_test(h->have, p))
+            continue;
+        if (score(t->idb, p ^ 0x80000000u, h->name) > mine && ++above >= admit)
+            return false;
+    }
+    return true;
+}
+
 static void fill_pull(gossip_tracker_t *tr, call_t *c, df_pull_res_t *out)
 {
     task_t *t = c->task;
     char owner[DF_GEV_SENDER_MAX + 1];
     df_stored_task_t *st = task_stored(tr, t);
     df_sched_source_t *src = NULL;
-    uint32_t *load = NULL, *idx = NULL;
+    uint32_t *load = NULL, *idx = NULL, *coming = NULL;
+    int32_t *part = NULL;
     uint8_t *want = NULL, *late = NULL;
     df_sched_assign_t *as = NULL;
     df_gossip_member_t m;
-    size_t ns = 0, na, nwant = 0, nmine = 0, nlate = 0, others = 0;
+    size_t ns = 0, na, nwant = 0, nlate = 0, others = 0, npart = 0;
     uint64_t now = df_now_ms();
-    bool missing_held = false, missing = false, seed_owner;
+    bool missing_held = false, missing = false, seed_owner, spreading = false, owner_only = false;
     uint32_t first_nodigest = UINT32_MAX;
 
     out->state = DF_PULL_WAIT;
@@ -1163,18 +1205,27 @@ static void fill_pull(gossip_tracker_t *tr, call_t *c, df_pull_res_t *out)
     want = calloc(df_bitmap_bytes(t->piece_count), 1);
     late = calloc(df_bitmap_bytes(t->piece_count), 1);
     as = calloc(DF_PULL_MAX_ASSIGN, sizeof(*as));
-    if (!src || !load || !idx || !want || !late || !as)
+    part = calloc(t->nholders + 1, sizeof(*part));
+    coming = calloc(t->piece_count, sizeof(*coming));
+    if (!src || !load || !idx || !want || !late || !as || !part || !coming)
         goto out;
     /* Other participants alive: the owner's uplink is then shared by all of
      * them, and each takes one piece from it at a time. */
     for (size_t i = 0; i < t->nholders; i++) {
         const holder_t *h = &t->holders[i];
-        if (strcmp(h->name, owner) != 0 && strcmp(h->name, tr->name) != 0 && member_alive(tr, h->name, &m))
+        if (strcmp(h->name, owner) == 0 || !h->have)
+            continue;
+        if (strcmp(h->name, tr->name) == 0) {
+            part[npart++] = (int32_t)i;
+        } else if (member_alive(tr, h->name, &m)) {
+            part[npart++] = (int32_t)i;
             others++;
+        }
     }
     for (size_t i = 0; i < t->nholders; i++) {
         holder_t *h = &t->holders[i];
-        if (!h->have || strcmp(h->name, tr->name) == 0 || !member_alive(tr, h->name, &m) || member_port(&m) == 0)
+        if (!h->have || strcmp(h->name, tr->name) == 0 || !member_alive(tr, h->name, &m) || member_port(&m) == 0 ||
+            (h->refused_ms && now - h->refused_ms < REFUSED_MS))
             continue;
         src[ns].have = h->have;
         src[ns].is_seed = strcmp(h->name, owner) == 0;
@@ -1197,30 +1248,36 @@ static void fill_pull(gossip_tracker_t *tr, call_t *c, df_pull_res_t *out)
             }
         if (held)
             missing_held = true;
+        if (held && !held_peers)
+            owner_only = true;
         if (first_nodigest == UINT32_MAX && !df_bitmap_test(t->digest_known, p))
             first_nodigest = p;
         if (df_bitmap_test(t->assigned, p) || !df_bitmap_test(t->digest_known, p) || held == 0)
             continue;
         /* Frontier: a piece only the owner has goes to its designated
          * participant first (the seed download takes what it needs); the
-         * others may take it after FRONTIER_GRACE_MS, and only while none
-         * of the owner-only pieces designated to us is left to take, so
-         * that the owner's uplink carries each piece about once. */
-        if (held_peers == 0 && !seed_owner) {
-            if (designated_here(tr, t, p, owner)) {
-                nmine++;
-            } else {
-                if (t->owner_since[p] == 0 || now - t->owner_since[p] < FRONTIER_GRACE_MS)
-                    continue;
-                df_bitmap_set(late, p);
-                nlate++;
+         * others may take it after FRONTIER_GRACE_MS, and only when there
+         * is nothing else for us to fetch (no owner-only piece designated
+         * to us, nothing from a peer), so that the owner's uplink carries
+         * each piece once.  The grace is a fallback for a designated
+         * participant that does not fetch (its download ended): a designated
+         * fetch shares the owner's uplink with the others' and takes
+         * seconds, and every copy taken beside it slows them all. */
+        if (held_peers == 0 && !seed_owner && !designated_here(tr, t, p, owner)) {
+            if (t->owner_since[p] == 0 || now - t->owner_since[p] < FRONTIER_GRACE_MS)
                 continue;
-            }
+            df_bitmap_set(late, p);
+            nlate++;
+            continue;
+        }
+        if (held_peers && !seed_owner && !spread_admitted(tr, t, p, held_peers, part, npart, now)) {
+            spreading = true;
+            continue;
         }
         df_bitmap_set(want, p);
         nwant++;
     }
-    if (nlate && !nmine) {
+    if (nlate && !nwant && !spreading) {
         for (size_t b = 0; b < df_bitmap_bytes(t->piece_count); b++)
             want[b] |= late[b];
         nwant += nlate;
@@ -1239,7 +1296,8 @@ static void fill_pull(gossip_tracker_t *tr, call_t *c, df_pull_res_t *out)
          * starves, ask point to point (SYNC queries): the owner for the
          * digests we lack, everyone for what they hold.  The want is
          * re-sent too, so that a new owner knows the task is wanted. */
-        if (missing && !seed_owner) {
+        if (missing && !seed_owner && !spreading) {
+            /* (a piece held back by the spread rule is coming: no repair) */
             if (!t->starved_ms)
                 t->starved_ms = now;
             if (now - t->starved_ms >= SYNC_AFTER_MS) {
@@ -1269,6 +1327,12 @@ static void fill_pull(gossip_tracker_t *tr, call_t *c, df_pull_res_t *out)
             .nsources = ns,
             .max_assign = DF_MIN(DF_MAX(c->want, 1u), (uint32_t)DF_PULL_MAX_ASSIGN),
             .rand_seed = now ^ (uint64_t)(uintptr_t)c,
+            /* Rule 6 with nothing known to be coming: the owner does not
+             * serve a piece a peer holds (our slots at its holders being
+             * full is no reason to spend the owner's uplink on a copy)
+             * while some piece we lack is still the owner's alone. */
+            .coming = coming,
+            .seed_piece_limit = owner_only ? 1 : 0,
         };
         na = df_sched_pick(&in, load, as);
     }
@@ -1303,6 +1367,8 @@ out:
     free(want);
     free(late);
     free(as);
+    free(part);
+    free(coming);
 }
 
 static int gt_pull(df_tracker_t *base, const df_pull_req_t *req, df_pull_cb cb, void *arg)
@@ -1394,10 +1460,15 @@ static int gt_report_error(df_tracker_t *base, const char *task_id, const char *
          * this host's downloads leave it alone for a while, and nothing is
          * said to the cluster.  Otherwise what gossip said is stale or the
          * bytes were bad: do not offer that copy again. */
-        if (h && kind == DF_REPORT_SLOW)
+        if (h && kind == DF_REPORT_SLOW) {
             h->slow_until_ms = df_now_ms() + DF_ENDGAME_AVOID_MS;
-        else if (h && h->have)
-            df_bitmap_clear(h->have, piece);
+        } else if (h) {
+            if (h->have)
+                df_bitmap_clear(h->have, piece);
+            /* and the engine refuses that source from now on: offering it
+             * other pieces would only bring them back */
+            h->refused_ms = df_now_ms();
+        }
         if (kind == DF_REPORT_DIGEST)
             DF_LOG_W("gossip: %s served a bad piece %u of task %.16s", src_id, piece, task_id);
     }
@@ -1816,6 +1887,8 @@ static void on_gev(gossip_tracker_t *tr, const df_gev_t *e, const uint8_t *raw, 
                 df_bitmap_set(h->have, p);
                 if (strcmp(e->sender, owner) == 0 && !t->owner_since[p])
                     t->owner_since[p] = now;
+                else if (strcmp(e->sender, owner) != 0 && !t->peer_since[p])
+                    t->peer_since[p] = now;
             }
         break;
     case DF_GEV_DIGEST:
