@@ -122,6 +122,7 @@ struct df_download {
     struct {
         char id[DF_PEER_ID_MAX];
         uint64_t until_ms;
+        uint64_t reported_ms; /* last "slow" report about it */
     } slow[DF_ENDGAME_MAX_DROPS]; /* sources abandoned as slow: avoided until until_ms */
 
     /* whole-file hashing over the verified prefix */
@@ -166,6 +167,7 @@ struct fetch {
 
 static void finish(df_download_t *dl, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void maybe_pull(df_download_t *dl);
+static void push_result(df_download_t *dl, uint32_t piece, const char *src, bool ok);
 static void start_origin(df_download_t *dl, const char *why);
 static void origin_next_run(df_download_t *dl);
 static void check_complete(df_download_t *dl);
@@ -211,13 +213,38 @@ static bool is_bad_source(const df_download_t *dl, const char *id)
 /* A source the endgame abandoned as slow less than DF_ENDGAME_AVOID_MS ago:
  * not used by this download meanwhile (the tracker was told "slow" and
  * should not offer it; this covers an assignment made before the report
- * arrived).  One entry per abandoned fetch: endgame_drops indexes them. */
-static bool is_slow_source(const df_download_t *dl, const char *id, uint64_t now)
+ * arrived).  One entry per abandoned fetch: endgame_drops indexes them.
+ * Returns the entry's index, or -1. */
+static int slow_source_entry(const df_download_t *dl, const char *id, uint64_t now)
 {
     for (uint32_t i = 0; i < dl->endgame_drops && i < DF_ENDGAME_MAX_DROPS; i++)
         if (now < dl->slow[i].until_ms && strcmp(dl->slow[i].id, id) == 0)
-            return true;
-    return false;
+            return (int)i;
+    return -1;
+}
+
+/* Every this often at most, an assignment from a source this download
+ * avoids as slow repeats the "slow" report (see refuse_slow_source). */
+#define SLOW_REREPORT_MS 1000u
+
+/* The tracker offered piece a from a source this download avoids as slow
+ * (entry i): refused.  An offer after the report means the tracker did not
+ * take it (the report was lost: a refused connection, a supernode
+ * restarted or failed over to another node) and will keep offering that
+ * source, which holds the piece, while the download, refusing it, makes no
+ * progress until the stall watchdog goes to the origin.  So the report is
+ * sent again, at most every SLOW_REREPORT_MS per source: the offers before
+ * it arrives cost a pull each, not the rest of the avoidance. */
+static void refuse_slow_source(df_download_t *dl, const df_assignment_t *a, int i, uint64_t now)
+{
+    push_result(dl, a->piece, a->src_id, false);
+    if (now - dl->slow[i].reported_ms < SLOW_REREPORT_MS || !dl->peer->tracker || !dl->peer_id[0])
+        return;
+    dl->slow[i].reported_ms = now;
+    DF_LOG_D("task %.16s: %s, abandoned as slow, offered again for piece %u: reporting it again",
+             dl->res.task_id, a->src_id, a->piece);
+    dl->peer->tracker->ops->report_error(dl->peer->tracker, dl->res.task_id, dl->peer_id, a->src_id, a->piece,
+                                         DF_REPORT_SLOW, NULL, NULL);
 }
 
 static void add_bad_source(df_download_t *dl, const char *id)
@@ -928,8 +955,8 @@ static void start_fetch(df_download_t *dl, const df_assignment_t *a)
     char url[512];
     df_http_opts_t opts = {0};
     df_http_cbs_t cbs = {.on_headers = fetch_headers, .on_data = fetch_data, .on_done = fetch_done};
-    uint64_t off, len;
-    int rc;
+    uint64_t off, len, now;
+    int rc, slow;
 
     if (a->piece >= dl->piece_count)
         return;
@@ -942,9 +969,14 @@ static void start_fetch(df_download_t *dl, const df_assignment_t *a)
         push_result(dl, a->piece, a->src_id, true);
         return;
     }
-    if (df_bitmap_test(dl->inflight, a->piece) || is_bad_source(dl, a->src_id) ||
-        is_slow_source(dl, a->src_id, df_now_ms())) {
+    if (df_bitmap_test(dl->inflight, a->piece) || is_bad_source(dl, a->src_id)) {
         push_result(dl, a->piece, a->src_id, false);
+        return;
+    }
+    now = df_now_ms();
+    slow = slow_source_entry(dl, a->src_id, now);
+    if (slow >= 0) {
+        refuse_slow_source(dl, a, slow, now);
         return;
     }
     if (a->has_sha256) {
@@ -1665,6 +1697,7 @@ static void endgame_check(df_download_t *dl)
         dl->ninflight--;
         df_strlcpy(dl->slow[dl->endgame_drops].id, f->a.src_id, sizeof(dl->slow[0].id));
         dl->slow[dl->endgame_drops].until_ms = f->a.src_is_seed ? 0 : now + DF_ENDGAME_AVOID_MS;
+        dl->slow[dl->endgame_drops].reported_ms = now;
         dl->endgame_drops++;
         if (!f->a.src_is_seed && dl->peer->tracker && dl->peer_id[0])
             dl->peer->tracker->ops->report_error(dl->peer->tracker, dl->res.task_id, dl->peer_id, f->a.src_id,

@@ -439,7 +439,11 @@ def test_slow_report_to_older_supernode(env):
         r = env.dfget(url, env.path("good.bin"), node=front.addr, extra=["--log-level", "info"],
                       timeout=150)
         lines = check_slow_peer_download(r, info, st, reqlog)
-        T.wait_for(lambda: sum(1 for q in front.reports if q.get("kind") == "io") >= len(lines), 10,
+        # A slow source offered again after its report is reported again
+        # (the report may have been lost), so there may be more reports
+        # than abandoned fetches; each slow one refused is followed by io.
+        T.wait_for(lambda: sum(1 for q in front.reports if q.get("kind") == "io") >=
+                   max(len(lines), sum(1 for q in front.reports if q.get("kind") == "slow")), 10,
                    what="an io report for every slow one refused")
         reports = list(front.reports)
     finally:
@@ -447,7 +451,9 @@ def test_slow_report_to_older_supernode(env):
     T.log(f"reports: {[(q.get('kind'), q.get('piece')) for q in reports]}")
     slow_ones = [(q["src"], q["piece"]) for q in reports if q.get("kind") == "slow"]
     io_ones = [(q["src"], q["piece"]) for q in reports if q.get("kind") == "io"]
-    T.check(len(slow_ones) == len(lines), f"{len(lines)} fetches abandoned, {len(slow_ones)} slow reports")
+    T.check(len(slow_ones) >= len(lines), f"{len(lines)} fetches abandoned, {len(slow_ones)} slow reports")
+    T.check({p for _, p in slow_ones} >= {int(l.split(" piece ")[1].split()[0]) for l in lines},
+            f"an abandoned piece was not reported slow: {slow_ones} vs {lines}")
     T.check(sorted(slow_ones) == sorted(io_ones),
             f"each refused slow report must be followed by an io report: {slow_ones} vs {io_ones}")
     T.check(all(src == st["peer_id"] for src, _ in io_ones), f"a report names another source: {io_ones}")
