@@ -71,7 +71,7 @@ def test_mirror_https_connect(env):
     T.check(M.metric(m, "dfly_dfdaemon_mirror_p2p_bytes_total") == image["sizes"][big], f"P2P bytes:\n{m}")
     T.check((M.metric(m, 'dfly_dfdaemon_download_bytes_total{source="origin"}') or 0) == 0,
             f"the daemon fetched the blob from the registry itself:\n{m}")
-    T.check(reg.count("GET", "/blobs/" + big) == 1, f"registry (one GET by the seed): {reg.access()}")
+    T.check(reg.count("GET", "/blobs/" + big, 200) == 1, f"registry (one GET by the seed): {reg.access()}")
     # the registry's own CA does not verify the intercepted connection
     rc, _, err = curl(env, d, ca.ca, "-o", env.path("x"), f"{base}/blobs/{big}")
     T.check(rc == 60, f"intercepted connection verified with the registry's CA? rc={rc} {err}")
@@ -87,7 +87,7 @@ def test_mirror_https_connect(env):
     m = body.decode()
     T.check(M.metric(m, "dfly_dfdaemon_mirror_connect_tunnels_total") == 2, f"tunnels:\n{m}")
     T.check(M.metric(m, "dfly_dfdaemon_mirror_p2p_total") == 1, f"tunnel went through P2P?\n{m}")
-    T.check(reg.count("GET", "/blobs/" + big) == 2, f"registry: {reg.access()}")
+    T.check(reg.count("GET", "/blobs/" + big, 200) == 2, f"registry: {reg.access()}")
 
     # malformed or refused CONNECTs
     st = connect_status(d.port, b"CONNECT localhost HTTP/1.1\r\nHost: localhost\r\n\r\n")

@@ -67,7 +67,7 @@ def test_mirror_https_proxy_skopeo(env):
     T.check(M.metric(m, "dfly_dfdaemon_mirror_fallbacks_total") == 0, f"fallbacks:\n{m}")
     T.check((M.metric(m, 'dfly_dfdaemon_download_bytes_total{source="origin"}') or 0) == 0,
             f"the daemon fetched from the registry itself:\n{m}")
-    T.check(reg.count("GET", "/blobs/" + big) == 1, f"registry (one GET by the seed): {reg.access()}")
+    T.check(reg.count("GET", "/blobs/" + big, 200) == 1, f"registry (one GET by the seed): {reg.access()}")
 
     rc, p = skopeo_proxy_pull(env, d.port, ref, env.path("pull2"), cert_dir(env, "certs-registry", ca.ca))
     T.check(rc not in (0, None) and "certificate" in p.stderr(),
