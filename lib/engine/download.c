@@ -61,6 +61,7 @@
 #define RESULTS_BYTES_PER_CALL (48u * 1024u)
 #define HASH_CHUNK (1u << 20)
 #define TRACKER_RETRIES 3
+#define SWARM_STALL_FACTOR 3u /* stall limit while the swarm is moving (df_pull_res_t.swarm_moving): 3x */
 
 typedef enum { ST_REGISTER, ST_P2P, ST_ORIGIN, ST_SOURCE, ST_DONE } state_t;
 
@@ -98,6 +99,7 @@ struct df_download {
     double t0;
     uint64_t start_ms, last_progress_ms, last_progress_cb_ms, last_contiguous;
     uint32_t store_pieces;       /* pieces of the task in the store at the last tick */
+    uint64_t swarm_moving_ms;    /* last pull answer that said the swarm is moving */
     uint64_t held_bytes;         /* piece bytes the store held when the task was set up */
     bool stream;                 /* progress at every growth of the verified prefix */
 
@@ -1126,6 +1128,8 @@ static void pull_cb(const df_pull_res_t *res, void *arg)
         return;
     }
     dl->tracker_failures = 0;
+    if (res->swarm_moving)
+        dl->swarm_moving_ms = df_now_ms();
     DF_LOG_D("task %.16s: pull answered in %llu ms: state %d, %zu assigned, t=%llu ms, %u in flight",
              dl->res.task_id, (unsigned long long)(df_now_ms() - dl->pull_sent_ms), (int)res->state,
              res->state == DF_PULL_ASSIGN ? res->nassign : 0, (unsigned long long)(df_now_ms() - dl->start_ms),
@@ -1730,6 +1734,12 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
             dl->last_progress_ms = now;
         dl->store_pieces = n;
     }
+    /* A swarm that is moving (the tracker saw others announce new pieces
+     * lately: a big gossip swarm spreading from one owner admits members a
+     * few at a time) is waited for longer before its origin is read by
+     * everybody at once; still bounded, for a host cut off from its peers. */
+    if (dl->swarm_moving_ms && now - dl->swarm_moving_ms < stall)
+        stall *= SWARM_STALL_FACTOR;
     if (dl->state == ST_P2P && now - dl->last_progress_ms > stall) {
         char why[96];
         snprintf(why, sizeof(why), "P2P made no progress for %llus", (unsigned long long)(stall / 1000));

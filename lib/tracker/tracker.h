@@ -92,6 +92,10 @@ typedef struct {
     char message[256];           /* ERROR */
     df_assignment_t assign[DF_PULL_MAX_ASSIGN];
     size_t nassign;
+    /* The tracker saw other members announce new pieces of the task lately
+     * (gossip mode): the swarm is moving even when this download is not,
+     * so it waits longer before it calls P2P stalled (download.c). */
+    bool swarm_moving;
 } df_pull_res_t;
 
 typedef void (*df_register_cb)(const df_register_res_t *res, void *arg);

@@ -128,6 +128,7 @@
 #define SETTLE_MS 2000u
 #define ASK_WINDOW_MS 10000u
 #define ASK_EVERY_MS 500u
+#define SWARM_MOVING_MS 5000u   /* a HAVE this recent: the swarm is moving (df_pull_res_t) */
 #define FWD_RETRY_MS 10000u
 
 typedef struct {
@@ -167,6 +168,7 @@ typedef struct task {
     df_http_req_t *head;
     uint64_t seed_failed_ms;
     uint64_t wanted_ms;                /* last want (ours or others') */
+    uint64_t moved_ms;                 /* last HAVE from another member that added a piece */
     uint64_t want_sent_ms;
     uint64_t starved_ms;               /* our pulls found nothing to fetch since */
     uint64_t repair_ms;                /* owner: last shape re-sent for a want */
@@ -1155,6 +1157,7 @@ static void fill_pull(gossip_tracker_t *tr, call_t *c, df_pull_res_t *out)
 
     out->state = DF_PULL_WAIT;
     out->wait_ms = 200;
+    out->swarm_moving = t->moved_ms && now - t->moved_ms < SWARM_MOVING_MS;
     if (!t->shaped || !st)
         return;
     task_owner(tr, t, owner, sizeof(owner));
@@ -1884,6 +1887,8 @@ static void on_gev(gossip_tracker_t *tr, const df_gev_t *e, const uint8_t *raw, 
             memset(h->have, 0, df_bitmap_bytes(t->piece_count));
         for (size_t i = 0; i < e->nruns; i++)
             for (uint32_t p = e->runs[i].first; p - e->runs[i].first < e->runs[i].count && p < t->piece_count; p++) {
+                if (!df_bitmap_test(h->have, p) && strcmp(e->sender, tr->name) != 0)
+                    t->moved_ms = now;
                 df_bitmap_set(h->have, p);
                 if (strcmp(e->sender, owner) == 0 && !t->owner_since[p])
                     t->owner_since[p] = now;
