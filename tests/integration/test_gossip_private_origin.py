@@ -111,10 +111,13 @@ def test_gossip_private_origin_encrypted(env):
     runs = [env.start_dfget(o2.url, env.path(f"all{i}.bin"), home=d.home, timeout=BOUND,
                             extra=["--header", f"Authorization: {GOOD}"]) for i, d in enumerate(daemons)]
     for i, run in enumerate(runs):
-        r = run.wait().expect_ok(info2)
+        # the owner's seed, started by the others' wants, may have the whole
+        # file in its store before the owner's own dfget asks: then that
+        # dfget moved no byte (all bytes_from_* 0)
+        r = run.wait().expect_ok(info2, cached_ok=i == own2)
         T.check(r.json["back_source"] is False, f"n{i} fell back to the origin: {r.describe()}")
         if i == own2:
-            T.check(r.json["bytes_from_supernode"] == info2.size, f"the owner's dfget: {r.json}")
+            T.check(r.json["bytes_from_supernode"] in (info2.size, 0), f"the owner's dfget: {r.json}")
     T.check(gets(o2) == [GOOD], f"all at once: the origin should have sent the file once: {o2.log()[0]}")
 
     # An origin without HEAD: access cannot be checked, so the node reads
