@@ -436,7 +436,7 @@ run_one() {  # MODE RUN
     bittorrent) origin_bytes=$(ip netns exec "$PFX-o" python3 "$HERE/swarmlib.py" aria2-upload http://127.0.0.1:6800/jsonrpc) ;;
     dfly)
         ip netns exec "$PFX-s" python3 "$HERE/swarmlib.py" metrics "http://$SN_IP:8002/metrics" \
-            dfly_supernode_origin_bytes_total,dfly_supernode_seed_bytes_served_total,dfly_supernode_pieces_scheduled_total \
+            dfly_supernode_origin_bytes_total,dfly_supernode_seed_bytes_served_total,dfly_supernode_pieces_scheduled_total,dfly_supernode_slow_reports_total,dfly_supernode_errors_total \
             >"$WORK/sn-metrics.txt" || true
         seed_bytes=$(awk '/^dfly_supernode_seed_bytes_served_total/ { printf "%.0f", $NF }' "$WORK/sn-metrics.txt")
         ;;
