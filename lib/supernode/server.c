@@ -1177,6 +1177,22 @@ static int metrics_setup(df_supernode_t *sn)
                                 &sn->m_seed_err[i]);
     }
     {
+        /* Counted later by count_error() and the ReportError handler; made
+         * here so that each series is exported at 0 from the start (a
+         * Prometheus rate() needs the zero). */
+        static const char *const later[] = {"report_digest", "report_missing", "report_io",
+                                            "register_failed_task", "register_refused"};
+        df_metric_t *m = NULL;
+        for (size_t i = 0; rc == 0 && i < DF_ARRAY_LEN(later); i++) {
+            df_metric_label_t kind = {"kind", later[i]};
+            rc = df_metrics_counter(sn->metrics, "dfly_supernode_errors_total",
+                                    "Errors by kind (origin, request, report)", &kind, 1, &m);
+        }
+        if (rc == 0)
+            rc = df_metrics_counter(sn->metrics, "dfly_supernode_slow_reports_total",
+                                    "Sources a requester abandoned as slow (ReportError kind slow)", NULL, 0, &m);
+    }
+    {
         static const df_sn_seed_err_t kinds[] = {DF_SN_SEED_ERR_ORIGIN_HTTP, DF_SN_SEED_ERR_ORIGIN_CONNECT,
                                                  DF_SN_SEED_ERR_ORIGIN_TIMEOUT};
         for (size_t i = 0; rc == 0 && i < DF_ARRAY_LEN(kinds); i++) {
