@@ -275,11 +275,22 @@ signal.signal(signal.SIGTERM, _on_sigterm)
 # ---------------------------------------------------------------- networking
 
 
+_ports_given = set()
+
+
 def free_port():
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOCALHOST, 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing listens on right now, and that
+    this process has not handed out before: two calls before either port is
+    bound (a daemon's --listen and --gossip-listen) would otherwise get the
+    same port back from the kernel."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((LOCALHOST, 0))
+            port = s.getsockname()[1]
+        if port not in _ports_given:
+            _ports_given.add(port)
+            return port
+    return port
 
 
 def port_open(port, host=LOCALHOST, timeout=0.5):

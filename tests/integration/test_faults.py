@@ -570,8 +570,10 @@ def test_origin_refusal_per_registrant(env):
     T.check(rc.json["bytes_from_origin"] == 0, f"C read the origin itself: {rc.describe()}")
     done = o.log()[0]
     T.log(f"origin answered: {done}")
-    T.check(done == [(200, good), (401, "Bearer slow-expired"), (304, good)],
-            f"expected B's revalidation refused, then C's answered 304: {done}")
+    # The origin logs an answer when its handler ends: B's refusal (2 s late)
+    # and C's 304 may be logged in either order on a loaded machine.
+    T.check(done[0] == (200, good) and sorted(done[1:]) == sorted([(401, "Bearer slow-expired"), (304, good)]),
+            f"expected B's revalidation refused and C's answered 304, no body sent again: {done}")
     T.check(sn.healthy(), "supernode unhealthy")
 
 
