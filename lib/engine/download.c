@@ -393,7 +393,8 @@ static int advance_whole_hash(df_download_t *dl)
 
 /* ------------------------------------------------------------ finish */
 
-static void fetch_free(fetch_t *f)
+/* Takes f out of dl->fetches (a no-op when it is not in it). */
+static void fetch_unlink(fetch_t *f)
 {
     df_download_t *dl = f->dl;
     if (f->prev)
@@ -402,6 +403,12 @@ static void fetch_free(fetch_t *f)
         dl->fetches = f->next;
     if (f->next)
         f->next->prev = f->prev;
+    f->prev = f->next = NULL;
+}
+
+static void fetch_free(fetch_t *f)
+{
+    fetch_unlink(f);
     if (f->resume)
         event_free(f->resume);
     df_hasher_free(f->hasher);
@@ -888,13 +895,7 @@ static int hash_async(fetch_t *f)
         return rc;
     }
     /* out of dl->fetches: stop_all and start_origin leave it to its job */
-    if (f->prev)
-        f->prev->next = f->next;
-    else if (dl->fetches == f)
-        dl->fetches = f->next;
-    if (f->next)
-        f->next->prev = f->prev;
-    f->prev = f->next = NULL;
+    fetch_unlink(f);
     dl->hash_jobs++;
     return 0;
 }
